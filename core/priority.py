@@ -1,0 +1,24 @@
+"""Task priorities. Lower value runs first; the values are part of the wire and storage format."""
+
+from enum import IntEnum
+
+
+class Priority(IntEnum):
+    HIGH = 0
+    MEDIUM = 1
+    LOW = 2
+
+    @classmethod
+    def parse(cls, name: str) -> "Priority":
+        """Map the API's lowercase name to a Priority; ValueError names the choices."""
+        try:
+            return cls[name.upper()]
+        except KeyError:
+            raise ValueError(f"unknown priority {name!r}; use one of high, medium, low") from None
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+PRIORITY_LEVELS = len(Priority)
