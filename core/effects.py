@@ -1,0 +1,71 @@
+"""Outputs of the scheduler state machine: store operations to carry out, and timers.
+
+Every store operation that the leader asks for carries its ``term``; the store refuses it when a
+newer epoch is stored (fencing), checks its precondition (compare-and-set on the task's status,
+attempt and deadline) before writing anything, and answers with the task's state afterwards,
+which the driver feeds back as :class:`core.events.TasksChanged`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.task import Status
+
+
+@dataclass(frozen=True, slots=True)
+class RaiseEpoch:
+    """Store the fencing epoch ``term`` unless a newer one is stored; answer EpochRaised."""
+
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rebuild:
+    """Read every live task (pending, queued, running, failed) and feed them back, then Rebuilt."""
+
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """queued -> running on ``node_id`` until ``deadline_ms``; the store bumps the attempt and
+    queues the assignment for the node in the same atomic step (durable before it is told)."""
+
+    term: int
+    task_id: str
+    node_id: str
+    deadline_ms: int
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Expire:
+    """running (this attempt, deadline passed) -> ``target`` (queued, or dead past the limit)."""
+
+    term: int
+    task_id: str
+    attempt: int
+    now_ms: int
+    target: Status
+
+
+@dataclass(frozen=True, slots=True)
+class Promote:
+    """pending/failed -> queued if run_at has come and every dependency succeeded; -> dead if a
+    dependency is dead or cancelled; otherwise unchanged. The store decides from its own state."""
+
+    term: int
+    task_id: str
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetTimer:
+    """Tick me no later than ``at_ms``."""
+
+    at_ms: int
+
+
+StoreOp = RaiseEpoch | Rebuild | Lease | Expire | Promote
+Effect = StoreOp | SetTimer

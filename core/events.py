@@ -1,0 +1,91 @@
+"""Inputs to the scheduler state machine. Every input carries ``now_ms``: core reads no clock.
+
+The task lifecycle events of the design (submitted, leased, heartbeat, succeeded, failed, lease
+expired, cancelled) all reach the scheduler as :class:`TasksChanged`: the store's state of each
+task after the change, read atomically by the script that made it or by the inbox drain. The
+status inside says which event it was (queued or pending = submitted or requeued, running =
+leased or heartbeat, succeeded, failed, dead, cancelled). Reconciling from state rather than
+trusting an event stream is what makes a lost or repeated notification harmless.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.task import TaskState
+
+
+@dataclass(frozen=True, slots=True)
+class Elected:
+    """Raft made this node leader in ``term``."""
+
+    term: int
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Deposed:
+    """Raft says this node no longer leads (another leader, or no quorum)."""
+
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class EpochRaised:
+    """Result of :class:`core.effects.RaiseEpoch`: ``ok`` is False if the store holds a newer one."""
+
+    term: int
+    ok: bool
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Fenced:
+    """A store write of ``term`` was refused: a newer leader exists. Step down at once."""
+
+    term: int
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rebuilt:
+    """The driver finished feeding every live task of the store for ``term`` (see Rebuild)."""
+
+    term: int
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class TasksChanged:
+    """Observed store state of tasks, in the order the store applied the changes."""
+
+    states: tuple[TaskState, ...]
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSeen:
+    """A node's heartbeat in the registry: how many worker slots it has and what it runs."""
+
+    node_id: str
+    slots: int
+    types: frozenset[str] | None
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLeft:
+    """A node said goodbye (graceful shutdown): assign it nothing more."""
+
+    node_id: str
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed: fire due timers (delays, backoffs, lease deadlines, node timeouts)."""
+
+    now_ms: int
+
+
+Event = Elected | Deposed | EpochRaised | Fenced | Rebuilt | TasksChanged | NodeSeen | NodeLeft | Tick

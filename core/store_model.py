@@ -1,0 +1,386 @@
+"""The reference semantics of dsched's store: every operation the Redis Lua scripts implement.
+
+This is a plain in-memory model, no I/O. The simulation runs it as its store; a conformance test
+runs identical operation sequences against it and against the real scripts on a real Redis and
+demands identical answers, so the two cannot drift apart. Each method is one atomic step, as each
+Lua script is: every check comes before any write (a Lua error does not roll back).
+
+Fencing: a leader's operation carries its Raft term and is refused (``FENCED``) when the stored
+epoch is newer. A worker's operation carries the lease's attempt number and node, and is refused
+when the task is no longer that attempt's. Clients' operations (submit, cancel, retry) are not
+fenced: any node takes them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Final
+
+from core.priority import Priority
+from core.task import AttemptEnd, ErrorKind, Status, TaskState
+
+FENCED: Final = "fenced"
+
+
+class SubmitError(ValueError):
+    """A submission refused as a whole; ``field`` names the offending input."""
+
+    def __init__(self, field_name: str, message: str, index: int | None = None) -> None:
+        super().__init__(message)
+        self.field = field_name
+        self.index = index
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """A validated submission (the API layer checked types and limits)."""
+
+    id: str
+    type: str
+    payload_json: str = "null"
+    priority: Priority = Priority.MEDIUM
+    max_retries: int = 3
+    backoff_base_ms: int = 1000
+    backoff_cap_ms: int = 60_000
+    timeout_ms: int = 300_000
+    run_at_ms: int = 0
+    depends_on: tuple[str, ...] = ()
+    idempotency_key: str = ""
+
+
+@dataclass(slots=True)
+class TaskRecord:
+    """Everything the store keeps of a task (a Redis hash in production)."""
+
+    id: str
+    type: str
+    payload_json: str
+    priority: Priority
+    seq: int
+    status: Status
+    max_retries: int
+    backoff_base_ms: int
+    backoff_cap_ms: int
+    timeout_ms: int
+    run_at_ms: int
+    depends_on: tuple[str, ...]
+    idempotency_key: str
+    created_ms: int
+    updated_ms: int
+    attempt: int = 0
+    failures: int = 0
+    lease_expiries: int = 0
+    started_ms: int = 0
+    finished_ms: int = 0
+    lease_node: str = ""
+    lease_deadline_ms: int = 0
+    result_json: str = ""
+    error: dict[str, str] = field(default_factory=dict)
+    version: int = 1
+
+    def state(self) -> TaskState:
+        return TaskState(
+            id=self.id,
+            type=self.type,
+            priority=self.priority,
+            seq=self.seq,
+            status=self.status,
+            attempt=self.attempt,
+            run_at_ms=self.run_at_ms,
+            depends_on=self.depends_on,
+            lease_node=self.lease_node,
+            lease_deadline_ms=self.lease_deadline_ms,
+            failures=self.failures,
+            lease_expiries=self.lease_expiries,
+            version=self.version,
+        )
+
+    def touch(self, now_ms: int) -> None:
+        self.updated_ms = now_ms
+        self.version += 1
+
+    def end(self, status: Status, now_ms: int) -> None:
+        self.status = status
+        self.lease_node = ""
+        self.lease_deadline_ms = 0
+        if status.terminal:
+            self.finished_ms = now_ms
+        self.touch(now_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """An assignment a node's slot took: the task as the store has it for this attempt."""
+
+    record: TaskRecord
+    attempt: int
+
+
+class StoreModel:
+    def __init__(self, retention_ms: int = 7 * 24 * 3600 * 1000) -> None:
+        self.retention_ms = retention_ms
+        self.tasks: dict[str, TaskRecord] = {}
+        self.idempotency: dict[str, str] = {}
+        self.seq = 0
+        self.epoch = 0
+        self.inbox: deque[str] = deque()
+        self.assignments: dict[str, deque[tuple[str, int]]] = {}
+
+    # ------------------------------------------------------------------ clients (any node)
+    def submit(self, batch: list[NewTask], now_ms: int) -> list[tuple[TaskRecord, bool]]:
+        """Create every task of ``batch`` or none. Returns (record, created) per input, in order;
+        created is False where an idempotency key matched an earlier task."""
+        batch_ids: set[str] = set()
+        batch_keys: dict[str, int] = {}
+        for i, new in enumerate(batch):
+            if new.idempotency_key and (
+                new.idempotency_key in self.idempotency or new.idempotency_key in batch_keys
+            ):
+                continue
+            if new.id in self.tasks or new.id in batch_ids:
+                raise SubmitError("id", f"task id {new.id!r} already exists", i)
+            for dep in new.depends_on:
+                if dep not in self.tasks and dep not in batch_ids:
+                    raise SubmitError("depends_on", f"dependency {dep!r} does not exist", i)
+            batch_ids.add(new.id)
+            if new.idempotency_key:
+                batch_keys[new.idempotency_key] = i
+        out: list[tuple[TaskRecord, bool]] = []
+        for new in batch:
+            key = new.idempotency_key
+            if key and key in self.idempotency:
+                out.append((self.tasks[self.idempotency[key]], False))
+                continue
+            self.seq += 1
+            ready = new.run_at_ms <= now_ms and all(
+                dep in self.tasks and self.tasks[dep].status is Status.SUCCEEDED
+                for dep in new.depends_on
+            )
+            record = TaskRecord(
+                id=new.id,
+                type=new.type,
+                payload_json=new.payload_json,
+                priority=Priority(new.priority),
+                seq=self.seq,
+                status=Status.QUEUED if ready else Status.PENDING,
+                max_retries=new.max_retries,
+                backoff_base_ms=new.backoff_base_ms,
+                backoff_cap_ms=new.backoff_cap_ms,
+                timeout_ms=new.timeout_ms,
+                run_at_ms=new.run_at_ms,
+                depends_on=tuple(new.depends_on),
+                idempotency_key=key,
+                created_ms=now_ms,
+                updated_ms=now_ms,
+            )
+            self.tasks[new.id] = record
+            if key:
+                self.idempotency[key] = new.id
+            self.inbox.append(new.id)
+            out.append((record, True))
+        return out
+
+    def cancel(self, task_id: str, now_ms: int) -> TaskRecord | None:
+        """Any non-terminal task -> cancelled. None if unknown; unchanged if already terminal."""
+        record = self.tasks.get(task_id)
+        if record is None or record.status.terminal:
+            return record
+        record.error = {"kind": "cancelled", "type": "Cancelled", "message": "cancelled"}
+        record.end(Status.CANCELLED, now_ms)
+        self.inbox.append(task_id)
+        return record
+
+    def retry(self, task_id: str, now_ms: int) -> TaskRecord | None:
+        """dead or cancelled -> queued (pending if it still waits on dependencies), with its
+        failure counts reset. None if unknown; unchanged if not dead or cancelled."""
+        record = self.tasks.get(task_id)
+        if record is None or record.status not in (Status.DEAD, Status.CANCELLED):
+            return record
+        ready = all(
+            dep in self.tasks and self.tasks[dep].status is Status.SUCCEEDED
+            for dep in record.depends_on
+        )
+        record.status = Status.QUEUED if ready else Status.PENDING
+        record.run_at_ms = 0
+        record.failures = 0
+        record.lease_expiries = 0
+        record.finished_ms = 0
+        record.error = {}
+        record.touch(now_ms)
+        self.inbox.append(task_id)
+        return record
+
+    # ------------------------------------------------------------------ leader (term-fenced)
+    def raise_epoch(self, term: int) -> bool:
+        if term < self.epoch:
+            return False
+        self.epoch = term
+        return True
+
+    def _fenced(self, term: int) -> bool:
+        return term < self.epoch
+
+    def drain(self, term: int, count_max: int) -> list[TaskState] | str:
+        """Pop up to ``count_max`` inbox notifications; answer each task's current state once."""
+        if self._fenced(term):
+            return FENCED
+        seen: set[str] = set()
+        out: list[TaskState] = []
+        for _ in range(min(count_max, len(self.inbox))):
+            task_id = self.inbox.popleft()
+            record = self.tasks.get(task_id)
+            if record is not None and task_id not in seen:
+                seen.add(task_id)
+                out.append(record.state())
+        return out
+
+    def live_states(self) -> list[TaskState]:
+        """Every task that can still change without a client, in seq order (for a rebuild)."""
+        live = [r for r in self.tasks.values() if not r.status.terminal]
+        return [r.state() for r in sorted(live, key=lambda r: r.seq)]
+
+    def lease(
+        self, term: int, task_id: str, node_id: str, deadline_ms: int, now_ms: int
+    ) -> TaskState | str | None:
+        if self._fenced(term):
+            return FENCED
+        record = self.tasks.get(task_id)
+        if record is None:
+            return None
+        if record.status is Status.QUEUED:
+            record.status = Status.RUNNING
+            record.attempt += 1
+            record.lease_node = node_id
+            record.lease_deadline_ms = deadline_ms
+            record.started_ms = now_ms
+            record.touch(now_ms)
+            self.assignments.setdefault(node_id, deque()).append((task_id, record.attempt))
+        return record.state()
+
+    def expire(
+        self, term: int, task_id: str, attempt: int, now_ms: int, target: Status
+    ) -> TaskState | str | None:
+        if self._fenced(term):
+            return FENCED
+        if target not in (Status.QUEUED, Status.DEAD):
+            raise ValueError("an expired lease goes back to queued or to dead")
+        record = self.tasks.get(task_id)
+        if record is None:
+            return None
+        if (
+            record.status is Status.RUNNING
+            and record.attempt == attempt
+            and record.lease_deadline_ms <= now_ms
+        ):
+            record.lease_expiries += 1
+            if target is Status.DEAD:
+                record.error = {
+                    "kind": ErrorKind.LEASE_EXPIRED.value,
+                    "type": "LeaseExpired",
+                    "message": f"lease lost {record.lease_expiries} times (worker or node lost)",
+                }
+            record.end(target, now_ms)
+        return record.state()
+
+    def promote(self, term: int, task_id: str, now_ms: int) -> TaskState | str | None:
+        if self._fenced(term):
+            return FENCED
+        record = self.tasks.get(task_id)
+        if record is None:
+            return None
+        if record.status not in (Status.PENDING, Status.FAILED):
+            return record.state()
+        blocked = False
+        for dep in record.depends_on:
+            dep_record = self.tasks.get(dep)
+            if dep_record is None or dep_record.status in (Status.DEAD, Status.CANCELLED):
+                why = "no longer exists" if dep_record is None else f"is {dep_record.status.value}"
+                record.error = {
+                    "kind": ErrorKind.DEPENDENCY.value,
+                    "type": "DependencyFailed",
+                    "message": f"dependency {dep} {why}",
+                }
+                record.end(Status.DEAD, now_ms)
+                return record.state()
+            if dep_record.status is not Status.SUCCEEDED:
+                blocked = True
+        if not blocked and record.run_at_ms <= now_ms:
+            record.status = Status.QUEUED
+            record.touch(now_ms)
+        return record.state()
+
+    # ------------------------------------------------------------------ workers (attempt-fenced)
+    def take(self, node_id: str) -> Taken | None:
+        """Pop this node's next assignment that is still current; stale ones are dropped."""
+        queue = self.assignments.get(node_id)
+        while queue:
+            task_id, attempt = queue.popleft()
+            record = self.tasks.get(task_id)
+            if (
+                record is not None
+                and record.status is Status.RUNNING
+                and record.attempt == attempt
+                and record.lease_node == node_id
+            ):
+                return Taken(replace(record), attempt)
+        return None
+
+    def _holds(self, record: TaskRecord | None, attempt: int, node_id: str) -> bool:
+        return (
+            record is not None
+            and record.status is Status.RUNNING
+            and record.attempt == attempt
+            and record.lease_node == node_id
+        )
+
+    def heartbeat(
+        self, task_id: str, attempt: int, node_id: str, deadline_ms: int, now_ms: int
+    ) -> tuple[bool, Status | None]:
+        """Extend this attempt's lease. Answers (held, current status)."""
+        record = self.tasks.get(task_id)
+        if record is None or not self._holds(record, attempt, node_id):
+            return False, record.status if record else None
+        if deadline_ms > record.lease_deadline_ms:
+            record.lease_deadline_ms = deadline_ms
+            record.touch(now_ms)
+        return True, record.status
+
+    def finish(
+        self, task_id: str, attempt: int, node_id: str, end: AttemptEnd, now_ms: int
+    ) -> bool:
+        record = self.tasks.get(task_id)
+        if record is None or not self._holds(record, attempt, node_id):
+            return False
+        if end.status not in (Status.SUCCEEDED, Status.FAILED, Status.DEAD):
+            raise ValueError(f"an attempt cannot end as {end.status}")
+        record.failures = end.failures
+        record.run_at_ms = end.run_at_ms if end.status is Status.FAILED else record.run_at_ms
+        record.result_json = json.dumps(end.result) if end.status is Status.SUCCEEDED else ""
+        record.error = dict(end.error)
+        record.end(end.status, now_ms)
+        self.inbox.append(task_id)
+        return True
+
+    def release(self, task_id: str, attempt: int, node_id: str, now_ms: int) -> bool:
+        record = self.tasks.get(task_id)
+        if record is None or not self._holds(record, attempt, node_id):
+            return False
+        record.end(Status.QUEUED, now_ms)
+        self.inbox.append(task_id)
+        return True
+
+    # ------------------------------------------------------------------ housekeeping
+    def sweep(self, now_ms: int) -> int:
+        """Forget terminal tasks past the retention. Answers how many went."""
+        gone = [
+            r.id
+            for r in self.tasks.values()
+            if r.status.terminal and r.finished_ms + self.retention_ms <= now_ms
+        ]
+        for task_id in gone:
+            record = self.tasks.pop(task_id)
+            if record.idempotency_key:
+                self.idempotency.pop(record.idempotency_key, None)
+        return len(gone)

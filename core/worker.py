@@ -1,0 +1,202 @@
+"""The worker side of one node: its slots, the leases they hold, heartbeats, timeouts, shutdown.
+
+Like the scheduler, it is a state machine: the driver tells it what happened (an assignment was
+taken, a handler ended, time passed, the store refused a heartbeat) and carries out what it asks
+(run a handler, interrupt one, write a heartbeat, a completion or a release). Every store write
+it asks for is fenced by the lease's attempt number, so a worker that lost its lease (its node
+paused past the deadline, the task was cancelled) changes nothing.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass
+from enum import Enum
+
+from core.task import AttemptEnd, Outcome, RetryPolicy, end_attempt
+
+
+class StopReason(str, Enum):
+    TIMEOUT = "timeout"  # ran past the task's timeout: a failure, retried per policy
+    CANCELLED = "cancelled"  # cancelled by a client: the store already says so
+    LEASE_LOST = "lease_lost"  # the store refused our heartbeat: another attempt owns the task
+    SHUTDOWN = "shutdown"  # the node is stopping: give the task back, it runs again elsewhere
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """A lease granted to this node, as read from the store when a slot took it."""
+
+    task_id: str
+    attempt: int
+    type: str
+    timeout_ms: int
+    policy: RetryPolicy
+    failures: int
+    lease_deadline_ms: int
+
+
+# ---- effects ----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class RunHandler:
+    assignment: Assignment
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupt:
+    task_id: str
+    attempt: int
+    reason: StopReason
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Extend the lease to ``deadline_ms`` if this attempt still holds it."""
+
+    task_id: str
+    attempt: int
+    node_id: str
+    deadline_ms: int
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """running (this attempt, this node) -> end.status, with result or error."""
+
+    task_id: str
+    attempt: int
+    node_id: str
+    end: AttemptEnd
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """running (this attempt, this node) -> queued: the node gives the task back unrun."""
+
+    task_id: str
+    attempt: int
+    node_id: str
+    now_ms: int
+
+
+WorkerEffect = RunHandler | Interrupt | Heartbeat | Finish | Release
+
+
+@dataclass(slots=True)
+class _Running:
+    assignment: Assignment
+    started_ms: int
+    timeout_at_ms: int
+    stop: StopReason | None = None
+
+
+class WorkerPool:
+    def __init__(self, node_id: str, slots: int, lease_ms: int) -> None:
+        if slots < 0 or lease_ms <= 0:
+            raise ValueError("slots must be >= 0 and lease_ms > 0")
+        self.node_id = node_id
+        self.slots = slots
+        self.lease_ms = lease_ms
+        # A third of the lease: two heartbeats may be lost or late before the lease lapses.
+        self.heartbeat_every_ms = max(1, lease_ms // 3)
+        self.running: dict[str, _Running] = {}
+        self.accepting = True
+        self._shutdown_at_ms: int | None = None
+        self._next_heartbeat_ms: int | None = None
+        self._timeouts: list[tuple[int, str, int]] = []  # (timeout_at_ms, task_id, attempt)
+
+    @property
+    def free(self) -> int:
+        return self.slots - len(self.running) if self.accepting else 0
+
+    @property
+    def busy(self) -> int:
+        return len(self.running)
+
+    def start(self, assignment: Assignment, now_ms: int) -> list[WorkerEffect]:
+        """A slot took this assignment. Pull-when-free: the driver asks only while ``free``."""
+        if self.free <= 0:
+            raise RuntimeError("no free slot: the driver must not take assignments when full")
+        if assignment.task_id in self.running:
+            raise RuntimeError(f"{assignment.task_id} already runs here")
+        timeout_at = now_ms + assignment.timeout_ms
+        self.running[assignment.task_id] = _Running(assignment, now_ms, timeout_at)
+        heapq.heappush(self._timeouts, (timeout_at, assignment.task_id, assignment.attempt))
+        if self._next_heartbeat_ms is None:
+            self._next_heartbeat_ms = now_ms + self.heartbeat_every_ms
+        return [RunHandler(assignment)]
+
+    def handler_ended(
+        self, task_id: str, attempt: int, outcome: Outcome, now_ms: int, rng: random.Random
+    ) -> list[WorkerEffect]:
+        """The handler returned, raised, or stopped after an Interrupt."""
+        run = self.running.get(task_id)
+        if run is None or run.assignment.attempt != attempt:
+            return []  # already settled (e.g. reported twice): nothing to write
+        del self.running[task_id]
+        a = run.assignment
+        if run.stop is StopReason.TIMEOUT:
+            outcome = Outcome.timeout(a.timeout_ms)
+        elif run.stop is StopReason.SHUTDOWN and not outcome.ok:
+            # Interrupted by our own shutdown: not the handler's failure. Give it back.
+            return [Release(task_id, attempt, self.node_id, now_ms)]
+        elif run.stop in (StopReason.CANCELLED, StopReason.LEASE_LOST):
+            return []  # the store already moved on; a completion would be refused anyway
+        end: AttemptEnd = end_attempt(a.policy, a.failures, outcome, now_ms, rng)
+        return [Finish(task_id, attempt, self.node_id, end, now_ms)]
+
+    def lease_refused(self, task_id: str, attempt: int, cancelled: bool) -> list[WorkerEffect]:
+        """The store refused a heartbeat: the task was cancelled or another attempt owns it."""
+        run = self.running.get(task_id)
+        if run is None or run.assignment.attempt != attempt or run.stop is not None:
+            return []
+        run.stop = StopReason.CANCELLED if cancelled else StopReason.LEASE_LOST
+        return [Interrupt(task_id, attempt, run.stop)]
+
+    def shutdown(self, now_ms: int, grace_ms: int) -> list[WorkerEffect]:
+        """Stop taking work; running tasks get ``grace_ms`` to finish, then are given back."""
+        self.accepting = False
+        self._shutdown_at_ms = now_ms + grace_ms
+        return self.tick(now_ms)
+
+    @property
+    def idle(self) -> bool:
+        return not self.running
+
+    def next_due_ms(self) -> int | None:
+        dues = [d for d in (self._next_heartbeat_ms, self._shutdown_at_ms) if d is not None]
+        if self._timeouts:
+            dues.append(self._timeouts[0][0])
+        return min(dues) if dues else None
+
+    def tick(self, now_ms: int) -> list[WorkerEffect]:
+        effects: list[WorkerEffect] = []
+        while self._timeouts and self._timeouts[0][0] <= now_ms:
+            _, task_id, attempt = heapq.heappop(self._timeouts)
+            run = self.running.get(task_id)
+            if run is not None and run.assignment.attempt == attempt and run.stop is None:
+                run.stop = StopReason.TIMEOUT
+                effects.append(Interrupt(task_id, attempt, StopReason.TIMEOUT))
+        if self._shutdown_at_ms is not None and now_ms >= self._shutdown_at_ms:
+            for task_id, run in sorted(self.running.items()):
+                if run.stop is None:
+                    run.stop = StopReason.SHUTDOWN
+                    effects.append(Interrupt(task_id, run.assignment.attempt, run.stop))
+        if self._next_heartbeat_ms is not None and now_ms >= self._next_heartbeat_ms:
+            deadline = now_ms + self.lease_ms
+            for task_id, run in sorted(self.running.items()):
+                if run.stop is None or run.stop is StopReason.SHUTDOWN:
+                    a = run.assignment
+                    effects.append(Heartbeat(task_id, a.attempt, self.node_id, deadline, now_ms))
+            self._next_heartbeat_ms = now_ms + self.heartbeat_every_ms if self.running else None
+        return effects
+
+    def check_invariants(self) -> None:
+        if len(self.running) > self.slots:
+            raise RuntimeError(f"{len(self.running)} tasks run on {self.slots} slots")
+        for task_id, run in self.running.items():
+            if run.assignment.task_id != task_id or run.assignment.attempt < 1:
+                raise RuntimeError(f"bad running record for {task_id}")
