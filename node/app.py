@@ -1,0 +1,107 @@
+"""``create_app(config) -> web.Application``: one node, each resource one cleanup context, so
+shutdown undoes exactly what started, in reverse order."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from node import tasks as task_registry
+from node.api import setup_routes
+from node.config import NodeConfig
+from node.keys import CONFIG, METRICS, RUNTIME, STORE
+from node.metrics import Metrics
+from node.redis_server import EmbeddedRedis
+from node.runtime import Leadership, NodeRuntime, SoloLeadership
+from node.store import RedisStore
+
+log = logging.getLogger("dsched.app")
+
+REDIS_URL = web.AppKey("redis_url", str)
+LEADERSHIP = web.AppKey("leadership", object)
+
+
+def create_app(config: NodeConfig) -> web.Application:
+    app = web.Application(client_max_size=config.limits.request_bytes_max)
+    app[CONFIG] = config
+    app[METRICS] = Metrics()
+    setup_routes(app)
+    app.cleanup_ctx.append(_redis_ctx)
+    app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_leadership_ctx)
+    app.cleanup_ctx.append(_runtime_ctx)
+    return app
+
+
+async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    if config.redis_url:
+        app[REDIS_URL] = config.redis_url
+        yield
+        return
+    os.makedirs(config.data_dir, exist_ok=True)
+    server = EmbeddedRedis(config.data_dir, port=config.redis_port, fsync=config.fsync)
+    await server.start_async()
+    log.info("embedded redis at %s (AOF fsync=%s, dir=%s)", server.url, config.fsync,
+             config.data_dir)
+    app[REDIS_URL] = server.url
+    try:
+        yield
+    finally:
+        await server.stop_async()
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    store = await RedisStore.connect(
+        app[REDIS_URL], prefix=config.redis_prefix, retention_ms=config.retention_s * 1000
+    )
+    app[STORE] = store
+    try:
+        yield
+    finally:
+        await store.close()
+
+
+async def _leadership_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    leadership: Leadership
+    if config.peers or config.raft_port:
+        from node.cluster import RaftLeadership  # Raft only where a cluster is asked for
+
+        raft = RaftLeadership(config)
+        await raft.start()
+        leadership = raft
+        app[LEADERSHIP] = leadership
+        try:
+            yield
+        finally:
+            await raft.stop()
+        return
+    solo = SoloLeadership(config.resolved_node_id())
+    await solo.start(app[STORE])
+    app[LEADERSHIP] = solo
+    yield
+
+
+async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    task_registry.load_modules(config.task_modules)
+    leadership = app[LEADERSHIP]
+    assert isinstance(leadership, (SoloLeadership,)) or hasattr(leadership, "snapshot")
+    runtime = NodeRuntime(
+        config,
+        app[STORE],
+        app[METRICS],
+        task_registry.registered(),
+        leadership,  # type: ignore[arg-type]
+    )
+    app[RUNTIME] = runtime
+    await runtime.start()
+    try:
+        yield
+    finally:
+        await runtime.stop()

@@ -1,0 +1,49 @@
+"""Entry points behind `dsched node` and `dsched cluster` (also `python -m node`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from aiohttp import web
+
+from node.config import config_from_args
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run_node(args: argparse.Namespace) -> int:
+    from node.app import create_app
+
+    config = config_from_args(args)
+    setup_logging(config.log_level)
+    app = create_app(config)
+    node_id = config.resolved_node_id()
+
+    def announce(msg: str) -> None:
+        print(f"dsched node {node_id}: http://{config.http_host}:{config.http_port}", flush=True)
+
+    web.run_app(
+        app,
+        host=config.http_host,
+        port=config.http_port,
+        print=announce,
+        access_log=None,
+        # Running tasks get the configured grace; aiohttp must not cut the cleanup short.
+        shutdown_timeout=max(5.0, config.shutdown_grace_s + 5.0),
+        handle_signals=True,
+    )
+    return 0
+
+
+def run_cluster(args: argparse.Namespace) -> int:
+    from node.localcluster import run_local_cluster
+
+    return run_local_cluster(args)

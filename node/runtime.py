@@ -1,0 +1,539 @@
+"""The node's runtime: two thin drivers over core's state machines, plus the registry heartbeat.
+
+* The leader driver feeds :class:`core.scheduler.Scheduler` (elections, inbox notifications,
+  store answers, ticks) and carries out its effects against Redis, one batch per round trip. Every
+  answer goes back in the order Redis applied it: the scheduler relies on that.
+* The worker driver feeds :class:`core.worker.WorkerPool` (assignments taken, handlers ended,
+  ticks, refused heartbeats) and runs handlers: async ones on the loop, sync ones in threads.
+
+Neither decides anything itself; whatever logic lived here would escape the simulation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+from core.effects import Effect, Expire, Lease, Promote, RaiseEpoch, Rebuild, SetTimer
+from core.events import (
+    Deposed,
+    Elected,
+    EpochRaised,
+    Event,
+    Fenced,
+    NodeSeen,
+    Rebuilt,
+    TasksChanged,
+    Tick,
+)
+from core.priority import Priority
+from core.scheduler import Scheduler, SchedulerConfig
+from core.store_model import FENCED, TaskRecord
+from core.task import Outcome, RetryPolicy, Status, TaskState
+from core.worker import (
+    Assignment,
+    Finish,
+    Heartbeat,
+    Interrupt,
+    Release,
+    RunHandler,
+    StopReason,
+    WorkerEffect,
+    WorkerPool,
+)
+from node.config import NodeConfig
+from node.metrics import Metrics
+from node.store import RedisStore, StoreUnavailable
+from node.tasks import Handler, is_async
+
+log = logging.getLogger("dsched.runtime")
+
+# How many inbox notifications one drain takes; a full drain is followed by another at once.
+DRAIN_BATCH_MAX = 2048
+# The leader reads the node registry this often, and each node writes its entry this often.
+REGISTRY_PERIOD_S = 0.5
+# Upper bound on how long the leader loop sleeps with nothing to do: a lost pub/sub message
+# (Redis pub/sub is fire-and-forget) costs at most this much latency, never a stuck task.
+LEADER_IDLE_S = 0.05
+# How long a slot's BLPOP waits before it re-checks for shutdown.
+TAKE_WAIT_S = 1.0
+
+
+def now_ms() -> int:
+    # Wall-clock milliseconds: leases written by one node are judged by another, so all nodes
+    # must share a time base. Clock skew between nodes is bounded by the lease grace.
+    return time.time_ns() // 1_000_000
+
+
+class Leadership(Protocol):
+    """Who leads, and in which term: Raft in a cluster, the node itself when alone."""
+
+    def snapshot(self) -> tuple[bool, int, str | None]:
+        """(this node leads, term, leader node id or None)."""
+
+    def members(self) -> list[dict[str, Any]]:
+        """Cluster members as Raft knows them (id, http, raft), for GET /v1/cluster."""
+
+
+class SoloLeadership:
+    """A node without peers leads itself. Its term is one above the stored epoch at start, so a
+    node that restarts (or a second solo node pointed at the same Redis) fences the earlier one."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.term = 0
+
+    async def start(self, store: RedisStore) -> None:
+        self.term = await store.epoch() + 1
+
+    def snapshot(self) -> tuple[bool, int, str | None]:
+        return (self.term > 0, self.term, self.node_id if self.term > 0 else None)
+
+    def members(self) -> list[dict[str, Any]]:
+        return []
+
+
+def task_state(record: TaskRecord) -> TaskState:
+    return record.state()
+
+
+class NodeRuntime:
+    def __init__(
+        self,
+        config: NodeConfig,
+        store: RedisStore,
+        metrics: Metrics,
+        handlers: dict[str, Handler],
+        leadership: Leadership,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.node_id = config.resolved_node_id()
+        self.store = store
+        self.metrics = metrics
+        self.handlers = handlers
+        self.leadership = leadership
+        self.rng = rng or random.Random()
+        self.scheduler = Scheduler(self.node_id, SchedulerConfig(lease_ms=config.lease_ms))
+        self.pool = WorkerPool(self.node_id, config.workers, config.lease_ms)
+        self._executor = ThreadPoolExecutor(
+            max_workers=max(1, config.workers), thread_name_prefix="dsched-task"
+        )
+        self._wake = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._timer_at_ms: int | None = None
+        self._handlers_running: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._accepting = True
+        self._stopping = False
+        self._last_dispatch_ms = 0
+        self._leader_term_seen = 0
+        self._registry_seen: dict[str, int] = {}
+        self._registry_info: dict[str, dict[str, Any]] = {}
+        self._store_ok = True
+        self._loop_alive_ms = now_ms()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        await self._register()
+        self._tasks = [
+            asyncio.create_task(self._leader_loop(), name="dsched-leader"),
+            asyncio.create_task(self._take_loop(), name="dsched-take"),
+            asyncio.create_task(self._worker_ticks(), name="dsched-worker-ticks"),
+            asyncio.create_task(self._registry_loop(), name="dsched-registry"),
+            asyncio.create_task(self._cancel_listener(), name="dsched-cancels"),
+            asyncio.create_task(self._bell_listener(), name="dsched-bell"),
+        ]
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Graceful: stop taking work, let running tasks finish within the grace, give back the
+        rest (they run again elsewhere), then stop the loops. Nothing is lost either way."""
+        if self._stopping:
+            return
+        self._accepting = False
+        grace_ms = int(1000 * (self.config.shutdown_grace_s if grace_s is None else grace_s))
+        await self._carry_out(self.pool.shutdown(now_ms(), grace_ms))
+        deadline = time.monotonic() + grace_ms / 1000 + 5.0
+        while not self.pool.idle and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            await self._carry_out(self.pool.tick(now_ms()))
+        self._stopping = True
+        self._wake.set()
+        self._slot_free.set()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        with contextlib.suppress(Exception):
+            await self.store.unregister_node(self.node_id)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ RuntimeView (HTTP side)
+    def notify_changed(self, records: list[TaskRecord]) -> None:
+        # The inbox already holds these; wake the leader loop so it drains now, not at the
+        # next idle tick. That is what keeps submit-to-start in the low milliseconds.
+        self._wake.set()
+
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        leads, term, leader = self.leadership.snapshot()
+        loop_age_ms = now_ms() - self._loop_alive_ms
+        checks: dict[str, Any] = {
+            "redis": self._store_ok,
+            "leader_known": leader is not None,
+            "dispatch_loop_age_ms": loop_age_ms,
+            "dispatch_alive": loop_age_ms < 5_000,
+            "accepting": self._accepting,
+        }
+        ready = bool(self._store_ok and leader is not None and loop_age_ms < 5_000)
+        return ready and self._accepting, checks
+
+    def cluster(self) -> dict[str, Any]:
+        leads, term, leader = self.leadership.snapshot()
+        members = []
+        now = now_ms()
+        raft_members = {m["id"]: m for m in self.leadership.members()}
+        ids = sorted(set(self._registry_info) | set(raft_members) | {self.node_id})
+        for node_id in ids:
+            info = dict(self._registry_info.get(node_id, {}))
+            if node_id == self.node_id:
+                info.update(self._own_info())
+            raft = raft_members.get(node_id, {})
+            seen_ms = int(info.get("last_seen_ms", 0))
+            members.append(
+                {
+                    "id": node_id,
+                    "http": info.get("http") or raft.get("http", ""),
+                    "raft": info.get("raft") or raft.get("raft", ""),
+                    "role": "leader" if node_id == leader else "follower",
+                    "healthy": now - seen_ms < self.scheduler.config.node_timeout_ms,
+                    "pid": info.get("pid"),
+                    "workers_free": info.get("workers_free", 0),
+                    "workers_busy": info.get("workers_busy", 0),
+                    "leases": info.get("leases", 0),
+                }
+            )
+        return {"leader": leader, "term": term, "self": self.node_id, "members": members}
+
+    # ------------------------------------------------------------------ registry
+    def _own_info(self) -> dict[str, Any]:
+        cfg = self.config
+        raft = f"{cfg.raft_host}:{cfg.raft_port}" if cfg.raft_port else ""
+        return {
+            "http": f"{cfg.http_host}:{cfg.http_port}",
+            "raft": raft,
+            "pid": os.getpid(),
+            "slots": self.pool.slots if self._accepting else 0,
+            "types": sorted(self.handlers),
+            "workers_free": self.pool.free,
+            "workers_busy": self.pool.busy,
+            "leases": self.pool.busy,
+            "last_seen_ms": now_ms(),
+        }
+
+    async def _register(self) -> None:
+        await self.store.register_node(self.node_id, self._own_info(), now_ms())
+
+    async def _registry_loop(self) -> None:
+        while not self._stopping:
+            try:
+                await self._register()
+                self._registry_info = await self.store.nodes()
+                self._store_ok = True
+            except StoreUnavailable:
+                self._store_ok = False
+            self.metrics.set_workers_busy(self.pool.busy)
+            self._wake.set()
+            await asyncio.sleep(REGISTRY_PERIOD_S)
+
+    def _node_events(self, now: int) -> list[Event]:
+        """NodeSeen for every registry entry that was refreshed since we last looked. The
+        leader timestamps with its own clock: another node's clock only tells 'it changed'."""
+        events: list[Event] = []
+        info_now = dict(self._registry_info)
+        info_now[self.node_id] = self._own_info()
+        for node_id, info in sorted(info_now.items()):
+            stamp = int(info.get("last_seen_ms", 0))
+            if self._registry_seen.get(node_id) == stamp:
+                continue
+            self._registry_seen[node_id] = stamp
+            types = info.get("types")
+            events.append(
+                NodeSeen(
+                    node_id,
+                    int(info.get("slots", 0)),
+                    frozenset(types) if isinstance(types, list) else None,
+                    now,
+                )
+            )
+        return events
+
+    # ------------------------------------------------------------------ leader driver
+    async def _bell_listener(self) -> None:
+        """Redis pub/sub bell: another node wrote to the inbox. Lossy by nature; the leader
+        loop also drains every LEADER_IDLE_S, so a lost ring only costs latency."""
+        while not self._stopping:
+            try:
+                async for _ in self.store.bell():
+                    self._wake.set()
+            except StoreUnavailable:
+                await asyncio.sleep(0.5)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - keep listening whatever the connection did
+                log.exception("bell listener failed; retrying")
+                await asyncio.sleep(0.5)
+
+    async def _leader_loop(self) -> None:
+        while not self._stopping:
+            self._loop_alive_ms = now_ms()
+            try:
+                await self._leader_round()
+                self._store_ok = True
+            except StoreUnavailable as exc:
+                self._store_ok = False
+                log.warning("store unavailable in leader loop: %s", exc)
+                await asyncio.sleep(0.2)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("leader loop round failed")
+                await asyncio.sleep(0.2)
+            timeout = LEADER_IDLE_S
+            if self._timer_at_ms is not None:
+                timeout = max(0.0, min(timeout, (self._timer_at_ms - now_ms()) / 1000))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+
+    async def _leader_round(self) -> None:
+        sched = self.scheduler
+        leads, term, _ = self.leadership.snapshot()
+        now = now_ms()
+        if leads and term != self._leader_term_seen:
+            self._leader_term_seen = term
+            await self._feed(Elected(term, now))
+        elif not leads and self._leader_term_seen:
+            self._leader_term_seen = 0
+            await self._feed(Deposed(now))
+        for event in self._node_events(now):
+            await self._feed(event)
+        if sched.leading:
+            while True:
+                drained = await self.store.drain(sched.term, DRAIN_BATCH_MAX)
+                if drained == FENCED:
+                    self.metrics.fenced()
+                    await self._feed(Fenced(sched.term, now_ms()))
+                    break
+                assert not isinstance(drained, str)
+                if drained:
+                    await self._feed(TasksChanged(tuple(drained), now_ms()))
+                if len(drained) < DRAIN_BATCH_MAX:
+                    break
+        await self._feed(Tick(now_ms()))
+        counts = sched.queue.counts()
+        self.metrics.set_queue_depth({p.label: n for p, n in counts.items()})
+
+    async def _feed(self, event: Event) -> None:
+        """Step the scheduler and carry out its effects until it asks for nothing more."""
+        pending: list[Effect] = self.scheduler.step(event)
+        while pending:
+            effects, pending = pending, []
+            ops: list[Lease | Expire | Promote] = []
+            for effect in effects:
+                if isinstance(effect, (Lease, Expire, Promote)):
+                    ops.append(effect)
+                elif isinstance(effect, SetTimer):
+                    self._timer_at_ms = effect.at_ms
+                elif isinstance(effect, RaiseEpoch):
+                    ok = await self.store.raise_epoch(effect.term)
+                    if not ok:
+                        self.metrics.fenced()
+                        log.warning("term %d is older than the stored epoch", effect.term)
+                    pending += self.scheduler.step(EpochRaised(effect.term, ok, now_ms()))
+                elif isinstance(effect, Rebuild):
+                    pending += await self._rebuild(effect.term)
+            if ops:
+                pending += await self._apply(ops)
+
+    async def _rebuild(self, term: int) -> list[Effect]:
+        started = time.monotonic()
+        effects: list[Effect] = []
+        n = 0
+        async for chunk in self.store.live_states():
+            n += len(chunk)
+            effects += self.scheduler.step(TasksChanged(tuple(chunk), now_ms()))
+        effects += self.scheduler.step(Rebuilt(term, now_ms()))
+        log.info(
+            "leader %s term %d rebuilt %d live tasks in %.3f s",
+            self.node_id,
+            term,
+            n,
+            time.monotonic() - started,
+        )
+        return effects
+
+    async def _apply(self, ops: list[Lease | Expire | Promote]) -> list[Effect]:
+        answers = await self.store.apply(ops)
+        effects: list[Effect] = []
+        states: list[TaskState] = []
+        fenced = False
+        for op, answer in zip(ops, answers, strict=True):
+            if answer == FENCED:
+                fenced = True
+                continue
+            if isinstance(answer, TaskState):
+                states.append(answer)
+                if isinstance(op, Expire) and answer.status is not Status.RUNNING:
+                    log.info("lease of %s attempt %d expired -> %s", op.task_id, op.attempt,
+                             answer.status.value)
+        if states:
+            effects += self.scheduler.step(TasksChanged(tuple(states), now_ms()))
+        if fenced:
+            self.metrics.fenced(sum(1 for a in answers if a == FENCED))
+            effects += self.scheduler.step(Fenced(ops[0].term, now_ms()))
+        return effects
+
+    # ------------------------------------------------------------------ worker driver
+    async def _take_loop(self) -> None:
+        """Pull when a slot is free: a slot takes an assignment only when it can start it."""
+        while not self._stopping:
+            if self.pool.free <= 0:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                continue
+            try:
+                taken = await self.store.take(self.node_id, TAKE_WAIT_S)
+            except StoreUnavailable:
+                await asyncio.sleep(0.2)
+                continue
+            if taken is None:
+                continue
+            record = taken.record
+            if not self.pool.accepting:
+                # Taken just as we began to stop: give it straight back.
+                await self.store.release(Release(record.id, taken.attempt, self.node_id, now_ms()))
+                continue
+            assignment = Assignment(
+                task_id=record.id,
+                attempt=taken.attempt,
+                type=record.type,
+                timeout_ms=record.timeout_ms,
+                policy=RetryPolicy(
+                    record.max_retries, record.backoff_base_ms, record.backoff_cap_ms
+                ),
+                failures=record.failures,
+                lease_deadline_ms=record.lease_deadline_ms,
+            )
+            now = now_ms()
+            self.metrics.started(
+                record.type,
+                Priority(record.priority).label,
+                max(0.0, (now - record.created_ms) / 1000),
+            )
+            for effect in self.pool.start(assignment, now):
+                if isinstance(effect, RunHandler):
+                    key = (record.id, taken.attempt)
+                    self._handlers_running[key] = asyncio.create_task(
+                        self._run_handler(assignment, record.payload_json,
+                                          Priority(record.priority).label)
+                    )
+
+    async def _run_handler(self, a: Assignment, payload_json: str, priority: str) -> None:
+        started = time.monotonic()
+        handler = self.handlers.get(a.type)
+        outcome: Outcome
+        try:
+            if handler is None:
+                raise LookupError(f"no handler registered for task type {a.type!r} here")
+            payload = json.loads(payload_json)
+            if is_async(handler):
+                result = await handler(payload)
+            else:
+                loop = asyncio.get_running_loop()
+                # A thread cannot be killed: on timeout or cancel the slot is given up when
+                # the await is cancelled, and the thread finishes (unseen) in the background.
+                result = await loop.run_in_executor(self._executor, handler, payload)
+            json.dumps(result)  # a result that cannot be stored is the handler's error
+            outcome = Outcome.success(result)
+        except asyncio.CancelledError:
+            outcome = Outcome.error("Interrupted", "interrupted by the worker")
+        except Exception as exc:  # noqa: BLE001 - any handler error is the task's failure
+            outcome = Outcome.error(
+                type(exc).__name__, str(exc)[:2000], traceback.format_exc(limit=20)[-8000:]
+            )
+        finally:
+            self._handlers_running.pop((a.task_id, a.attempt), None)
+        effects = self.pool.handler_ended(a.task_id, a.attempt, outcome, now_ms(), self.rng)
+        run_s = time.monotonic() - started
+        for effect in effects:
+            if isinstance(effect, Finish):
+                self.metrics.finished(a.type, priority, effect.end.status.value, run_s)
+        self._slot_free.set()
+        await self._carry_out(effects)
+
+    async def _worker_ticks(self) -> None:
+        while not self._stopping:
+            try:
+                await self._carry_out(self.pool.tick(now_ms()))
+            except StoreUnavailable:
+                pass
+            due = self.pool.next_due_ms()
+            delay = 0.1 if due is None else min(0.1, max(0.001, (due - now_ms()) / 1000))
+            await asyncio.sleep(delay)
+
+    async def _cancel_listener(self) -> None:
+        """A client cancelled a task running here: interrupt it now, not at the next heartbeat."""
+        while not self._stopping:
+            try:
+                async for task_id in self.store.cancels(self.node_id):
+                    for (tid, attempt), _ in list(self._handlers_running.items()):
+                        if tid == task_id:
+                            await self._carry_out(self.pool.lease_refused(tid, attempt, True))
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001
+                await asyncio.sleep(0.5)
+
+    async def _carry_out(self, effects: list[WorkerEffect]) -> None:
+        heartbeats: list[Heartbeat] = []
+        for effect in effects:
+            if isinstance(effect, Interrupt):
+                task = self._handlers_running.get((effect.task_id, effect.attempt))
+                if task is not None:
+                    task.cancel()
+            elif isinstance(effect, Heartbeat):
+                heartbeats.append(effect)
+            elif isinstance(effect, Finish):
+                await self.store.finish_many([effect])
+            elif isinstance(effect, Release):
+                await self.store.release(effect)
+        if heartbeats:
+            answers = await self.store.heartbeat_many(heartbeats)
+            for hb, (held, status) in zip(heartbeats, answers, strict=True):
+                if not held:
+                    more = self.pool.lease_refused(
+                        hb.task_id, hb.attempt, cancelled=status is Status.CANCELLED
+                    )
+                    await self._carry_out(more)
+
+
+def make_runtime_factory(
+    config: NodeConfig, handlers: dict[str, Handler], leadership: Leadership
+) -> Callable[[RedisStore, Metrics], NodeRuntime]:
+    def build(store: RedisStore, metrics: Metrics) -> NodeRuntime:
+        return NodeRuntime(config, store, metrics, handlers, leadership)
+
+    return build

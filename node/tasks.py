@@ -1,0 +1,74 @@
+"""Task handlers registered by name with ``@task("name")``, and the built-in ones.
+
+Async handlers run on the event loop; plain functions run in a thread pool so they cannot block
+it. A handler gets the task's payload (decoded JSON) and returns a JSON-serialisable result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+Handler = Callable[[Any], Any]
+F = TypeVar("F", bound=Handler)
+
+_REGISTRY: dict[str, Handler] = {}
+
+
+def task(name: str) -> Callable[[F], F]:
+    """Register ``fn`` as the handler of task type ``name``."""
+    if not name or len(name) > 128:
+        raise ValueError("a task type name is 1 to 128 characters")
+
+    def register(fn: F) -> F:
+        other = _REGISTRY.get(name)
+        if other is not None and other is not fn:
+            raise ValueError(f"task type {name!r} is already registered by {other!r}")
+        _REGISTRY[name] = fn
+        return fn
+
+    return register
+
+
+def registered() -> dict[str, Handler]:
+    return dict(_REGISTRY)
+
+
+def is_async(handler: Handler) -> bool:
+    return inspect.iscoroutinefunction(handler)
+
+
+def load_modules(modules: tuple[str, ...] | list[str]) -> None:
+    """Import user modules so their @task decorators run."""
+    for module in modules:
+        importlib.import_module(module)
+
+
+class TaskFailed(Exception):
+    """Raised by the built-in ``fail`` task."""
+
+
+@task("noop")
+async def noop(payload: Any) -> None:
+    return None
+
+
+@task("echo")
+async def echo(payload: Any) -> Any:
+    return payload
+
+
+@task("sleep")
+async def sleep(payload: Any) -> dict[str, float]:
+    seconds = float(payload.get("seconds", 0.5)) if isinstance(payload, dict) else 0.5
+    await asyncio.sleep(max(0.0, seconds))
+    return {"slept_s": seconds}
+
+
+@task("fail")
+async def fail(payload: Any) -> None:
+    message = payload.get("message", "failed on purpose") if isinstance(payload, dict) else None
+    raise TaskFailed(message or "failed on purpose")

@@ -1,0 +1,306 @@
+"""The scheduler and worker state machines, driven over the store model."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from core.effects import Lease, RaiseEpoch, Rebuild
+from core.events import Elected, EpochRaised, NodeSeen, Rebuilt, TasksChanged
+from core.priority import Priority
+from core.scheduler import InvariantError, Role, Scheduler
+from core.task import TERMINAL, Outcome, RetryPolicy, Status, TaskState
+from tests.core.harness import Harness
+
+
+def state(tid: str, status: Status = Status.QUEUED, **kw: object) -> TaskState:
+    fields: dict[str, object] = {"type": "t", "priority": Priority.MEDIUM, "seq": 1}
+    fields.update(kw)
+    return TaskState(id=tid, status=status, **fields)  # type: ignore[arg-type]
+
+
+def test_election_fences_before_anything_then_rebuilds() -> None:
+    s = Scheduler("n1")
+    assert s.step(Elected(3, 0)) == [RaiseEpoch(3)]
+    assert s.role is Role.FENCING
+    # Nothing is assigned while fencing, even with work and slots in sight.
+    s.step(NodeSeen("n1", 2, None, 0))
+    assert s.step(TasksChanged((state("a"),), 0)) == []
+    assert s.step(EpochRaised(3, True, 0)) == [Rebuild(3)]
+    assert s.role is Role.REBUILDING
+    assert not [e for e in s.step(TasksChanged((state("a"),), 0)) if isinstance(e, Lease)]
+    effects = s.step(Rebuilt(3, 0))
+    assert [e for e in effects if isinstance(e, Lease)] == [Lease(3, "a", "n1", 10_000, 0)]
+    s.check_invariants()
+
+
+def test_refused_epoch_steps_down() -> None:
+    s = Scheduler("n1")
+    s.step(Elected(3, 0))
+    s.step(EpochRaised(3, False, 0))
+    assert s.role is Role.FOLLOWER and s.fence_term == 0
+
+
+def test_priority_then_fifo_and_no_prefetch() -> None:
+    h = Harness(nodes=["n1"], slots=1)
+    low = h.submit(Priority.LOW)
+    med1 = h.submit(Priority.MEDIUM)
+    med2 = h.submit(Priority.MEDIUM)
+    high = h.submit(Priority.HIGH)
+    h.elect()
+    order = []
+    for _ in range(4):
+        h.cycle()
+        [(tid, _, _)] = [s for s in h.started if s[0] not in order]
+        order.append(tid)
+        # Only one slot: exactly one lease outstanding, however much is queued.
+        assert sum(1 for r in h.store.tasks.values() if r.status is Status.RUNNING) == 1
+        h.complete("n1", tid, Outcome.success())
+    assert order == [high, med1, med2, low]
+
+
+def test_retry_with_backoff_then_dead() -> None:
+    h = Harness(nodes=["n1"], slots=1)
+    tid = h.submit(max_retries=1)
+    h.elect()
+    h.cycle()
+    h.complete("n1", tid, Outcome.error("E", "boom"))
+    h.cycle(1)
+    rec = h.store.tasks[tid]
+    assert rec.status is Status.FAILED and rec.failures == 1 and rec.run_at_ms > h.now_ms
+    h.cycle(200)  # past the capped backoff (100 ms)
+    assert h.store.tasks[tid].status is Status.RUNNING
+    assert h.store.tasks[tid].attempt == 2
+    h.complete("n1", tid, Outcome.error("E", "boom again"))
+    h.cycle()
+    assert h.store.tasks[tid].status is Status.DEAD
+    assert h.store.tasks[tid].error["message"] == "boom again"
+
+
+def test_lease_expiry_requeues_with_next_attempt_elsewhere() -> None:
+    h = Harness(nodes=["n1", "n2"], slots=1)
+    tid = h.submit()
+    h.elect()
+    h.cycle()
+    [(_, attempt, node)] = h.started
+    other = "n2" if node == "n1" else "n1"
+    h.crash_node(node)
+    del h.pools[node]  # gone for good: no heartbeats, not seen again
+    h.cycle(h.lease_ms + 100)
+    h.cycle()
+    assert h.started[-1] == (tid, attempt + 1, other)
+    # The lost attempt's completion changes nothing.
+    rec = h.store.tasks[tid]
+    assert rec.lease_expiries == 1 and rec.attempt == attempt + 1
+
+
+def test_heartbeats_keep_a_long_task_leased() -> None:
+    h = Harness(nodes=["n1"], slots=1)
+    tid = h.submit()
+    h.elect()
+    h.cycle()
+    for _ in range(10):
+        h.cycle(h.lease_ms // 3)
+    assert h.store.tasks[tid].status is Status.RUNNING
+    assert h.store.tasks[tid].attempt == 1
+
+
+def test_delay_and_dependencies() -> None:
+    h = Harness(nodes=["n1"], slots=2)
+    a = h.submit()
+    b = h.submit(depends_on=(a,))
+    c = h.submit(delay_ms=500)
+    h.elect()
+    h.cycle()
+    assert {s[0] for s in h.started} == {a}
+    h.complete("n1", a, Outcome.success())
+    h.cycle()
+    h.cycle()
+    assert {s[0] for s in h.started} == {a, b}
+    h.cycle(600)
+    assert c in {s[0] for s in h.started}
+
+
+def test_dead_dependency_fails_dependants_naming_it() -> None:
+    h = Harness(nodes=["n1"], slots=1)
+    a = h.submit(max_retries=0)
+    b = h.submit(depends_on=(a,))
+    c = h.submit(depends_on=(b,))
+    h.elect()
+    h.cycle()
+    h.complete("n1", a, Outcome.error("E", "x"))
+    for _ in range(3):
+        h.cycle()
+    assert h.store.tasks[b].status is Status.DEAD
+    assert a in h.store.tasks[b].error["message"]
+    assert h.store.tasks[c].status is Status.DEAD
+    assert b in h.store.tasks[c].error["message"]
+
+
+def test_cancel_queued_and_running() -> None:
+    h = Harness(nodes=["n1"], slots=1)
+    a = h.submit()
+    b = h.submit()
+    h.elect()
+    h.cycle()
+    h.store.cancel(b, h.now_ms)
+    h.store.cancel(a, h.now_ms)  # running: the worker learns at its next heartbeat
+    h.cycle(h.lease_ms // 3 + 1)
+    assert not h.pools["n1"].running or all(
+        r.stop is not None for r in h.pools["n1"].running.values()
+    )
+    assert h.store.tasks[a].status is Status.CANCELLED
+    assert h.complete("n1", a, Outcome.success())  # the handler ends late...
+    assert h.store.tasks[a].status is Status.CANCELLED  # ...and changes nothing
+    assert [s[0] for s in h.started] == [a]
+
+
+def test_deposed_leader_changes_nothing() -> None:
+    h = Harness(nodes=["n1"], slots=1)
+    h.submit()
+    old = h.elect("n1")
+    h.cycle()
+    new_term = h.term + 1
+    assert h.store.raise_epoch(new_term)  # another node won an election meanwhile
+    queued = h.submit()
+    h.drain()  # the old leader tries to drain: fenced, steps down
+    assert old.role is Role.FOLLOWER
+    assert h.store.tasks[queued].status is Status.QUEUED
+    assert old.stats_fenced == 1
+
+
+def test_invariant_checker_can_fail() -> None:
+    s = Scheduler("n1")
+    s.step(Elected(1, 0))
+    s.step(EpochRaised(1, True, 0))
+    s.step(TasksChanged((state("a"),), 0))
+    s.check_invariants()
+    s.leases["a"] = state("a", Status.RUNNING, attempt=1, lease_node="n1")
+    with pytest.raises(InvariantError):
+        s.check_invariants()
+
+
+def test_backoff_is_capped_and_jittered() -> None:
+    policy = RetryPolicy(max_retries=50, backoff_base_ms=100, backoff_cap_ms=1000)
+    rng = random.Random(1)
+    delays = [policy.backoff_ms(n, rng) for n in range(1, 40)]
+    assert all(50 <= d <= 1000 for d in delays)
+    assert delays[0] <= 100 and max(delays) > 500
+    assert len(set(delays[10:])) > 1  # jitter
+
+
+# ---------------------------------------------------------------------------- properties
+class SchedulerMachine(RuleBasedStateMachine):
+    """Random clients, workers, crashes and elections; invariants after every step; then, once
+    faults stop, every task must reach a terminal state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.h = Harness(nodes=["n1", "n2", "n3"], slots=2, seed=7)
+        self.h.elect()
+        self.ids: list[str] = []
+
+    @rule(
+        prio=st.sampled_from(list(Priority)),
+        delay=st.sampled_from([0, 0, 0, 50, 300]),
+        dep=st.booleans(),
+        retries=st.integers(0, 2),
+    )
+    def submit(self, prio: Priority, delay: int, dep: bool, retries: int) -> None:
+        deps = (self.ids[-1],) if dep and self.ids else ()
+        self.ids.append(
+            self.h.submit(prio, delay_ms=delay, depends_on=deps, max_retries=retries)
+        )
+
+    @rule(ms=st.sampled_from([1, 10, 100, 400]))
+    def time_passes(self, ms: int) -> None:
+        self.h.cycle(ms)
+
+    @rule(data=st.data(), ok=st.booleans())
+    def a_handler_ends(self, data: st.DataObject, ok: bool) -> None:
+        running = [(n, t) for n, p in sorted(self.h.pools.items()) for t in sorted(p.running)]
+        if running:
+            node, tid = data.draw(st.sampled_from(running))
+            self.h.complete(node, tid, Outcome.success() if ok else Outcome.error("E", "x"))
+
+    @precondition(lambda self: bool(self.ids))
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        self.h.store.cancel(data.draw(st.sampled_from(self.ids)), self.h.now_ms)
+
+    @rule(node=st.sampled_from(["n1", "n2", "n3"]))
+    def crash(self, node: str) -> None:
+        self.h.crash_node(node)
+
+    @rule(node=st.sampled_from(["n1", "n2", "n3"]))
+    def new_leader(self, node: str) -> None:
+        self.h.depose()
+        self.h.elect(node)
+
+    @invariant()
+    def one_attempt_runs_per_task(self) -> None:
+        # No two live executions of a task: the workers holding it agree on a single attempt.
+        holders: dict[str, set[int]] = {}
+        for pool in self.h.pools.values():
+            for tid, run in pool.running.items():
+                if run.stop is None:
+                    holders.setdefault(tid, set()).add(run.assignment.attempt)
+        for tid, attempts in holders.items():
+            rec = self.h.store.tasks[tid]
+            live = {a for a in attempts if rec.status is Status.RUNNING and a == rec.attempt}
+            assert len(live) <= 1
+
+    @invariant()
+    def retries_within_policy(self) -> None:
+        for rec in self.h.store.tasks.values():
+            assert rec.failures <= rec.max_retries + 1
+            assert rec.lease_expiries <= 3 + 1
+
+    @invariant()
+    def dependants_never_start_early(self) -> None:
+        started = {tid for tid, _, _ in self.h.started}
+        for tid in started:
+            for dep in self.h.store.tasks[tid].depends_on:
+                assert self.h.store.tasks[dep].status is Status.SUCCEEDED
+
+    def teardown(self) -> None:
+        # Liveness: faults stop, handlers succeed; everything must end within a bound.
+        h = self.h
+        for _ in range(400):
+            for node, pool in sorted(h.pools.items()):
+                for tid in sorted(pool.running):
+                    h.complete(node, tid, Outcome.success())
+            h.cycle(100)
+            if all(r.status in TERMINAL for r in h.store.tasks.values()):
+                break
+        stuck = {t: r.status for t, r in h.store.tasks.items() if r.status not in TERMINAL}
+        assert not stuck, f"tasks never finished: {stuck}"
+
+
+SchedulerMachine.TestCase.settings = settings(
+    max_examples=60,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_scheduler_properties = SchedulerMachine.TestCase
+
+
+@given(st.lists(st.sampled_from(list(Priority)), min_size=1, max_size=40))
+@settings(max_examples=50, deadline=None)
+def test_leases_never_skip_a_better_priority(prios: list[Priority]) -> None:
+    h = Harness(nodes=["n1"], slots=1)
+    h.elect()
+    for p in prios:
+        h.submit(p)
+    for _ in range(len(prios) + 2):
+        h.cycle()
+        for tid in list(h.pools["n1"].running):
+            h.complete("n1", tid, Outcome.success())
+    # Every lease took the best priority queued at that moment.
+    for tid, best in h.lease_log:
+        assert int(h.store.tasks[tid].priority) <= best
