@@ -236,10 +236,16 @@ class StoreModel:
                 out.append(record.state())
         return out
 
-    def live_states(self) -> list[TaskState]:
-        """Every task that can still change without a client, in seq order (for a rebuild)."""
-        live = [r for r in self.tasks.values() if not r.status.terminal]
-        return [r.state() for r in sorted(live, key=lambda r: r.seq)]
+    def live_states(self, after_seq: int = 0, count_max: int | None = None) -> list[TaskState]:
+        """Tasks that can still change without a client, with seq > after_seq, in seq order, at
+        most count_max of them: a new leader's rebuild reads them chunk by chunk."""
+        live = sorted(
+            (r for r in self.tasks.values() if not r.status.terminal and r.seq > after_seq),
+            key=lambda r: r.seq,
+        )
+        if count_max is not None:
+            live = live[:count_max]
+        return [r.state() for r in live]
 
     def lease(
         self, term: int, task_id: str, node_id: str, deadline_ms: int, now_ms: int

@@ -1,0 +1,214 @@
+"""The drivers' shared procedure, written once, without I/O: generators that yield store requests.
+
+A node (asyncio + Redis) and the simulation (SimPy + store model) both run these: the node sends
+each request to Redis and ``send``s the answer back in; the simulation delivers it over its
+simulated network. So the order in which answers reach the scheduler (which it relies on: the
+order the store applied them) is fixed here, once, and what the simulation proves is what ships.
+
+A request the store cannot serve (unreachable, timed out) is thrown into the generator as
+:class:`StoreUnavailable` by the driver; the procedure lets it propagate and the driver retries
+the round later. Nothing here is lost by that: the store is the truth, and the next round (or the
+next leader's rebuild) reconciles from it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+from core.effects import Effect, Expire, Lease, Promote, RaiseEpoch, Rebuild, SetTimer
+from core.events import (
+    Deposed,
+    Elected,
+    EpochRaised,
+    Event,
+    Fenced,
+    Rebuilt,
+    TasksChanged,
+    Tick,
+)
+from core.scheduler import Scheduler
+from core.store_model import FENCED
+from core.task import Outcome, Status, TaskState
+from core.worker import Finish, Heartbeat, Interrupt, Release, WorkerEffect, WorkerPool
+
+
+class StoreUnavailable(Exception):
+    """The store did not answer (down, partitioned, timed out)."""
+
+
+# ---- requests the drivers serve -----------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class RaiseEpochRequest:
+    term: int  # answer: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DrainRequest:
+    term: int
+    count_max: int  # answer: list[TaskState] | FENCED
+
+
+@dataclass(frozen=True, slots=True)
+class LiveStatesRequest:
+    """One chunk of live tasks with seq > after_seq, in seq order. Answer: list[TaskState]."""
+
+    after_seq: int
+    count_max: int
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyRequest:
+    ops: tuple[Lease | Expire | Promote, ...]  # answer: list[TaskState | None | FENCED]
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatRequest:
+    beats: tuple[Heartbeat, ...]  # answer: list[tuple[bool, Status | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class FinishRequest:
+    finish: Finish  # answer: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseRequest:
+    release: Release  # answer: bool
+
+
+@dataclass(frozen=True, slots=True)
+class InterruptHandler:
+    """Not a store request: the driver stops the handler of this attempt. Answer: None."""
+
+    interrupt: Interrupt
+
+
+Request = (
+    RaiseEpochRequest
+    | DrainRequest
+    | LiveStatesRequest
+    | ApplyRequest
+    | HeartbeatRequest
+    | FinishRequest
+    | ReleaseRequest
+    | InterruptHandler
+)
+Procedure = Generator[Request, Any, None]
+
+# How many inbox notifications one drain takes; a full drain is followed by another at once.
+DRAIN_BATCH_MAX = 2048
+# Live tasks read per rebuild request.
+REBUILD_CHUNK_MAX = 2000
+
+
+@dataclass
+class LeaderStats:
+    fenced_writes: int = 0
+    rebuilt_tasks: int = 0
+    timer_at_ms: int | None = None
+
+
+def leader_round(
+    sched: Scheduler,
+    leads: bool,
+    term: int,
+    node_events: list[Event],
+    now_ms: Callable[[], int],
+    stats: LeaderStats,
+) -> Procedure:
+    """One pass of the leader loop: elections, node registry, inbox, timers, and every effect
+    that follows, until the scheduler asks for nothing more."""
+    if leads and term != sched.term and term > 0:
+        yield from feed(sched, Elected(term, now_ms()), now_ms, stats)
+    elif not leads and sched.fence_term:
+        yield from feed(sched, Deposed(now_ms()), now_ms, stats)
+    for event in node_events:
+        yield from feed(sched, event, now_ms, stats)
+    while sched.leading:
+        drained = yield DrainRequest(sched.term, DRAIN_BATCH_MAX)
+        if drained == FENCED:
+            stats.fenced_writes += 1
+            yield from feed(sched, Fenced(sched.term, now_ms()), now_ms, stats)
+            break
+        if drained:
+            yield from feed(sched, TasksChanged(tuple(drained), now_ms()), now_ms, stats)
+        if len(drained) < DRAIN_BATCH_MAX:
+            break
+    yield from feed(sched, Tick(now_ms()), now_ms, stats)
+
+
+def feed(
+    sched: Scheduler, event: Event, now_ms: Callable[[], int], stats: LeaderStats
+) -> Procedure:
+    """Step the scheduler with ``event`` and carry out its effects (and theirs) in order."""
+    pending: list[Effect] = sched.step(event)
+    while pending:
+        effects, pending = pending, []
+        ops: list[Lease | Expire | Promote] = []
+        for effect in effects:
+            if isinstance(effect, (Lease, Expire, Promote)):
+                ops.append(effect)
+            elif isinstance(effect, SetTimer):
+                stats.timer_at_ms = effect.at_ms
+            elif isinstance(effect, RaiseEpoch):
+                ok = yield RaiseEpochRequest(effect.term)
+                if not ok:
+                    stats.fenced_writes += 1
+                pending += sched.step(EpochRaised(effect.term, bool(ok), now_ms()))
+            elif isinstance(effect, Rebuild):
+                after = 0
+                while True:
+                    chunk: list[TaskState] = yield LiveStatesRequest(after, REBUILD_CHUNK_MAX)
+                    if chunk:
+                        stats.rebuilt_tasks += len(chunk)
+                        after = chunk[-1].seq
+                        pending += sched.step(TasksChanged(tuple(chunk), now_ms()))
+                    if len(chunk) < REBUILD_CHUNK_MAX:
+                        break
+                pending += sched.step(Rebuilt(effect.term, now_ms()))
+        if ops:
+            answers = yield ApplyRequest(tuple(ops))
+            states = tuple(a for a in answers if isinstance(a, TaskState))
+            if states:
+                pending += sched.step(TasksChanged(states, now_ms()))
+            fenced = sum(1 for a in answers if a == FENCED)
+            if fenced:
+                stats.fenced_writes += fenced
+                pending += sched.step(Fenced(ops[0].term, now_ms()))
+
+
+def worker_effects(pool: WorkerPool, effects: list[WorkerEffect]) -> Procedure:
+    """Carry out a worker pool's effects: interrupts, completions, releases, heartbeats."""
+    beats: list[Heartbeat] = []
+    for effect in effects:
+        if isinstance(effect, Interrupt):
+            yield InterruptHandler(effect)
+        elif isinstance(effect, Heartbeat):
+            beats.append(effect)
+        elif isinstance(effect, Finish):
+            yield FinishRequest(effect)
+        elif isinstance(effect, Release):
+            yield ReleaseRequest(effect)
+    if beats:
+        answers = yield HeartbeatRequest(tuple(beats))
+        for beat, (held, status) in zip(beats, answers, strict=True):
+            if not held:
+                more = pool.lease_refused(
+                    beat.task_id, beat.attempt, cancelled=status is Status.CANCELLED
+                )
+                yield from worker_effects(pool, more)
+
+
+def handler_ended(
+    pool: WorkerPool,
+    task_id: str,
+    attempt: int,
+    outcome: Outcome,
+    now_ms: int,
+    rng: random.Random,
+) -> Procedure:
+    """A handler finished: settle its slot and write the outcome (attempt-fenced)."""
+    yield from worker_effects(pool, pool.handler_ended(task_id, attempt, outcome, now_ms, rng))
