@@ -23,33 +23,27 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from core.effects import Effect, Expire, Lease, Promote, RaiseEpoch, Rebuild, SetTimer
-from core.events import (
-    Deposed,
-    Elected,
-    EpochRaised,
-    Event,
-    Fenced,
-    NodeSeen,
-    Rebuilt,
-    TasksChanged,
-    Tick,
+from core.driver import (
+    ApplyRequest,
+    DrainRequest,
+    FinishRequest,
+    HeartbeatRequest,
+    InterruptHandler,
+    LeaderStats,
+    LiveStatesRequest,
+    Procedure,
+    RaiseEpochRequest,
+    ReleaseRequest,
+    Request,
+    leader_round,
+    worker_effects,
 )
+from core.events import Event, NodeSeen
 from core.priority import Priority
 from core.scheduler import Scheduler, SchedulerConfig
-from core.store_model import FENCED, TaskRecord
-from core.task import Outcome, RetryPolicy, Status, TaskState
-from core.worker import (
-    Assignment,
-    Finish,
-    Heartbeat,
-    Interrupt,
-    Release,
-    RunHandler,
-    StopReason,
-    WorkerEffect,
-    WorkerPool,
-)
+from core.store_model import TaskRecord
+from core.task import Outcome, RetryPolicy
+from core.worker import Assignment, Finish, Release, RunHandler, WorkerEffect, WorkerPool
 from node.config import NodeConfig
 from node.metrics import Metrics
 from node.store import RedisStore, StoreUnavailable
@@ -57,8 +51,6 @@ from node.tasks import Handler, is_async
 
 log = logging.getLogger("dsched.runtime")
 
-# How many inbox notifications one drain takes; a full drain is followed by another at once.
-DRAIN_BATCH_MAX = 2048
 # The leader reads the node registry this often, and each node writes its entry this often.
 REGISTRY_PERIOD_S = 0.5
 # Upper bound on how long the leader loop sleeps with nothing to do: a lost pub/sub message
@@ -102,10 +94,6 @@ class SoloLeadership:
         return []
 
 
-def task_state(record: TaskRecord) -> TaskState:
-    return record.state()
-
-
 class NodeRuntime:
     def __init__(
         self,
@@ -130,13 +118,13 @@ class NodeRuntime:
         )
         self._wake = asyncio.Event()
         self._slot_free = asyncio.Event()
-        self._timer_at_ms: int | None = None
+        self.leader_stats = LeaderStats()
+        self._fenced_reported = 0
         self._handlers_running: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._accepting = True
         self._stopping = False
         self._last_dispatch_ms = 0
-        self._leader_term_seen = 0
         self._registry_seen: dict[str, int] = {}
         self._registry_info: dict[str, dict[str, Any]] = {}
         self._store_ok = True
@@ -299,8 +287,12 @@ class NodeRuntime:
     async def _leader_loop(self) -> None:
         while not self._stopping:
             self._loop_alive_ms = now_ms()
+            leads, term, _ = self.leadership.snapshot()
+            proc = leader_round(
+                self.scheduler, leads, term, self._node_events(now_ms()), now_ms, self.leader_stats
+            )
             try:
-                await self._leader_round()
+                await self._serve(proc)
                 self._store_ok = True
             except StoreUnavailable as exc:
                 self._store_ok = False
@@ -311,100 +303,61 @@ class NodeRuntime:
             except Exception:
                 log.exception("leader loop round failed")
                 await asyncio.sleep(0.2)
+            fenced = self.leader_stats.fenced_writes
+            if fenced > self._fenced_reported:
+                self.metrics.fenced(fenced - self._fenced_reported)
+                self._fenced_reported = fenced
+            counts = self.scheduler.queue.counts()
+            self.metrics.set_queue_depth({p.label: n for p, n in counts.items()})
             timeout = LEADER_IDLE_S
-            if self._timer_at_ms is not None:
-                timeout = max(0.0, min(timeout, (self._timer_at_ms - now_ms()) / 1000))
+            timer_at = self.leader_stats.timer_at_ms
+            if timer_at is not None:
+                timeout = max(0.0, min(timeout, (timer_at - now_ms()) / 1000))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
 
-    async def _leader_round(self) -> None:
-        sched = self.scheduler
-        leads, term, _ = self.leadership.snapshot()
-        now = now_ms()
-        if leads and term != self._leader_term_seen:
-            self._leader_term_seen = term
-            await self._feed(Elected(term, now))
-        elif not leads and self._leader_term_seen:
-            self._leader_term_seen = 0
-            await self._feed(Deposed(now))
-        for event in self._node_events(now):
-            await self._feed(event)
-        if sched.leading:
+    async def _serve(self, proc: Procedure) -> None:
+        """Run a core procedure: carry out each request it yields, send the answer back in."""
+        try:
+            request = next(proc)
             while True:
-                drained = await self.store.drain(sched.term, DRAIN_BATCH_MAX)
-                if drained == FENCED:
-                    self.metrics.fenced()
-                    await self._feed(Fenced(sched.term, now_ms()))
-                    break
-                assert not isinstance(drained, str)
-                if drained:
-                    await self._feed(TasksChanged(tuple(drained), now_ms()))
-                if len(drained) < DRAIN_BATCH_MAX:
-                    break
-        await self._feed(Tick(now_ms()))
-        counts = sched.queue.counts()
-        self.metrics.set_queue_depth({p.label: n for p, n in counts.items()})
+                try:
+                    answer = await self._execute(request)
+                except StoreUnavailable as exc:
+                    request = proc.throw(exc)
+                    continue
+                request = proc.send(answer)
+        except StopIteration:
+            return
 
-    async def _feed(self, event: Event) -> None:
-        """Step the scheduler and carry out its effects until it asks for nothing more."""
-        pending: list[Effect] = self.scheduler.step(event)
-        while pending:
-            effects, pending = pending, []
-            ops: list[Lease | Expire | Promote] = []
-            for effect in effects:
-                if isinstance(effect, (Lease, Expire, Promote)):
-                    ops.append(effect)
-                elif isinstance(effect, SetTimer):
-                    self._timer_at_ms = effect.at_ms
-                elif isinstance(effect, RaiseEpoch):
-                    ok = await self.store.raise_epoch(effect.term)
-                    if not ok:
-                        self.metrics.fenced()
-                        log.warning("term %d is older than the stored epoch", effect.term)
-                    pending += self.scheduler.step(EpochRaised(effect.term, ok, now_ms()))
-                elif isinstance(effect, Rebuild):
-                    pending += await self._rebuild(effect.term)
-            if ops:
-                pending += await self._apply(ops)
-
-    async def _rebuild(self, term: int) -> list[Effect]:
-        started = time.monotonic()
-        effects: list[Effect] = []
-        n = 0
-        async for chunk in self.store.live_states():
-            n += len(chunk)
-            effects += self.scheduler.step(TasksChanged(tuple(chunk), now_ms()))
-        effects += self.scheduler.step(Rebuilt(term, now_ms()))
-        log.info(
-            "leader %s term %d rebuilt %d live tasks in %.3f s",
-            self.node_id,
-            term,
-            n,
-            time.monotonic() - started,
-        )
-        return effects
-
-    async def _apply(self, ops: list[Lease | Expire | Promote]) -> list[Effect]:
-        answers = await self.store.apply(ops)
-        effects: list[Effect] = []
-        states: list[TaskState] = []
-        fenced = False
-        for op, answer in zip(ops, answers, strict=True):
-            if answer == FENCED:
-                fenced = True
-                continue
-            if isinstance(answer, TaskState):
-                states.append(answer)
-                if isinstance(op, Expire) and answer.status is not Status.RUNNING:
-                    log.info("lease of %s attempt %d expired -> %s", op.task_id, op.attempt,
-                             answer.status.value)
-        if states:
-            effects += self.scheduler.step(TasksChanged(tuple(states), now_ms()))
-        if fenced:
-            self.metrics.fenced(sum(1 for a in answers if a == FENCED))
-            effects += self.scheduler.step(Fenced(ops[0].term, now_ms()))
-        return effects
+    async def _execute(self, request: Request) -> Any:
+        store = self.store
+        if isinstance(request, DrainRequest):
+            return await store.drain(request.term, request.count_max)
+        if isinstance(request, ApplyRequest):
+            return await store.apply(list(request.ops))
+        if isinstance(request, RaiseEpochRequest):
+            ok = await store.raise_epoch(request.term)
+            if not ok:
+                log.warning("term %d is older than the stored epoch: not leading", request.term)
+            return ok
+        if isinstance(request, LiveStatesRequest):
+            return await store.live_states_after(request.after_seq, request.count_max)
+        if isinstance(request, HeartbeatRequest):
+            return await store.heartbeat_many(list(request.beats))
+        if isinstance(request, FinishRequest):
+            [ok] = await store.finish_many([request.finish])
+            return ok
+        if isinstance(request, ReleaseRequest):
+            return await store.release(request.release)
+        if isinstance(request, InterruptHandler):
+            it = request.interrupt
+            task = self._handlers_running.get((it.task_id, it.attempt))
+            if task is not None:
+                task.cancel()
+            return None
+        raise TypeError(f"unknown request {request!r}")
 
     # ------------------------------------------------------------------ worker driver
     async def _take_loop(self) -> None:
@@ -508,32 +461,4 @@ class NodeRuntime:
                 await asyncio.sleep(0.5)
 
     async def _carry_out(self, effects: list[WorkerEffect]) -> None:
-        heartbeats: list[Heartbeat] = []
-        for effect in effects:
-            if isinstance(effect, Interrupt):
-                task = self._handlers_running.get((effect.task_id, effect.attempt))
-                if task is not None:
-                    task.cancel()
-            elif isinstance(effect, Heartbeat):
-                heartbeats.append(effect)
-            elif isinstance(effect, Finish):
-                await self.store.finish_many([effect])
-            elif isinstance(effect, Release):
-                await self.store.release(effect)
-        if heartbeats:
-            answers = await self.store.heartbeat_many(heartbeats)
-            for hb, (held, status) in zip(heartbeats, answers, strict=True):
-                if not held:
-                    more = self.pool.lease_refused(
-                        hb.task_id, hb.attempt, cancelled=status is Status.CANCELLED
-                    )
-                    await self._carry_out(more)
-
-
-def make_runtime_factory(
-    config: NodeConfig, handlers: dict[str, Handler], leadership: Leadership
-) -> Callable[[RedisStore, Metrics], NodeRuntime]:
-    def build(store: RedisStore, metrics: Metrics) -> NodeRuntime:
-        return NodeRuntime(config, store, metrics, handlers, leadership)
-
-    return build
+        await self._serve(worker_effects(self.pool, effects))
