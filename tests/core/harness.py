@@ -83,7 +83,9 @@ class Harness:
     def elect(self, node: str | None = None) -> Scheduler:
         self.term += 1
         self.leader = Scheduler(
-            node or self.nodes[0], SchedulerConfig(lease_ms=self.lease_ms, expire_grace_ms=50)
+            node or self.nodes[0], SchedulerConfig(
+                lease_ms=self.lease_ms, expire_grace_ms=50, node_timeout_ms=self.lease_ms // 2
+            )
         )
         self.feed(Elected(self.term, self.now_ms))
         self.see_nodes()
