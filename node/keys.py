@@ -32,7 +32,9 @@ class RuntimeView(Protocol):
         """False while shutting down: refuse new submissions with 503."""
 
 
+# Annotated rather than given a type argument: the store and metrics modules are only imported
+# for type checking (no import cycle), and a Protocol is not a concrete class that AppKey takes.
 CONFIG = web.AppKey("config", NodeConfig)
-STORE = web.AppKey("store", "RedisStore")
-RUNTIME = web.AppKey("runtime", RuntimeView)
-METRICS = web.AppKey("metrics", "Metrics")
+STORE: web.AppKey[RedisStore] = web.AppKey("store")
+RUNTIME: web.AppKey[RuntimeView] = web.AppKey("runtime")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")

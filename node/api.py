@@ -1,0 +1,392 @@
+"""The HTTP API: routes, handlers and the middleware that gives every error one JSON shape.
+
+Handlers are thin: parse and validate the whole request (node/validation.py), make one store
+call, serialize (node/serialize.py). A submission is answered 201 only after the store
+acknowledged it, and nothing is written unless every task of the request is valid.
+
+Errors: ``{"error": {"code": ..., "field": ..., "message": ...}}`` with a 4xx status naming the
+offending input, 503 with Retry-After when the node cannot take work or the store is away, and a
+logged 500 (never a crash, never a traceback to the client) for anything unexpected.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from core.limits import Limits
+from core.priority import Priority
+from core.store_model import SubmitError, TaskRecord
+from core.task import Status
+from node import tasks as task_registry
+from node.keys import CONFIG, METRICS, RUNTIME, STORE
+from node.openapi import build_openapi
+from node.serialize import task_json
+from node.store import StoreUnavailable
+from node.validation import Intake, RequestError, parse_json, validate_batch, validate_task
+
+log = logging.getLogger("dsched.api")
+
+# Seconds a client should wait before trying again after a 503: a store failover or a node
+# restart takes about this long, and a shorter hint only adds load to a struggling cluster.
+RETRY_AFTER_S = 1
+PAGE_TASKS_DEFAULT = 100
+# A cursor is a submission sequence number; 20 digits hold any int64.
+CURSOR_DIGITS_MAX = 20
+LIST_PARAMS = ("status", "type", "priority", "cursor", "limit")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Status codes of errors aiohttp raises itself (router, body size), mapped to our error codes.
+_HTTP_CODES = {
+    400: "malformed",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+}
+
+
+def now_ms() -> int:
+    # Wall-clock milliseconds, the time base node.runtime shares across nodes (run_at, created).
+    return time.time_ns() // 1_000_000
+
+
+def _limits(request: web.Request) -> Limits:
+    return request.app[CONFIG].limits
+
+
+def _json_response(data: Any, status: int = 200, **headers: str) -> web.Response:
+    return web.json_response(data, status=status, headers=headers or None)
+
+
+def _error_response(exc: RequestError, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(exc.body(), status=exc.status, headers=headers)
+
+
+def _unavailable(message: str) -> RequestError:
+    return RequestError(None, message, 503, "unavailable")
+
+
+# ---------------------------------------------------------------------------- middleware
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One JSON error envelope for every failure, and the latency histogram of every request."""
+    started = time.perf_counter()
+    response: web.StreamResponse
+    try:
+        response = await handler(request)
+    except RequestError as exc:
+        headers = {"Retry-After": str(RETRY_AFTER_S)} if exc.status == 503 else None
+        response = _error_response(exc, headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else None
+        error = RequestError(None, message or exc.reason, exc.status, code)
+        # Keep what the status depends on (Allow on 405); drop the text/plain body headers.
+        kept = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
+        response = _error_response(error, kept)
+    except StoreUnavailable as exc:
+        log.warning("store unavailable: %s %s: %s", request.method, request.path, exc)
+        response = _error_response(
+            # A write cut off mid-way may have landed: only an idempotency key makes a resend
+            # of a submission safe, so the message says so.
+            _unavailable(
+                "the store is unavailable; try again (resend submissions with the same "
+                "idempotency_key so that none is created twice)"
+            ),
+            {"Retry-After": str(RETRY_AFTER_S)},
+        )
+    except Exception:
+        # Logged with the traceback here; the client gets a plain 500, the node keeps serving.
+        log.exception("unexpected error in %s %s", request.method, request.path)
+        response = _error_response(
+            RequestError(None, "internal error; see the node's log", 500, "internal")
+        )
+    resource = request.match_info.route.resource
+    # The route template, never the raw path: ids in label values would grow without bound.
+    route = resource.canonical if resource is not None else "unmatched"
+    request.app[METRICS].observe_http(
+        request.method, route, response.status, time.perf_counter() - started
+    )
+    return response
+
+
+# ---------------------------------------------------------------------------- request helpers
+
+
+async def read_json(request: web.Request) -> Any:
+    """The body as JSON, refused before parsing when it is too large or not JSON."""
+    limit = _limits(request).request_bytes_max
+    if request.content_type != "application/json":
+        raise RequestError(
+            None,
+            f"Content-Type must be application/json, not {request.content_type}",
+            415,
+            "unsupported_media_type",
+        )
+    charset = request.charset
+    if charset is not None and charset.lower() not in ("utf-8", "utf8"):
+        raise RequestError(
+            None, f"JSON is UTF-8; charset {charset} is not", 415, "unsupported_media_type"
+        )
+    # The declared length is refused up front, before a byte is read; a body without one (or
+    # lying about it) is still cut off at client_max_size by aiohttp as it reads.
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestError(None, f"the body is over {limit} bytes", 413, "too_large")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise RequestError(None, f"the body is over {limit} bytes", 413, "too_large") from None
+    return parse_json(body)
+
+
+def _intake(request: web.Request) -> Intake:
+    return Intake(
+        limits=_limits(request),
+        task_types=frozenset(task_registry.registered()),
+        now_ms=now_ms(),
+        new_id=lambda: uuid.uuid4().hex,
+    )
+
+
+def _check_accepting(request: web.Request) -> None:
+    if not request.app[RUNTIME].accepting():
+        raise _unavailable("this node is shutting down; send new work to another node")
+
+
+def _task_id(request: web.Request) -> str:
+    return request.match_info["id"]
+
+
+def _not_found(task_id: str) -> RequestError:
+    return RequestError("id", f"no task {task_id!r}", 404, "not_found")
+
+
+def _conflict(record: TaskRecord, message: str) -> web.Response:
+    error = RequestError("status", message, 409, "conflict")
+    # The task comes along so that the client sees why without a second request.
+    return _json_response({**error.body(), "task": task_json(record)}, 409)
+
+
+def _count_submitted(request: web.Request, records: list[TaskRecord]) -> None:
+    metrics = request.app[METRICS]
+    by_label = Counter((r.type, Priority(r.priority).label) for r in records)
+    for (type_name, label), n in sorted(by_label.items()):
+        metrics.submitted(type_name, label, n)
+
+
+# ---------------------------------------------------------------------------- handlers
+
+
+async def submit_task(request: web.Request) -> web.Response:
+    _check_accepting(request)
+    new = validate_task(await read_json(request), _intake(request))
+    try:
+        [(record, created)] = await request.app[STORE].submit([new], now_ms())
+    except SubmitError as exc:
+        raise RequestError(exc.field, str(exc)) from None
+    if not created:
+        # The idempotency key matched: the first task, unchanged, and nothing new to wake for.
+        return _json_response(task_json(record), 200)
+    _count_submitted(request, [record])
+    request.app[RUNTIME].notify_changed([record])
+    return _json_response(task_json(record), 201, Location=f"/v1/tasks/{record.id}")
+
+
+async def submit_batch(request: web.Request) -> web.Response:
+    _check_accepting(request)
+    batch = validate_batch(await read_json(request), _intake(request))
+    try:
+        results = await request.app[STORE].submit(batch, now_ms())
+    except SubmitError as exc:
+        field = exc.field if exc.index is None else f"tasks[{exc.index}].{exc.field}"
+        raise RequestError(field, str(exc)) from None
+    created = [record for record, was_created in results if was_created]
+    if created:
+        _count_submitted(request, created)
+        request.app[RUNTIME].notify_changed(created)
+    body = {"tasks": [task_json(record) for record, _ in results]}
+    return _json_response(body, 201 if created else 200)
+
+
+async def get_task(request: web.Request) -> web.Response:
+    task_id = _task_id(request)
+    record = await request.app[STORE].get(task_id)
+    if record is None:
+        raise _not_found(task_id)
+    return _json_response(task_json(record))
+
+
+def _one_param(request: web.Request, name: str) -> str | None:
+    values = request.query.getall(name, [])
+    if len(values) > 1:
+        raise RequestError(name, "is given more than once", 400)
+    return values[0] if values else None
+
+
+def _list_query(request: web.Request) -> dict[str, Any]:
+    """Query parameters of GET /v1/tasks -> the store's list_tasks arguments, strictly."""
+    for name in request.query:
+        if name not in LIST_PARAMS:
+            raise RequestError(
+                name, f"unknown query parameter; accepted: {', '.join(LIST_PARAMS)}", 400
+            )
+    limits = _limits(request)
+    args: dict[str, Any] = {"after_seq": 0, "limit": PAGE_TASKS_DEFAULT}
+    status = _one_param(request, "status")
+    if status is not None:
+        try:
+            args["status"] = Status(status)
+        except ValueError:
+            allowed = [s.value for s in Status]
+            raise RequestError(
+                "status",
+                f"unknown status {status!r}; one of {', '.join(allowed)}",
+                400,
+                extra={"allowed": allowed},
+            ) from None
+    type_name = _one_param(request, "type")
+    if type_name is not None:
+        if not type_name or len(type_name) > limits.task_type_chars_max:
+            raise RequestError("type", f"must be 1 to {limits.task_type_chars_max} characters", 400)
+        args["type"] = type_name
+    priority = _one_param(request, "priority")
+    if priority is not None:
+        labels = [p.label for p in Priority]
+        if priority not in labels:
+            raise RequestError(
+                "priority",
+                f"unknown priority {priority!r}; one of {', '.join(labels)}",
+                400,
+                extra={"allowed": labels},
+            )
+        args["priority"] = Priority.parse(priority)
+    cursor = _one_param(request, "cursor")
+    if cursor is not None:
+        # Only what this API handed out: a decimal sequence number.
+        if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > CURSOR_DIGITS_MAX:
+            raise RequestError("cursor", "is not a cursor this API returned", 400)
+        args["after_seq"] = int(cursor)
+    limit = _one_param(request, "limit")
+    if limit is not None:
+        if not (limit.isascii() and limit.isdigit()) or not (
+            1 <= int(limit[:CURSOR_DIGITS_MAX]) <= limits.page_tasks_max
+        ):
+            raise RequestError(
+                "limit", f"must be an integer from 1 to {limits.page_tasks_max}", 400
+            )
+        args["limit"] = int(limit)
+    return args
+
+
+async def list_tasks(request: web.Request) -> web.Response:
+    args = _list_query(request)
+    records, next_cursor = await request.app[STORE].list_tasks(**args)
+    return _json_response(
+        {
+            "tasks": [task_json(r) for r in records],
+            "next_cursor": None if next_cursor is None else str(next_cursor),
+        }
+    )
+
+
+async def cancel_task(request: web.Request) -> web.Response:
+    task_id = _task_id(request)
+    record = await request.app[STORE].cancel(task_id, now_ms())
+    if record is None:
+        raise _not_found(task_id)
+    if record.status is Status.CANCELLED:
+        # Also when it was cancelled before: DELETE is idempotent, so a client repeating it
+        # after a lost answer hears what it wanted, not a conflict.
+        request.app[RUNTIME].notify_changed([record])
+        return _json_response(task_json(record))
+    return _conflict(record, f"the task is {record.status.value}; it cannot be cancelled")
+
+
+async def retry_task(request: web.Request) -> web.Response:
+    _check_accepting(request)
+    task_id = _task_id(request)
+    store = request.app[STORE]
+    # The store answers an unchanged record when it refuses a retry, and a retried task may be
+    # pending, just like one it refused: so the status before the call tells which happened.
+    before = await store.get(task_id)
+    if before is None:
+        raise _not_found(task_id)
+    if before.status not in (Status.DEAD, Status.CANCELLED):
+        return _conflict(
+            before, f"the task is {before.status.value}; only dead or cancelled tasks retry"
+        )
+    record = await store.retry(task_id, now_ms())
+    if record is None:
+        raise _not_found(task_id)
+    request.app[METRICS].retried(record.type, Priority(record.priority).label)
+    request.app[RUNTIME].notify_changed([record])
+    return _json_response(task_json(record))
+
+
+async def queues(request: web.Request) -> web.Response:
+    counts = await request.app[STORE].counts()
+    return _json_response(counts)
+
+
+async def cluster(request: web.Request) -> web.Response:
+    return _json_response(request.app[RUNTIME].cluster())
+
+
+async def healthz(request: web.Request) -> web.Response:
+    # Alive only: readiness (store, leader, dispatch) is /readyz, so that a Redis outage does
+    # not get every node restarted by its supervisor.
+    return _json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ready, checks = request.app[RUNTIME].readiness()
+    return _json_response({"ready": ready, "checks": checks}, 200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body, content_type = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return _json_response(build_openapi(_limits(request), sorted(task_registry.registered())))
+
+
+ROUTES: tuple[tuple[str, str, Handler], ...] = (
+    ("POST", "/v1/tasks", submit_task),
+    ("GET", "/v1/tasks", list_tasks),
+    ("POST", "/v1/tasks/batch", submit_batch),
+    ("GET", "/v1/tasks/{id}", get_task),
+    ("DELETE", "/v1/tasks/{id}", cancel_task),
+    ("POST", "/v1/tasks/{id}/retry", retry_task),
+    ("GET", "/v1/queues", queues),
+    ("GET", "/v1/cluster", cluster),
+    ("GET", "/healthz", healthz),
+    ("GET", "/readyz", readyz),
+    ("GET", "/metrics", metrics),
+    ("GET", "/openapi.json", openapi),
+)
+
+
+def setup_routes(app: web.Application) -> None:
+    """Add every route and the error middleware. Needs CONFIG and METRICS set on the app, and
+    STORE and RUNTIME by the time requests arrive (create_app's cleanup contexts set them)."""
+    app.middlewares.append(error_middleware)
+    for method, path, handler in ROUTES:
+        if method == "GET":
+            # GET routes answer HEAD too: load balancers probe /healthz that way.
+            app.router.add_get(path, handler)
+        else:
+            app.router.add_route(method, path, handler)

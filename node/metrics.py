@@ -1,0 +1,152 @@
+"""Prometheus metrics of one node, in a registry of its own.
+
+A private CollectorRegistry (not the process-global default) lets several apps live in one test
+process, and lets GET /metrics show exactly this node's series.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from core.priority import Priority
+
+# Submit-to-start is the scheduler's headline latency: resolve the low milliseconds.
+START_BUCKETS_S = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    300,
+)
+RUN_BUCKETS_S = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800, 3600)
+HTTP_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+
+TASK_LABELS = ("type", "priority")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.tasks_submitted = Counter(
+            "tasks_submitted_total",
+            "Tasks created (idempotent repeats excluded)",
+            TASK_LABELS,
+            registry=r,
+        )
+        self.tasks_started = Counter(
+            "tasks_started_total",
+            "Attempts started by this node's workers",
+            TASK_LABELS,
+            registry=r,
+        )
+        self.tasks_succeeded = Counter(
+            "tasks_succeeded_total", "Attempts that succeeded", TASK_LABELS, registry=r
+        )
+        self.tasks_failed = Counter(
+            "tasks_failed_total",
+            "Attempts that failed (raised or timed out), whether retried or dead",
+            TASK_LABELS,
+            registry=r,
+        )
+        self.tasks_retried = Counter(
+            "tasks_retried_total",
+            "Retries: failed attempts scheduled again after backoff, and retries by hand",
+            TASK_LABELS,
+            registry=r,
+        )
+        self.tasks_dead = Counter(
+            "tasks_dead_total", "Attempts that left their task dead", TASK_LABELS, registry=r
+        )
+        self.fenced_writes = Counter(
+            "fenced_writes_total",
+            "Store writes refused because a newer leader's term fenced them",
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "queue_depth", "Queued tasks in the leader's ready heap", ("priority",), registry=r
+        )
+        self.workers_busy = Gauge("workers_busy", "Worker slots running a task", registry=r)
+        self.task_run_seconds = Histogram(
+            "task_run_seconds",
+            "Handler run time of one attempt",
+            ("type",),
+            buckets=RUN_BUCKETS_S,
+            registry=r,
+        )
+        self.task_submit_to_start_seconds = Histogram(
+            "task_submit_to_start_seconds",
+            "From submission to the start of an attempt",
+            ("priority",),
+            buckets=START_BUCKETS_S,
+            registry=r,
+        )
+        self.http_request_seconds = Histogram(
+            "http_request_seconds",
+            "HTTP request latency by route template (not raw path: bounded label values)",
+            ("method", "route", "status"),
+            buckets=HTTP_BUCKETS_S,
+            registry=r,
+        )
+        # Every priority shows a depth from the start, so dashboards see 0 rather than nothing.
+        for p in Priority:
+            self.queue_depth.labels(p.label).set(0)
+
+    # ------------------------------------------------------------------ called by the runtime/API
+    def submitted(self, type: str, priority_label: str, n: int = 1) -> None:
+        self.tasks_submitted.labels(type, priority_label).inc(n)
+
+    def started(self, type: str, priority_label: str, submit_to_start_s: float) -> None:
+        self.tasks_started.labels(type, priority_label).inc()
+        self.task_submit_to_start_seconds.labels(priority_label).observe(submit_to_start_s)
+
+    def finished(self, type: str, priority_label: str, status: str, run_s: float) -> None:
+        """An attempt ended: ``status`` is succeeded, failed (a retry follows) or dead."""
+        labels = (type, priority_label)
+        if status == "succeeded":
+            self.tasks_succeeded.labels(*labels).inc()
+        elif status == "failed":
+            self.tasks_failed.labels(*labels).inc()
+            self.tasks_retried.labels(*labels).inc()
+        elif status == "dead":
+            self.tasks_failed.labels(*labels).inc()
+            self.tasks_dead.labels(*labels).inc()
+        else:
+            raise ValueError(f"an attempt cannot finish as {status!r}")
+        self.task_run_seconds.labels(type).observe(run_s)
+
+    def retried(self, type: str, priority_label: str, n: int = 1) -> None:
+        """A dead or cancelled task retried by hand (POST /v1/tasks/{id}/retry)."""
+        self.tasks_retried.labels(type, priority_label).inc(n)
+
+    def fenced(self, n: int = 1) -> None:
+        self.fenced_writes.inc(n)
+
+    def set_queue_depth(self, depth: Mapping[str, int]) -> None:
+        # A priority absent from the mapping has nothing queued: show 0, not a stale value.
+        for p in Priority:
+            self.queue_depth.labels(p.label).set(depth.get(p.label, 0))
+
+    def set_workers_busy(self, n: int) -> None:
+        self.workers_busy.set(n)
+
+    def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.http_request_seconds.labels(method, route, str(status)).observe(seconds)
+
+    def render(self) -> tuple[bytes, str]:
+        """The text exposition format and its Content-Type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

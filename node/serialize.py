@@ -1,0 +1,134 @@
+"""TaskRecord -> the task's JSON in responses.
+
+Field names mirror the submission (``timeout_s``, ``run_at``, ...) so that what a client sent reads
+back the same way; times are RFC 3339 UTC strings with milliseconds, or null when unset.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from core.priority import Priority
+from core.store_model import TaskRecord
+
+
+def rfc3339_ms(ms: int) -> str | None:
+    """Epoch milliseconds -> ``2030-01-01T12:00:00.000Z``; 0 (the store's "unset") -> None."""
+    if ms <= 0:
+        return None
+    stamp = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def _seconds(ms: int) -> float | int:
+    # Whole seconds stay integers: 300 reads back as 300, not 300.0.
+    return ms // 1000 if ms % 1000 == 0 else ms / 1000
+
+
+def task_json(record: TaskRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "type": record.type,
+        "status": record.status.value,
+        "priority": Priority(record.priority).label,
+        "payload": json.loads(record.payload_json),
+        "seq": record.seq,
+        "attempt": record.attempt,
+        "failures": record.failures,
+        "max_retries": record.max_retries,
+        "timeout_s": _seconds(record.timeout_ms),
+        "backoff_base_s": _seconds(record.backoff_base_ms),
+        "backoff_cap_s": _seconds(record.backoff_cap_ms),
+        "run_at": rfc3339_ms(record.run_at_ms),
+        "depends_on": list(record.depends_on),
+        "idempotency_key": record.idempotency_key or None,
+        "created_at": rfc3339_ms(record.created_ms),
+        "updated_at": rfc3339_ms(record.updated_ms),
+        "started_at": rfc3339_ms(record.started_ms),
+        "finished_at": rfc3339_ms(record.finished_ms),
+        "node": record.lease_node or None,
+        "lease_expiries": record.lease_expiries,
+        "result": json.loads(record.result_json) if record.result_json else None,
+        "error": dict(record.error) or None,
+    }
+
+
+# The response schema of a task, published in /openapi.json; a test checks that its properties
+# are exactly the keys task_json produces.
+TIME_OR_NULL: dict[str, Any] = {"type": ["string", "null"], "format": "date-time"}
+TASK_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": [
+        "id",
+        "type",
+        "status",
+        "priority",
+        "payload",
+        "seq",
+        "attempt",
+        "failures",
+        "max_retries",
+        "timeout_s",
+        "backoff_base_s",
+        "backoff_cap_s",
+        "run_at",
+        "depends_on",
+        "idempotency_key",
+        "created_at",
+        "updated_at",
+        "started_at",
+        "finished_at",
+        "node",
+        "lease_expiries",
+        "result",
+        "error",
+    ],
+    "properties": {
+        "id": {"type": "string", "description": "made by the server (uuid4 hex)"},
+        "type": {"type": "string"},
+        "status": {
+            "type": "string",
+            "enum": [
+                "pending",
+                "queued",
+                "running",
+                "succeeded",
+                "failed",
+                "dead",
+                "cancelled",
+            ],
+            "description": "failed is an attempt waiting for its retry; succeeded, dead and "
+            "cancelled are final",
+        },
+        "priority": {"type": "string", "enum": [p.label for p in Priority]},
+        "payload": {"description": "the submitted JSON value"},
+        "seq": {"type": "integer", "description": "submission order, cluster-wide"},
+        "attempt": {"type": "integer", "description": "attempts started so far"},
+        "failures": {"type": "integer", "description": "failed attempts since the last retry"},
+        "max_retries": {"type": "integer"},
+        "timeout_s": {"type": "number"},
+        "backoff_base_s": {"type": "number"},
+        "backoff_cap_s": {"type": "number"},
+        "run_at": {**TIME_OR_NULL, "description": "earliest start (or next retry)"},
+        "depends_on": {"type": "array", "items": {"type": "string"}},
+        "idempotency_key": {"type": ["string", "null"]},
+        "created_at": TIME_OR_NULL,
+        "updated_at": TIME_OR_NULL,
+        "started_at": {**TIME_OR_NULL, "description": "start of the latest attempt"},
+        "finished_at": TIME_OR_NULL,
+        "node": {"type": ["string", "null"], "description": "node running it, if running"},
+        "lease_expiries": {"type": "integer"},
+        "result": {"description": "the handler's return value, once succeeded"},
+        "error": {
+            "type": ["object", "null"],
+            "properties": {
+                "kind": {"type": "string"},
+                "type": {"type": "string"},
+                "message": {"type": "string"},
+                "traceback": {"type": "string"},
+            },
+        },
+    },
+}

@@ -1,0 +1,492 @@
+"""Request bodies -> :class:`NewTask`: strict, complete, and pure (no I/O, no clock).
+
+Every field a submission may carry is one :class:`FieldSpec` in :data:`TASK_FIELDS`: its parser
+and its OpenAPI schema sit side by side, and node/openapi.py builds the published schema from this
+same table, so the document and the checks cannot disagree. Anything not in the table is refused.
+
+Everything is checked before the store is called: the store's submit is all-or-none, and a refusal
+here leaves nothing behind. Errors name the field (``tasks[3].priority`` inside a batch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from core.limits import Limits
+from core.priority import Priority
+from core.store_model import NewTask
+
+# Ids are server-made uuid4 hex (32 characters); this bound only keeps an absurd string from
+# reaching the store's scripts. A well-formed id that does not exist is the store's refusal.
+TASK_ID_CHARS_MAX = 128
+
+_NEW_TASK_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(NewTask)}
+
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+
+
+class RequestError(Exception):
+    """A refused request: HTTP status, a machine-readable code, the field at fault and why.
+
+    ``extra`` adds keys to the error object (e.g. the accepted choices), never replaces one.
+    """
+
+    def __init__(
+        self,
+        field: str | None,
+        message: str,
+        status: int = 422,
+        code: str = "invalid",
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+        self.status = status
+        self.code = code
+        self.extra = dict(extra or {})
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {**self.extra}
+        error.update(code=self.code, field=self.field, message=self.message)
+        return {"error": error}
+
+
+@dataclass(frozen=True, slots=True)
+class Intake:
+    """What validation needs from outside, passed in so that it stays pure."""
+
+    limits: Limits
+    task_types: frozenset[str]
+    now_ms: int
+    new_id: Callable[[], str]
+
+
+# ---------------------------------------------------------------------------- JSON bodies
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Duplicate keys mean two clients' readings of one body can differ (which one wins?).
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {key!r}")
+            seen.add(key)
+    return obj
+
+
+def parse_json(body: bytes) -> Any:
+    """Decode a request body strictly: UTF-8, no NaN/Infinity literals, no duplicate keys."""
+    if not body.strip():
+        raise RequestError(None, "the body is empty; expected a JSON object", 400, "malformed")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RequestError(None, "the body is not valid UTF-8", 400, "malformed") from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise RequestError(None, "the body is nested too deeply", 400, "malformed") from None
+    except ValueError as exc:
+        raise RequestError(None, f"malformed JSON: {exc}", 400, "malformed") from None
+
+
+# ---------------------------------------------------------------------------- field parsers
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _text(value: Any, field: str, chars_max: int) -> str:
+    if not isinstance(value, str):
+        raise RequestError(field, f"must be a string, not {_kind(value)}")
+    if not value:
+        raise RequestError(field, "must not be empty")
+    if len(value) > chars_max:
+        raise RequestError(field, f"must be at most {chars_max} characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate escape (\ud800) decodes to a str that no store can encode.
+        raise RequestError(field, "contains an invalid unicode escape") from None
+    return value
+
+
+def _number(value: Any, field: str) -> float | int:
+    # bool is an int in Python; true must never mean 1 here.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RequestError(field, f"must be a number, not {_kind(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RequestError(field, "must be a finite number")
+    return value
+
+
+def _integer(value: Any, field: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestError(field, f"must be an integer, not {_kind(value)}")
+    if not low <= value <= high:
+        raise RequestError(field, f"must be between {low} and {high}")
+    return value
+
+
+def _seconds_to_ms(value: Any, field: str, low_s: float, high_s: float, positive: bool) -> int:
+    seconds = _number(value, field)
+    if positive and seconds <= 0:
+        raise RequestError(field, "must be greater than 0")
+    if not low_s <= seconds <= high_s:
+        raise RequestError(field, f"must be between {low_s:g} and {high_s:g}")
+    # Round up: a tiny positive timeout must stay positive, never become 0 ms.
+    return math.ceil(seconds * 1000) if positive else round(seconds * 1000)
+
+
+def _parse_type(value: Any, field: str, intake: Intake) -> str:
+    name = _text(value, field, intake.limits.task_type_chars_max)
+    if name not in intake.task_types:
+        known = sorted(intake.task_types)
+        raise RequestError(
+            field,
+            f"unknown task type {name!r}; known types: {', '.join(known) or '(none)'}",
+            extra={"allowed": known},
+        )
+    return name
+
+
+def _parse_payload(value: Any, field: str, intake: Intake) -> str:
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        size = len(text.encode("utf-8"))
+    except ValueError:  # 1e999 parses as inf, which JSON cannot carry back out
+        raise RequestError(field, "numbers must be finite") from None
+    except UnicodeEncodeError:
+        raise RequestError(field, "contains an invalid unicode escape") from None
+    except RecursionError:
+        raise RequestError(field, "is nested too deeply") from None
+    if size > intake.limits.payload_bytes_max:
+        raise RequestError(
+            field,
+            f"is {size} bytes as JSON; the limit is {intake.limits.payload_bytes_max}",
+            413,
+            "too_large",
+        )
+    return text
+
+
+def _parse_priority(value: Any, field: str, intake: Intake) -> Priority:
+    labels = [p.label for p in Priority]
+    if not isinstance(value, str) or value not in labels:
+        # Only the exact lowercase names: one spelling per value keeps clients honest.
+        shown = repr(value) if isinstance(value, str) else _kind(value)
+        raise RequestError(
+            field, f"must be one of {', '.join(labels)}, not {shown}", extra={"allowed": labels}
+        )
+    return Priority.parse(value)
+
+
+def _parse_max_retries(value: Any, field: str, intake: Intake) -> int:
+    return _integer(value, field, 0, intake.limits.max_retries_max)
+
+
+def _parse_timeout(value: Any, field: str, intake: Intake) -> int:
+    return _seconds_to_ms(value, field, 0, intake.limits.timeout_s_max, positive=True)
+
+
+def _parse_delay(value: Any, field: str, intake: Intake) -> int:
+    delay_ms = _seconds_to_ms(value, field, 0, intake.limits.delay_s_max, positive=False)
+    # 0 means "now" in the store; a zero delay must not stamp a start time.
+    return intake.now_ms + delay_ms if delay_ms else 0
+
+
+def _parse_run_at(value: Any, field: str, intake: Intake) -> int:
+    if isinstance(value, str):
+        if not _RFC3339.fullmatch(value):
+            raise RequestError(
+                field, "must be an RFC 3339 timestamp with an offset, e.g. 2030-01-01T12:00:00Z"
+            )
+        # fromisoformat wants at most 6 fraction digits and an uppercase T/Z (3.11).
+        text = value.upper().replace("Z", "+00:00")
+        text = re.sub(r"(\.\d{6})\d+", r"\1", text)
+        try:
+            seconds: float = datetime.fromisoformat(text).timestamp()
+        except (ValueError, OverflowError):
+            raise RequestError(field, f"is not a valid date and time: {value!r}") from None
+    else:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RequestError(
+                field, f"must be an RFC 3339 string or epoch seconds, not {_kind(value)}"
+            )
+        seconds = _number(value, field)
+    if seconds < 0:
+        raise RequestError(field, "must not be before 1970-01-01T00:00:00Z")
+    latest_ms = intake.now_ms + intake.limits.delay_s_max * 1000
+    run_at_ms = round(seconds * 1000)
+    if run_at_ms > latest_ms:
+        raise RequestError(
+            field, f"is more than {intake.limits.delay_s_max} seconds (delay_s_max) away"
+        )
+    return run_at_ms
+
+
+def _parse_depends_on(value: Any, field: str, intake: Intake) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise RequestError(field, f"must be an array of task ids, not {_kind(value)}")
+    if len(value) > intake.limits.depends_on_max:
+        raise RequestError(field, f"must list at most {intake.limits.depends_on_max} task ids")
+    seen: set[str] = set()
+    for i, item in enumerate(value):
+        task_id = _text(item, f"{field}[{i}]", TASK_ID_CHARS_MAX)
+        if task_id in seen:
+            raise RequestError(f"{field}[{i}]", f"task id {task_id!r} is listed twice")
+        seen.add(task_id)
+    return tuple(value)
+
+
+def _parse_idempotency_key(value: Any, field: str, intake: Intake) -> str:
+    return _text(value, field, intake.limits.idempotency_key_chars_max)
+
+
+def _parse_backoff_base(value: Any, field: str, intake: Intake) -> int:
+    return _seconds_to_ms(value, field, 0, intake.limits.backoff_base_ms_max / 1000, False)
+
+
+def _parse_backoff_cap(value: Any, field: str, intake: Intake) -> int:
+    return _seconds_to_ms(value, field, 0, intake.limits.backoff_cap_ms_max / 1000, False)
+
+
+# ---------------------------------------------------------------------------- the field table
+
+Schema = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """One accepted field: how it is checked and how it is published."""
+
+    name: str
+    description: str
+    # Parses the JSON value into the NewTask attribute ``target`` (raises RequestError).
+    parse: Callable[[Any, str, Intake], Any]
+    # The field's JSON Schema under the given limits and registered task types.
+    schema: Callable[[Limits, list[str]], Schema]
+    target: str
+    required: bool = False
+
+
+def _default_s(attr: str) -> float:
+    ms: int = _NEW_TASK_DEFAULTS[attr]
+    return ms / 1000 if ms % 1000 else ms // 1000
+
+
+TASK_FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec(
+        "type",
+        "A task type registered on this node.",
+        _parse_type,
+        lambda lim, types: {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": lim.task_type_chars_max,
+            "enum": types,
+        },
+        "type",
+        required=True,
+    ),
+    FieldSpec(
+        "payload",
+        "Any JSON value, handed to the handler as is.",
+        _parse_payload,
+        lambda lim, types: {
+            "description": f"at most {lim.payload_bytes_max} bytes as compact JSON",
+            "default": None,
+        },
+        "payload_json",
+    ),
+    FieldSpec(
+        "priority",
+        "Higher priorities are dispatched first; FIFO within one.",
+        _parse_priority,
+        lambda lim, types: {
+            "type": "string",
+            "enum": [p.label for p in Priority],
+            "default": Priority(_NEW_TASK_DEFAULTS["priority"]).label,
+        },
+        "priority",
+    ),
+    FieldSpec(
+        "max_retries",
+        "Failed attempts retried (after backoff) before the task is dead.",
+        _parse_max_retries,
+        lambda lim, types: {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": lim.max_retries_max,
+            "default": _NEW_TASK_DEFAULTS["max_retries"],
+        },
+        "max_retries",
+    ),
+    FieldSpec(
+        "timeout_s",
+        "An attempt running longer than this fails with a timeout.",
+        _parse_timeout,
+        lambda lim, types: {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": lim.timeout_s_max,
+            "default": _default_s("timeout_ms"),
+        },
+        "timeout_ms",
+    ),
+    FieldSpec(
+        "delay_s",
+        "Start no earlier than this many seconds from now. Not together with run_at.",
+        _parse_delay,
+        lambda lim, types: {"type": "number", "minimum": 0, "maximum": lim.delay_s_max},
+        "run_at_ms",
+    ),
+    FieldSpec(
+        "run_at",
+        "Start no earlier than this time: RFC 3339 with an offset, or epoch seconds. "
+        "Not together with delay_s.",
+        _parse_run_at,
+        lambda lim, types: {
+            "oneOf": [
+                {"type": "string", "format": "date-time"},
+                {"type": "number", "minimum": 0},
+            ]
+        },
+        "run_at_ms",
+    ),
+    FieldSpec(
+        "depends_on",
+        "Ids of existing tasks that must succeed first. Tasks of the same batch cannot be "
+        "named (their ids are made by the server): submit those in a second request.",
+        _parse_depends_on,
+        lambda lim, types: {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1, "maxLength": TASK_ID_CHARS_MAX},
+            "maxItems": lim.depends_on_max,
+            "uniqueItems": True,
+        },
+        "depends_on",
+    ),
+    FieldSpec(
+        "idempotency_key",
+        "Submitting the same key again answers the first task (200), never a second one.",
+        _parse_idempotency_key,
+        lambda lim, types: {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": lim.idempotency_key_chars_max,
+        },
+        "idempotency_key",
+    ),
+    FieldSpec(
+        "backoff_base_s",
+        "First retry delay; doubles per failure, with jitter.",
+        _parse_backoff_base,
+        lambda lim, types: {
+            "type": "number",
+            "minimum": 0,
+            "maximum": lim.backoff_base_ms_max / 1000,
+            "default": _default_s("backoff_base_ms"),
+        },
+        "backoff_base_ms",
+    ),
+    FieldSpec(
+        "backoff_cap_s",
+        "Longest retry delay; at least backoff_base_s.",
+        _parse_backoff_cap,
+        lambda lim, types: {
+            "type": "number",
+            "minimum": 0,
+            "maximum": lim.backoff_cap_ms_max / 1000,
+            "default": _default_s("backoff_cap_ms"),
+        },
+        "backoff_cap_ms",
+    ),
+)
+
+FIELDS_BY_NAME: dict[str, FieldSpec] = {spec.name: spec for spec in TASK_FIELDS}
+# Fields that may not appear together: both set the start time.
+EXCLUSIVE_FIELDS: tuple[str, str] = ("delay_s", "run_at")
+
+
+def _joined(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def validate_task(obj: Any, intake: Intake, where: str = "") -> NewTask:
+    """One submission -> NewTask, or RequestError naming the first offending field.
+
+    ``where`` prefixes field names (``tasks[3]``) so that a batch error points at its item.
+    """
+    if not isinstance(obj, dict):
+        raise RequestError(where or None, f"must be a JSON object, not {_kind(obj)}")
+    for key in obj:
+        if key not in FIELDS_BY_NAME:
+            raise RequestError(
+                _joined(where, key),
+                f"unknown field {key!r}; accepted fields: {', '.join(FIELDS_BY_NAME)}",
+            )
+    first, second = EXCLUSIVE_FIELDS
+    if first in obj and second in obj:
+        raise RequestError(_joined(where, second), f"give either {first} or {second}, not both")
+    values: dict[str, Any] = {}
+    for spec in TASK_FIELDS:
+        if spec.name in obj:
+            values[spec.target] = spec.parse(obj[spec.name], _joined(where, spec.name), intake)
+        elif spec.required:
+            raise RequestError(_joined(where, spec.name), "is required")
+    base_ms = values.get("backoff_base_ms", _NEW_TASK_DEFAULTS["backoff_base_ms"])
+    if "backoff_cap_ms" in values:
+        if values["backoff_cap_ms"] < base_ms:
+            raise RequestError(_joined(where, "backoff_cap_s"), "must be at least backoff_base_s")
+    else:
+        # A long base alone should lengthen the cap, not be refused over a default.
+        values["backoff_cap_ms"] = max(base_ms, _NEW_TASK_DEFAULTS["backoff_cap_ms"])
+    return NewTask(id=intake.new_id(), **values)
+
+
+def validate_batch(obj: Any, intake: Intake) -> list[NewTask]:
+    """``{"tasks": [...]}`` -> NewTasks in order; one bad item refuses the whole batch."""
+    if not isinstance(obj, dict):
+        raise RequestError(None, f"the body must be a JSON object, not {_kind(obj)}")
+    for key in obj:
+        if key != "tasks":
+            raise RequestError(key, f"unknown field {key!r}; the batch body has only 'tasks'")
+    if "tasks" not in obj:
+        raise RequestError("tasks", "is required")
+    items = obj["tasks"]
+    if not isinstance(items, list):
+        raise RequestError("tasks", f"must be an array, not {_kind(items)}")
+    if not items:
+        raise RequestError("tasks", "must not be empty")
+    batch_max = intake.limits.batch_tasks_max
+    if len(items) > batch_max:
+        raise RequestError(
+            "tasks", f"has {len(items)} tasks; at most {batch_max} per batch", 413, "too_large"
+        )
+    return [validate_task(item, intake, f"tasks[{i}]") for i, item in enumerate(items)]

@@ -1,0 +1,669 @@
+"""node/api.py through aiohttp_client, against a real RedisStore on a real Redis.
+
+The runtime is a stub (it is not storage): it records notify_changed calls and lets a test flip
+accepting() and readiness(). Everything the API stores goes through the real Lua scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from core.effects import Lease
+from core.limits import Limits
+from core.store_model import TaskRecord
+from core.task import AttemptEnd, Status
+from core.worker import Finish
+from node.api import ROUTES, setup_routes
+from node.config import NodeConfig
+from node.keys import CONFIG, METRICS, RUNTIME, STORE
+from node.metrics import Metrics
+from node.serialize import task_json
+from node.store import RedisStore, StoreUnavailable
+from node.validation import FIELDS_BY_NAME
+
+LIMITS = Limits(
+    payload_bytes_max=1000,
+    batch_tasks_max=5,
+    request_bytes_max=64 * 1024,
+    depends_on_max=3,
+    page_tasks_max=50,
+)
+
+Client = TestClient[web.Request, web.Application]
+
+
+class StubRuntime:
+    node_id = "node-test"
+
+    def __init__(self) -> None:
+        self.changed: list[list[str]] = []
+        self.accept = True
+        self.ready = True
+
+    def notify_changed(self, records: list[TaskRecord]) -> None:
+        self.changed.append([r.id for r in records])
+
+    def cluster(self) -> dict[str, Any]:
+        return {"leader": self.node_id, "term": 1, "self": self.node_id, "members": []}
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        return self.ready, {"redis": True, "leader_known": self.ready}
+
+    def accepting(self) -> bool:
+        return self.accept
+
+
+def make_app(store: RedisStore, runtime: StubRuntime) -> web.Application:
+    # What create_app does for the API, without Redis startup, Raft or workers.
+    app = web.Application(client_max_size=LIMITS.request_bytes_max)
+    app[CONFIG] = NodeConfig(limits=LIMITS)
+    app[METRICS] = Metrics()
+    app[STORE] = store
+    app[RUNTIME] = runtime
+    setup_routes(app)
+    return app
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[RedisStore]:
+    # A fresh prefix per test: tests share one Redis and never see each other's keys.
+    s = await RedisStore.connect(redis_url, prefix=f"api-{uuid.uuid4().hex[:12]}")
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+@pytest.fixture
+def runtime() -> StubRuntime:
+    return StubRuntime()
+
+
+@pytest.fixture
+async def client(
+    aiohttp_client: Callable[[web.Application], Awaitable[Client]],
+    store: RedisStore,
+    runtime: StubRuntime,
+) -> Client:
+    return await aiohttp_client(make_app(store, runtime))
+
+
+async def post(client: Client, path: str, body: Any) -> tuple[int, Any]:
+    resp = await client.post(path, json=body)
+    return resp.status, await resp.json()
+
+
+def error_of(body: Any) -> dict[str, Any]:
+    error: dict[str, Any] = body["error"]
+    assert set(error) >= {"code", "field", "message"}
+    return error
+
+
+async def all_ids(store: RedisStore) -> list[str]:
+    records, _ = await store.list_tasks(limit=1000)
+    return [r.id for r in records]
+
+
+async def finish(store: RedisStore, task_id: str, status: Status) -> None:
+    """Drive a queued task through a lease and a finished attempt, as leader and worker would."""
+    now = int(time.time() * 1000)
+    assert await store.raise_epoch(1)
+    await store.apply([Lease(1, task_id, "n1", now + 60_000, now)])
+    end = AttemptEnd(status, 1 if status is Status.DEAD else 0, 0, {"ok": True})
+    assert await store.finish_many([Finish(task_id, 1, "n1", end, now)]) == [True]
+
+
+# ---------------------------------------------------------------------------- submit
+
+
+async def test_submit_answers_201_once_stored(
+    client: Client, store: RedisStore, runtime: StubRuntime
+) -> None:
+    resp = await client.post(
+        "/v1/tasks", json={"type": "echo", "payload": {"x": 1}, "priority": "high"}
+    )
+    assert resp.status == 201
+    task = await resp.json()
+    assert resp.headers["Location"] == f"/v1/tasks/{task['id']}"
+    assert len(task["id"]) == 32 and int(task["id"], 16) >= 0
+    assert task["status"] == "queued"
+    assert task["priority"] == "high"
+    assert task["payload"] == {"x": 1}
+    assert (task["max_retries"], task["timeout_s"], task["attempt"]) == (3, 300, 0)
+    assert task["created_at"].endswith("Z")
+    stored = await store.get(task["id"])
+    assert stored is not None and task_json(stored) == task
+    assert runtime.changed == [[task["id"]]]
+
+
+async def test_delayed_submission_is_pending_with_run_at(client: Client) -> None:
+    status, task = await post(client, "/v1/tasks", {"type": "noop", "delay_s": 3600})
+    assert status == 201
+    assert task["status"] == "pending"
+    assert task["run_at"] is not None
+
+
+async def test_idempotency_key_answers_the_first_task(
+    client: Client, store: RedisStore, runtime: StubRuntime
+) -> None:
+    body = {"type": "echo", "payload": 1, "idempotency_key": "order-42"}
+    status1, first = await post(client, "/v1/tasks", body)
+    status2, again = await post(client, "/v1/tasks", {**body, "payload": 2})
+    assert (status1, status2) == (201, 200)
+    assert again["id"] == first["id"]
+    assert again["payload"] == 1
+    assert await all_ids(store) == [first["id"]]
+    assert runtime.changed == [[first["id"]]]
+
+
+async def test_dependencies_must_exist(client: Client, store: RedisStore) -> None:
+    _, dep = await post(client, "/v1/tasks", {"type": "noop"})
+    status, task = await post(client, "/v1/tasks", {"type": "noop", "depends_on": [dep["id"]]})
+    assert status == 201 and task["status"] == "pending" and task["depends_on"] == [dep["id"]]
+    status, body = await post(client, "/v1/tasks", {"type": "noop", "depends_on": ["f" * 32]})
+    assert status == 422
+    assert error_of(body)["field"] == "depends_on"
+    assert len(await all_ids(store)) == 2
+
+
+# ---------------------------------------------------------------------------- bad input
+
+BAD_BODIES = [
+    ({"type": "nope"}, 422, "type"),
+    ({"type": "echo", "priority": "urgent"}, 422, "priority"),
+    ({"type": "echo", "priority": "HIGH"}, 422, "priority"),
+    ({"type": "echo", "extra": 1}, 422, "extra"),
+    ({"type": "echo", "id": "0" * 32}, 422, "id"),
+    ({"payload": 1}, 422, "type"),
+    ({"type": 5}, 422, "type"),
+    ({"type": "echo", "max_retries": True}, 422, "max_retries"),
+    ({"type": "echo", "max_retries": -1}, 422, "max_retries"),
+    ({"type": "echo", "max_retries": 10**6}, 422, "max_retries"),
+    ({"type": "echo", "timeout_s": 0}, 422, "timeout_s"),
+    ({"type": "echo", "timeout_s": 10**9}, 422, "timeout_s"),
+    ({"type": "echo", "delay_s": -0.5}, 422, "delay_s"),
+    ({"type": "echo", "delay_s": 1, "run_at": "2030-01-01T00:00:00Z"}, 422, "run_at"),
+    ({"type": "echo", "run_at": "yesterday"}, 422, "run_at"),
+    ({"type": "echo", "depends_on": ["a", "a"]}, 422, "depends_on[1]"),
+    ({"type": "echo", "depends_on": ["a", "b", "c", "d"]}, 422, "depends_on"),
+    ({"type": "echo", "idempotency_key": ""}, 422, "idempotency_key"),
+    ({"type": "echo", "backoff_base_s": 9, "backoff_cap_s": 1}, 422, "backoff_cap_s"),
+    ({"type": "echo", "payload": "x" * 2000}, 413, "payload"),
+    ([{"type": "echo"}], 422, None),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "field"), BAD_BODIES)
+async def test_bad_submission_is_refused_naming_the_field(
+    client: Client,
+    store: RedisStore,
+    runtime: StubRuntime,
+    body: Any,
+    status: int,
+    field: str | None,
+) -> None:
+    got, answer = await post(client, "/v1/tasks", body)
+    assert got == status
+    assert error_of(answer)["field"] == field
+    assert await all_ids(store) == []
+    assert runtime.changed == []
+
+
+async def test_unknown_type_lists_the_known_ones(client: Client) -> None:
+    _, body = await post(client, "/v1/tasks", {"type": "nope"})
+    assert {"echo", "noop", "sleep", "fail"} <= set(error_of(body)["allowed"])
+    assert "echo" in error_of(body)["message"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"{", 400),
+        (b"", 400),
+        (b'{"type": "echo", "timeout_s": NaN}', 400),
+        (b'{"type": "echo", "timeout_s": Infinity}', 400),
+        (b'{"type": "echo", "type": "noop"}', 400),
+        (b"\xff", 400),
+        (b'{"type": "echo", "timeout_s": 1e999}', 422),
+    ],
+)
+async def test_malformed_json(client: Client, raw: bytes, status: int) -> None:
+    resp = await client.post("/v1/tasks", data=raw, headers={"Content-Type": "application/json"})
+    assert resp.status == status
+    assert error_of(await resp.json())["code"] == ("malformed" if status == 400 else "invalid")
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", None, "application/json; charset=latin-1"],
+)
+async def test_wrong_content_type_is_415(client: Client, content_type: str | None) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    resp = await client.post("/v1/tasks", data=b'{"type": "echo"}', headers=headers)
+    assert resp.status == 415
+    assert error_of(await resp.json())["code"] == "unsupported_media_type"
+
+
+async def test_charset_utf8_is_accepted(client: Client) -> None:
+    resp = await client.post(
+        "/v1/tasks",
+        data=b'{"type": "echo"}',
+        headers={"Content-Type": "application/json; charset=UTF-8"},
+    )
+    assert resp.status == 201
+
+
+async def test_body_over_the_limit_is_413_before_parsing(client: Client, store: RedisStore) -> None:
+    # Not even JSON: the size is refused before anything is parsed.
+    big = b"x" * (LIMITS.request_bytes_max + 1)
+    resp = await client.post("/v1/tasks", data=big, headers={"Content-Type": "application/json"})
+    assert resp.status == 413
+    assert error_of(await resp.json())["code"] == "too_large"
+
+    async def chunks() -> AsyncIterator[bytes]:
+        # No Content-Length (chunked): aiohttp's client_max_size cuts it off while reading.
+        for _ in range(LIMITS.request_bytes_max // 1024 + 2):
+            yield b" " * 1024
+
+    resp = await client.post(
+        "/v1/tasks", data=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert resp.status == 413
+    assert await all_ids(store) == []
+
+
+async def test_not_accepting_is_503(client: Client, runtime: StubRuntime) -> None:
+    _, task = await post(client, "/v1/tasks", {"type": "echo"})
+    await client.delete(f"/v1/tasks/{task['id']}")
+    runtime.accept = False
+    for path, body in [
+        ("/v1/tasks", {"type": "echo"}),
+        ("/v1/tasks/batch", {"tasks": [{"type": "echo"}]}),
+        (f"/v1/tasks/{task['id']}/retry", None),
+    ]:
+        resp = await client.post(path, json=body)
+        assert resp.status == 503, path
+        assert resp.headers["Retry-After"] == "1"
+        assert error_of(await resp.json())["code"] == "unavailable"
+    assert (await client.get(f"/v1/tasks/{task['id']}")).status == 200
+
+
+async def test_store_unavailable_is_503_with_retry_after(
+    client: Client, store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise StoreUnavailable("connection refused")
+
+    monkeypatch.setattr(store, "submit", down)
+    monkeypatch.setattr(store, "get", down)
+    resp = await client.post("/v1/tasks", json={"type": "echo"})
+    assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+    resp = await client.get("/v1/tasks/abc")
+    assert resp.status == 503
+    assert error_of(await resp.json())["code"] == "unavailable"
+
+
+async def test_unexpected_error_is_a_logged_500_and_the_node_carries_on(
+    client: Client,
+    store: RedisStore,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(store, "get", broken)
+    with caplog.at_level(logging.ERROR, logger="dsched.api"):
+        resp = await client.get("/v1/tasks/abc")
+    assert resp.status == 500
+    body = await resp.json()
+    assert error_of(body)["code"] == "internal"
+    assert "boom" not in json.dumps(body)  # no internals to the client
+    assert any("boom" in (r.exc_text or "") for r in caplog.records)
+    assert (await client.get("/healthz")).status == 200
+
+
+# ---------------------------------------------------------------------------- batch
+
+
+async def test_batch_creates_all_in_order(
+    client: Client, store: RedisStore, runtime: StubRuntime
+) -> None:
+    tasks = [
+        {"type": "echo", "payload": i, "priority": p}
+        for i, p in enumerate(["low", "high", "medium", "high"])
+    ]
+    status, body = await post(client, "/v1/tasks/batch", {"tasks": tasks})
+    assert status == 201
+    assert [t["payload"] for t in body["tasks"]] == [0, 1, 2, 3]
+    assert [t["priority"] for t in body["tasks"]] == ["low", "high", "medium", "high"]
+    ids = [t["id"] for t in body["tasks"]]
+    assert await all_ids(store) == ids
+    assert runtime.changed == [ids]
+
+
+async def test_batch_with_repeated_keys_answers_the_first(
+    client: Client, store: RedisStore
+) -> None:
+    _, first = await post(client, "/v1/tasks", {"type": "echo", "idempotency_key": "k"})
+    tasks = [
+        {"type": "echo", "idempotency_key": "k"},
+        {"type": "echo", "idempotency_key": "j"},
+        {"type": "echo", "idempotency_key": "j"},
+    ]
+    status, body = await post(client, "/v1/tasks/batch", {"tasks": tasks})
+    assert status == 201
+    ids = [t["id"] for t in body["tasks"]]
+    assert ids[0] == first["id"] and ids[1] == ids[2] != ids[0]
+    assert len(await all_ids(store)) == 2
+    status, body = await post(client, "/v1/tasks/batch", {"tasks": tasks[:1]})
+    assert status == 200  # nothing new was created
+
+
+@pytest.mark.parametrize(
+    ("tasks", "status", "field"),
+    [
+        ([{"type": "echo"}] * 3 + [{"type": "echo", "priority": "x"}], 422, "tasks[3].priority"),
+        ([{"type": "echo"}, {"type": "nope"}], 422, "tasks[1].type"),
+        ([{"type": "echo"}, {"type": "echo", "payload": "y" * 2000}], 413, "tasks[1].payload"),
+        ([{"type": "echo"}] * 6, 413, "tasks"),
+        ([], 422, "tasks"),
+        (
+            [{"type": "echo"}, {"type": "echo", "depends_on": ["0" * 32]}],
+            422,
+            "tasks[1].depends_on",
+        ),
+    ],
+)
+async def test_refused_batch_writes_nothing(
+    client: Client,
+    store: RedisStore,
+    runtime: StubRuntime,
+    tasks: list[Any],
+    status: int,
+    field: str,
+) -> None:
+    got, body = await post(client, "/v1/tasks/batch", {"tasks": tasks})
+    assert got == status
+    assert error_of(body)["field"] == field
+    assert await all_ids(store) == []
+    assert (await store.counts())["queued"] == {"high": 0, "medium": 0, "low": 0}
+    assert runtime.changed == []
+
+
+async def test_batch_body_must_be_an_object_of_tasks(client: Client) -> None:
+    status, body = await post(client, "/v1/tasks/batch", [{"type": "echo"}])
+    assert status == 422 and error_of(body)["field"] is None
+    status, body = await post(client, "/v1/tasks/batch", {"tasks": [], "more": 1})
+    assert status == 422 and error_of(body)["field"] == "more"
+
+
+# ---------------------------------------------------------------------------- read and list
+
+
+async def test_get_unknown_task_is_404_json(client: Client) -> None:
+    resp = await client.get("/v1/tasks/" + "0" * 32)
+    assert resp.status == 404
+    assert error_of(await resp.json()) == {
+        "code": "not_found",
+        "field": "id",
+        "message": f"no task {'0' * 32!r}",
+    }
+
+
+async def test_unknown_route_and_method_are_json(client: Client) -> None:
+    resp = await client.get("/v2/nothing")
+    assert resp.status == 404
+    assert error_of(await resp.json())["code"] == "not_found"
+    resp = await client.put("/v1/tasks", json={})
+    assert resp.status == 405
+    assert "POST" in resp.headers["Allow"]
+    assert error_of(await resp.json())["code"] == "method_not_allowed"
+
+
+async def test_pagination_walks_every_task_once_in_order(client: Client) -> None:
+    tasks = [{"type": "echo", "payload": i} for i in range(5)]
+    _, first = await post(client, "/v1/tasks/batch", {"tasks": tasks})
+    _, second = await post(client, "/v1/tasks/batch", {"tasks": tasks[:2]})
+    submitted = [t["id"] for t in first["tasks"] + second["tasks"]]
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        query = {"limit": "3"} | ({"cursor": cursor} if cursor else {})
+        resp = await client.get("/v1/tasks", params=query)
+        assert resp.status == 200
+        page = await resp.json()
+        assert len(page["tasks"]) <= 3
+        seen += [t["id"] for t in page["tasks"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+        assert isinstance(cursor, str)
+    assert seen == submitted
+    assert pages >= 3
+
+
+async def test_list_filters(client: Client) -> None:
+    tasks = [
+        {"type": "echo", "priority": "high"},
+        {"type": "noop", "priority": "low"},
+        {"type": "echo", "priority": "low", "delay_s": 600},
+    ]
+    _, body = await post(client, "/v1/tasks/batch", {"tasks": tasks})
+    ids = [t["id"] for t in body["tasks"]]
+
+    async def listed(**params: str) -> list[str]:
+        resp = await client.get("/v1/tasks", params=params)
+        assert resp.status == 200
+        return [t["id"] for t in (await resp.json())["tasks"]]
+
+    assert await listed(type="echo") == [ids[0], ids[2]]
+    assert await listed(priority="low") == [ids[1], ids[2]]
+    assert await listed(status="pending") == [ids[2]]
+    assert await listed(status="queued", type="echo") == [ids[0]]
+    assert await listed(status="dead") == []
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("status=done", "status"),
+        ("status=QUEUED", "status"),
+        ("priority=urgent", "priority"),
+        ("limit=0", "limit"),
+        ("limit=51", "limit"),
+        ("limit=abc", "limit"),
+        ("limit=-1", "limit"),
+        ("limit=" + "9" * 40, "limit"),
+        ("cursor=abc", "cursor"),
+        ("cursor=-5", "cursor"),
+        ("cursor=" + "1" * 30, "cursor"),
+        ("sort=seq", "sort"),
+        ("status=queued&status=dead", "status"),
+        ("type=", "type"),
+    ],
+)
+async def test_bad_list_query_is_400(client: Client, query: str, field: str) -> None:
+    resp = await client.get(f"/v1/tasks?{query}")
+    assert resp.status == 400
+    assert error_of(await resp.json())["field"] == field
+
+
+# ---------------------------------------------------------------------------- cancel and retry
+
+
+async def test_cancel_then_retry(client: Client, store: RedisStore, runtime: StubRuntime) -> None:
+    _, task = await post(client, "/v1/tasks", {"type": "echo"})
+    path = f"/v1/tasks/{task['id']}"
+    resp = await client.delete(path)
+    assert resp.status == 200
+    assert (await resp.json())["status"] == "cancelled"
+    # Repeating a DELETE (say, after a lost answer) is not a conflict.
+    resp = await client.delete(path)
+    assert resp.status == 200
+    resp = await client.post(path + "/retry")
+    assert resp.status == 200
+    assert (await resp.json())["status"] == "queued"
+    resp = await client.post(path + "/retry")
+    assert resp.status == 409
+    body = await resp.json()
+    assert error_of(body)["code"] == "conflict"
+    assert body["task"]["status"] == "queued"
+    assert runtime.changed[-1] == [task["id"]]
+
+
+async def test_cancel_and_retry_of_unknown_task_is_404(client: Client) -> None:
+    assert (await client.delete("/v1/tasks/nope")).status == 404
+    assert (await client.post("/v1/tasks/nope/retry")).status == 404
+
+
+async def test_cancel_of_a_finished_task_is_409(client: Client, store: RedisStore) -> None:
+    _, task = await post(client, "/v1/tasks", {"type": "echo"})
+    await finish(store, task["id"], Status.SUCCEEDED)
+    resp = await client.delete(f"/v1/tasks/{task['id']}")
+    assert resp.status == 409
+    body = await resp.json()
+    assert error_of(body)["field"] == "status"
+    assert body["task"]["status"] == "succeeded"
+    assert body["task"]["result"] == {"ok": True}
+    assert (await client.post(f"/v1/tasks/{task['id']}/retry")).status == 409
+
+
+async def test_dead_task_retries(client: Client, store: RedisStore) -> None:
+    _, task = await post(client, "/v1/tasks", {"type": "echo", "max_retries": 0})
+    await finish(store, task["id"], Status.DEAD)
+    resp = await client.post(f"/v1/tasks/{task['id']}/retry")
+    assert resp.status == 200
+    retried = await resp.json()
+    assert (retried["status"], retried["failures"], retried["error"]) == ("queued", 0, None)
+
+
+async def test_running_task_cancels(client: Client, store: RedisStore) -> None:
+    _, task = await post(client, "/v1/tasks", {"type": "echo"})
+    now = int(time.time() * 1000)
+    await store.raise_epoch(1)
+    await store.apply([Lease(1, task["id"], "n1", now + 60_000, now)])
+    assert (await client.get(f"/v1/tasks/{task['id']}")).status == 200
+    resp = await client.delete(f"/v1/tasks/{task['id']}")
+    assert (resp.status, (await resp.json())["status"]) == (200, "cancelled")
+
+
+# ---------------------------------------------------------------------------- operations
+
+
+async def test_queues(client: Client) -> None:
+    tasks = [{"type": "echo", "priority": p} for p in ["high", "high", "low"]]
+    await post(client, "/v1/tasks/batch", {"tasks": [*tasks, {"type": "echo", "delay_s": 60}]})
+    resp = await client.get("/v1/queues")
+    counts = await resp.json()
+    assert counts["queued"] == {"high": 2, "medium": 0, "low": 1}
+    assert (counts["pending"], counts["running"], counts["failed"], counts["dead"]) == (1, 0, 0, 0)
+
+
+async def test_health_ready_cluster(client: Client, runtime: StubRuntime) -> None:
+    resp = await client.get("/healthz")
+    assert (resp.status, await resp.json()) == (200, {"status": "ok"})
+    assert (await client.head("/healthz")).status == 200
+    resp = await client.get("/readyz")
+    assert resp.status == 200 and (await resp.json())["ready"] is True
+    runtime.ready = False
+    resp = await client.get("/readyz")
+    assert resp.status == 503
+    assert await resp.json() == {"ready": False, "checks": {"redis": True, "leader_known": False}}
+    resp = await client.get("/v1/cluster")
+    assert (await resp.json())["leader"] == "node-test"
+
+
+async def test_metrics_text(client: Client) -> None:
+    await post(client, "/v1/tasks/batch", {"tasks": [{"type": "echo", "priority": "high"}] * 2})
+    await client.get("/v1/tasks/" + "0" * 32)
+    app = client.app
+    assert app is not None
+    app[METRICS].finished("echo", "high", "dead", 0.5)
+    app[METRICS].fenced(2)
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/plain")
+    text = await resp.text()
+    assert 'tasks_submitted_total{priority="high",type="echo"} 2.0' in text
+    assert 'tasks_dead_total{priority="high",type="echo"} 1.0' in text
+    assert 'tasks_failed_total{priority="high",type="echo"} 1.0' in text
+    assert "fenced_writes_total 2.0" in text
+    for name in ["tasks_started_total", "tasks_succeeded_total", "tasks_retried_total"]:
+        assert f"# TYPE {name} counter" in text
+    assert 'queue_depth{priority="low"} 0.0' in text
+    assert "workers_busy 0.0" in text
+    # Route templates, not raw ids, label the latency histogram.
+    assert 'route="/v1/tasks/{id}",status="404"' in text
+    assert "0" * 32 not in text
+
+
+# ---------------------------------------------------------------------------- openapi
+
+
+async def test_openapi_lists_every_route_and_the_accepted_fields(
+    client: Client, store: RedisStore
+) -> None:
+    resp = await client.get("/openapi.json")
+    assert resp.status == 200
+    doc = await resp.json()
+    assert doc["openapi"].startswith("3.")
+    assert doc["info"]["title"] and doc["info"]["version"]
+    app = client.app
+    assert app is not None
+    served = {
+        (route.method.lower(), route.resource.canonical)
+        for route in app.router.routes()
+        if route.method != "HEAD" and route.resource is not None
+    }
+    documented = {
+        (method, path)
+        for path, item in doc["paths"].items()
+        for method in item
+        if method in ("get", "post", "put", "delete", "patch")
+    }
+    assert documented == served
+    assert {(m.lower(), p) for m, p, _ in ROUTES} == served
+    for item in doc["paths"].values():
+        for method, op in item.items():
+            if method != "parameters":
+                assert op["responses"], op
+
+    schemas = doc["components"]["schemas"]
+    submission = schemas["TaskSubmission"]
+    assert set(submission["properties"]) == set(FIELDS_BY_NAME)
+    assert submission["additionalProperties"] is False
+    assert "echo" in submission["properties"]["type"]["enum"]
+    assert submission["properties"]["payload"]["description"]
+
+    # The task schema lists exactly what a real answer carries.
+    _, task = await post(client, "/v1/tasks", {"type": "echo"})
+    assert set(schemas["Task"]["properties"]) == set(task)
+    assert set(schemas["Task"]["required"]) == set(task)
+
+    # Every $ref points at a schema that exists.
+    refs = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "$ref":
+                    refs.add(value)
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(doc)
+    assert refs and all(r.removeprefix("#/components/schemas/") in schemas for r in refs)
