@@ -12,9 +12,10 @@ cache costs a refused write, not a lost or doubled task.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from core.dispatch import NodeSlots, dispatch
 from core.effects import Effect, Expire, Lease, Promote, RaiseEpoch, Rebuild, SetTimer
@@ -83,12 +84,22 @@ _WAITING = frozenset({Status.PENDING, Status.FAILED})
 
 
 class Scheduler:
-    def __init__(self, node_id: str, config: SchedulerConfig | None = None) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        config: SchedulerConfig | None = None,
+        *,
+        queue: Any = None,
+        dispatch_fn: Callable[..., list[tuple[str, str]]] | None = None,
+    ) -> None:
+        """``queue`` and ``dispatch_fn`` default to the compiled implementations; benchmarks pass
+        the Python twins to measure against them in the same run."""
         self.node_id = node_id
         self.config = config or SchedulerConfig()
         self.role = Role.FOLLOWER
         self.term = 0
-        self.queue = ReadyQueue()
+        self.queue = queue if queue is not None else ReadyQueue()
+        self._dispatch_fn = dispatch_fn or dispatch
         # Type of each queued task, for nodes that run only some types. Kept beside the heap
         # (not in it) so the heap stays C structs of (priority, seq, slot).
         self.queued_types: dict[str, str] = {}
@@ -305,7 +316,7 @@ class Scheduler:
         if not slots:
             return
         cfg = self.config
-        assignments = dispatch(
+        assignments = self._dispatch_fn(
             self.queue,
             slots,
             self.queued_types,
