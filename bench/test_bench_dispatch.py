@@ -27,7 +27,7 @@ SEED = 20_240_601
 WORKERS_PER_NODE = 5
 BATCH_MAX = 512
 SCAN_MAX = 1024
-ROUNDS = 5
+ROUNDS = 7
 # Task mix: HIGH/MEDIUM/LOW weights, and the share of "gpu" tasks among "cpu" ones.
 PRIORITY_WEIGHTS = (1, 3, 6)
 GPU_SHARE = 0.3

@@ -86,7 +86,8 @@ def drain(queue: Any) -> list[Entry]:
 
 
 def in_pop_order(entries: Sequence[Entry]) -> list[Entry]:
-    return sorted(((t, int(p), s) for t, p, s in entries), key=lambda e: (e[1], e[2]))
+    """Pop order: priority, then seq, then (only between equal seqs) task id."""
+    return sorted(((t, int(p), s) for t, p, s in entries), key=lambda e: (e[1], e[2], e[0]))
 
 
 def reference_dispatch(
@@ -435,9 +436,9 @@ node_sets = st.lists(
     unique_by=lambda n: n.node_id,
 )
 task_lists = st.lists(
-    st.tuples(st.sampled_from([H, M, L]), st.sampled_from([*TYPES, "w"]), st.integers(0, 10**9)),
+    # Small seqs so that equal ones occur: the queue then orders by task id, and so must the rest.
+    st.tuples(st.sampled_from([H, M, L]), st.sampled_from([*TYPES, "w"]), st.integers(0, 60)),
     max_size=40,
-    unique_by=lambda t: t[2],  # seq is unique per task, as submission order makes it
 )
 CASE_SETTINGS = settings(
     max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
