@@ -1,0 +1,335 @@
+"""The invariants of issue #5, checked while a run goes, from what the store applied and what the
+nodes did. The checker keeps its own books (leases, attempts, executions, epochs); it never trusts
+the core's or the store's bookkeeping to judge the core or the store.
+
+1. Every task acknowledged to a client reaches a terminal state once faults heal (under
+   ``everysec`` fsync, the acknowledged tasks a store restart lost are counted, not failed).
+2. No two live leases for one task: an execution of attempt k+1 starts only when every earlier
+   execution has ended or its lease deadline has passed; the store applies no completion from a
+   stale attempt.
+3. At most one leader per term; no leader write lands once a newer epoch was raised.
+4. No lower-priority task is leased while a higher-priority one waits in the same leader's queue.
+5. Retries never exceed a task's policy; dependants never start before their dependencies succeed.
+6. Liveness: after the last fault heals, all work finishes within a bound.
+
+A violation raises :class:`ViolationFound` at once, out of the SimPy run: the run stops there and
+its report shows the invariant, the message and the events that led to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.store_model import StoreModel
+from core.task import AttemptEnd, Status
+
+INVARIANTS = {
+    0: "the core's own check_invariants() (or a driver crash)",
+    1: "every acknowledged task reaches a terminal state",
+    2: "no two live leases for one task; no stale completion applied",
+    3: "one leader per term; no leader write after a newer epoch",
+    4: "no lower priority leased while a higher one waits",
+    5: "retries within policy; dependants after their dependencies",
+    6: "liveness: all work finishes within the bound after faults heal",
+}
+
+
+class ViolationFound(Exception):
+    def __init__(self, invariant: int, message: str) -> None:
+        super().__init__(f"invariant {invariant}: {message}")
+        self.invariant = invariant
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFacts:
+    """What the checker needs to know of a submitted task (from the load generator)."""
+
+    priority: int
+    max_retries: int
+    depends_on: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class _Execution:
+    attempt: int
+    node: str
+    start_s: float
+
+
+@dataclass
+class Counters:
+    acked: int = 0
+    completed: int = 0  # acknowledged tasks that succeeded
+    dead: int = 0
+    executions: int = 0
+    handler_failures: int = 0  # failing completions the store applied
+    late_starts: int = 0  # handler started after its own lease deadline (a zombie start)
+    lost_acked: int = 0  # acknowledged tasks a store restart lost (everysec)
+    store_restores: int = 0
+    leader_writes: int = 0
+    elections: int = 0
+    failovers_s: list[float] = field(default_factory=list)
+
+
+class Checker:
+    def __init__(
+        self,
+        facts: Mapping[str, TaskFacts],
+        skew_ms_max: int,
+        now_s: Any,
+    ) -> None:
+        self.facts = facts
+        # Deadlines are written in the writer's clock; the new attempt exists only once the
+        # store judged the old deadline passed by the leader's clock, so allow the skew bound.
+        self.skew_tolerance_ms = skew_ms_max + 1
+        self._now_s = now_s
+        self.counters = Counters()
+        self.acked: dict[str, float] = {}  # task id -> ack time
+        self.max_epoch = 0
+        self.leader_of_term: dict[int, str] = {}
+        # The checker's own books, from the store's applied writes:
+        self.lease_of: dict[str, tuple[int, str]] = {}  # task -> (attempt, node) last leased
+        self.deadline_ms: dict[tuple[str, int], int] = {}  # (task, attempt) -> lease deadline
+        self.failures: dict[str, int] = {}  # failing completions applied, per task
+        self.expiries: dict[str, int] = {}  # lease expiries applied, per task
+        self.releases: dict[str, int] = {}  # releases applied, per task
+        self.succeeded: set[str] = set()
+        self.terminal: set[str] = set()
+        self.live_execs: dict[str, list[_Execution]] = {}
+        self.execs_per_task: dict[str, int] = {}
+        self.lost: set[str] = set()
+        self._counted: set[str] = set()
+        self._failover_from: tuple[float, int] | None = None
+
+    def fail(self, invariant: int, message: str) -> None:
+        raise ViolationFound(invariant, message)
+
+    # ------------------------------------------------------------------ clients
+    def on_ack(self, task_id: str) -> None:
+        if task_id not in self.acked:
+            self.acked[task_id] = self._now_s()
+            self.counters.acked += 1
+
+    # ------------------------------------------------------------------ leaders (invariant 3)
+    def on_leader_claim(self, node: str, term: int) -> None:
+        other = self.leader_of_term.get(term)
+        if other is None:
+            self.leader_of_term[term] = node
+            self.counters.elections += 1
+        elif other != node:
+            self.fail(3, f"two leaders in term {term}: {other} and {node}")
+
+    def on_epoch_raised(self, term: int) -> None:
+        self.max_epoch = max(self.max_epoch, term)
+
+    def on_leader_write(self, term: int, what: str) -> None:
+        self.counters.leader_writes += 1
+        if term < self.max_epoch:
+            self.fail(3, f"{what} of term {term} applied after epoch {self.max_epoch} was raised")
+
+    def on_leader_lost(self, term: int) -> None:
+        """A fault took the leader of ``term`` out: failover runs until a newer term leases."""
+        if self._failover_from is None and term > 0:
+            self._failover_from = (self._now_s(), term)
+
+    # ------------------------------------------------------------------ store writes
+    def on_lease(self, task_id: str, attempt: int, node: str, deadline_ms: int, term: int) -> None:
+        facts = self.facts.get(task_id)
+        if task_id in self.terminal:
+            self.fail(2, f"{task_id} leased (attempt {attempt}) after it ended")
+        self.lease_of[task_id] = (attempt, node)
+        self.deadline_ms[(task_id, attempt)] = deadline_ms
+        if facts is not None:
+            allowed = (
+                1
+                + self.failures.get(task_id, 0)
+                + self.expiries.get(task_id, 0)
+                + self.releases.get(task_id, 0)
+            )
+            if attempt > allowed:
+                self.fail(
+                    5,
+                    f"{task_id} leased for attempt {attempt}, but only {allowed} are allowed "
+                    f"(failures, expiries and releases so far)",
+                )
+            if self.failures.get(task_id, 0) > facts.max_retries:
+                self.fail(5, f"{task_id} leased again after {facts.max_retries} retries")
+            for dep in facts.depends_on:
+                if dep not in self.succeeded:
+                    self.fail(5, f"{task_id} leased before its dependency {dep} succeeded")
+        if self._failover_from is not None and term > self._failover_from[1]:
+            self.counters.failovers_s.append(self._now_s() - self._failover_from[0])
+            self._failover_from = None
+
+    def on_heartbeat(self, task_id: str, attempt: int, deadline_ms: int) -> None:
+        key = (task_id, attempt)
+        if deadline_ms > self.deadline_ms.get(key, 0):
+            self.deadline_ms[key] = deadline_ms
+
+    def _check_holder(self, task_id: str, attempt: int, node: str, what: str) -> None:
+        if self.lease_of.get(task_id) != (attempt, node):
+            self.fail(
+                2,
+                f"{what} of {task_id} attempt {attempt} on {node} applied, but the lease is "
+                f"{self.lease_of.get(task_id)}",
+            )
+
+    def on_finish(self, task_id: str, attempt: int, node: str, end: AttemptEnd) -> None:
+        self._check_holder(task_id, attempt, node, "completion")
+        self.lease_of[task_id] = (attempt, "")  # settled: no further completion may land
+        facts = self.facts.get(task_id)
+        if end.status is not Status.SUCCEEDED:
+            failures = self.failures.get(task_id, 0) + 1
+            self.failures[task_id] = failures
+            self.counters.handler_failures += 1
+            if failures != end.failures:
+                self.fail(
+                    5, f"{task_id}: {failures} failures applied, the store counts {end.failures}"
+                )
+            if facts is not None:
+                if end.status is Status.FAILED and failures > facts.max_retries:
+                    self.fail(
+                        5,
+                        f"{task_id} retried after {failures} failures "
+                        f"(max_retries {facts.max_retries})",
+                    )
+                if end.status is Status.DEAD and failures <= facts.max_retries:
+                    self.fail(5, f"{task_id} dead after {failures} failures with retries left")
+        else:
+            self.succeeded.add(task_id)
+        if end.status.terminal:
+            self.on_terminal(task_id, end.status)
+
+    def on_release(self, task_id: str, attempt: int, node: str) -> None:
+        self._check_holder(task_id, attempt, node, "release")
+        self.lease_of[task_id] = (attempt, "")
+        self.releases[task_id] = self.releases.get(task_id, 0) + 1
+
+    def on_expire(self, task_id: str, attempt: int, status: Status) -> None:
+        self.lease_of[task_id] = (attempt, "")
+        self.expiries[task_id] = self.expiries.get(task_id, 0) + 1
+        if status.terminal:
+            self.on_terminal(task_id, status)
+
+    def on_terminal(self, task_id: str, status: Status) -> None:
+        if task_id in self.terminal:
+            return
+        self.terminal.add(task_id)
+        # Counted once per task, ever: a store restore may roll an end back and it ends again.
+        if task_id in self._counted:
+            return
+        self._counted.add(task_id)
+        if status is Status.SUCCEEDED:
+            if task_id in self.acked:
+                self.counters.completed += 1
+        elif status is Status.DEAD:
+            self.counters.dead += 1
+
+    # ------------------------------------------------------------------ executions (invariant 2)
+    def on_exec_start(self, task_id: str, attempt: int, node: str) -> None:
+        now_s = self._now_s()
+        now_ms = now_s * 1000.0
+        self.counters.executions += 1
+        self.execs_per_task[task_id] = self.execs_per_task.get(task_id, 0) + 1
+        live = self.live_execs.setdefault(task_id, [])
+        for other in live:
+            if other.attempt == attempt:
+                self.fail(2, f"{task_id} attempt {attempt} runs on {other.node} and {node}")
+            if other.attempt < attempt:
+                deadline = self.deadline_ms.get((task_id, other.attempt), 0)
+                if deadline > now_ms + self.skew_tolerance_ms:
+                    self.fail(
+                        2,
+                        f"{task_id} attempt {attempt} started on {node} while attempt "
+                        f"{other.attempt} still runs on {other.node} with a live lease "
+                        f"(deadline {deadline} ms > now {now_ms:.0f} ms)",
+                    )
+        if self.deadline_ms.get((task_id, attempt), 0) < now_ms - self.skew_tolerance_ms:
+            self.counters.late_starts += 1
+        facts = self.facts.get(task_id)
+        if facts is not None:
+            for dep in facts.depends_on:
+                if dep not in self.succeeded:
+                    self.fail(5, f"{task_id} started before its dependency {dep} succeeded")
+        live.append(_Execution(attempt, node, now_s))
+
+    def on_exec_end(self, task_id: str, attempt: int, node: str) -> None:
+        live = self.live_execs.get(task_id)
+        if not live:
+            return
+        for i, run in enumerate(live):
+            if run.attempt == attempt and run.node == node:
+                del live[i]
+                break
+        if not live:
+            del self.live_execs[task_id]
+
+    def on_node_crash(self, node: str) -> None:
+        """The crashed node's handlers vanish with it: their executions end now."""
+        for task_id in sorted(self.live_execs):
+            live = [run for run in self.live_execs[task_id] if run.node != node]
+            if live:
+                self.live_execs[task_id] = live
+            else:
+                del self.live_execs[task_id]
+
+    # ------------------------------------------------------------------ store restarts
+    def on_store_restored(self, model: StoreModel) -> None:
+        """The store came back from its last fsync point: writes after it are gone. Re-derive
+        the books from what survived (the checker cannot hold the store to writes it lost)."""
+        self.counters.store_restores += 1
+        tasks = model.tasks
+        for task_id in sorted(self.acked):
+            if task_id not in tasks and task_id not in self.lost:
+                self.lost.add(task_id)
+                self.counters.lost_acked += 1
+        self.succeeded = {t for t, r in tasks.items() if r.status is Status.SUCCEEDED}
+        self.terminal = {t for t, r in tasks.items() if r.status.terminal}
+        self.lease_of = {
+            t: (r.attempt, r.lease_node if r.status is Status.RUNNING else "")
+            for t, r in tasks.items()
+        }
+        self.failures = {t: r.failures for t, r in tasks.items() if r.failures}
+        self.expiries = {t: r.lease_expiries for t, r in tasks.items() if r.lease_expiries}
+        # Releases are not stored: allow every attempt made so far.
+        self.releases = {t: r.attempt for t, r in tasks.items() if r.attempt}
+
+    # ------------------------------------------------------------------ the end (1, 6)
+    def unfinished(self, model: StoreModel) -> list[str]:
+        """Acknowledged tasks that are not terminal in the store (lost ones excepted)."""
+        tasks = model.tasks
+        out = []
+        for task_id in self.acked:
+            if task_id in self.lost:
+                continue
+            record = tasks.get(task_id)
+            if record is None or not record.status.terminal:
+                out.append(task_id)
+        return out
+
+    def duplicates(self) -> int:
+        """Executions beyond one per task and one per failing attempt: at-least-once re-runs."""
+        total = 0
+        for task_id, runs in self.execs_per_task.items():
+            total += max(0, runs - 1 - self.failures.get(task_id, 0))
+        return total
+
+    def final_check(self, model: StoreModel, missing: Iterable[str], bound_s: float) -> None:
+        missing = sorted(missing)
+        if missing:
+            states = []
+            for task_id in missing[:5]:
+                record = model.tasks.get(task_id)
+                states.append(
+                    f"{task_id}: "
+                    + ("absent from the store" if record is None else str(record.state()))
+                )
+            self.fail(
+                1,
+                f"{len(missing)} acknowledged tasks not terminal {bound_s:.0f} s after the "
+                f"faults healed and the load stopped (invariant 6 too); first: "
+                + "; ".join(states),
+            )

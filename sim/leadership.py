@@ -1,0 +1,261 @@
+"""Who leads, in which term: the simulation's view of Raft, behind one small interface.
+
+:class:`RaftLeadership` runs the real pysyncobj code under simulated time (``sim/raftnet.py``:
+its in-memory TCP-like transport, its patched clock and seeded randomness); that is the default,
+because then the simulation tests the Raft code that ships. :class:`ModelLeadership` is a small
+election model with pysyncobj's observable behaviour (randomized election timeouts, a term per
+election, a deposed leader that believes it leads until it hears a newer term or its fallback
+timeout passes). It stands in when ``--raft model`` is asked for, or when pysyncobj cannot run.
+
+Members are numbered from 0 here; nodes are named n1..nN.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import simpy
+
+
+class Leadership(Protocol):
+    name: str
+
+    def status(self, index: int) -> tuple[bool, int]:
+        """(member ``index`` believes it leads, its current term)."""
+
+    def crash(self, index: int) -> None: ...
+
+    def restart(self, index: int) -> None: ...
+
+    def pause(self, index: int) -> None: ...
+
+    def resume(self, index: int) -> None: ...
+
+    def partition(self, side_a: list[int], side_b: list[int], one_way: bool) -> int:
+        """Cut the member links from side a to side b (and back unless one_way); an id to heal."""
+
+    def heal(self, partition_id: int) -> None: ...
+
+    def start(self) -> None:
+        """Begin (pysyncobj's clock and randomness are patched from here until close())."""
+
+    def check(self) -> None:
+        """Raise if Raft's own safety broke (two leaders in one term)."""
+
+    def close(self) -> None:
+        """Release what the run held (pysyncobj's patched clock)."""
+
+    def trace_hash(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ModelTiming:
+    # Seconds, as RaftConfig's defaults in node/raft.py.
+    election_timeout_min_s: float = 0.1
+    election_timeout_max_s: float = 0.3
+    heartbeat_s: float = 0.02
+    leader_fallback_timeout_s: float = 1.0
+
+
+class ModelLeadership:
+    """Raft's elections, modelled: enough to exercise fencing, not a proof of Raft."""
+
+    name = "model"
+
+    def __init__(
+        self, env: simpy.Environment, members: int, rng: random.Random, timing: ModelTiming
+    ) -> None:
+        self.env = env
+        self.n = members
+        self.rng = rng
+        self.timing = timing
+        self.alive = [True] * members
+        self.paused = [False] * members
+        self.term = [0] * members
+        self.leader = [False] * members
+        self.voted_in = [0] * members  # the last term each member voted in
+        self.heard_at = [0.0] * members  # last time each heard a current leader
+        self.quorum_at = [0.0] * members  # for a leader: last time a majority heard it
+        self.deadline = [self._timeout() for _ in range(members)]
+        self.cut: set[tuple[int, int]] = set()
+        self._partitions: dict[int, list[tuple[int, int]]] = {}
+        self.changes: list[tuple[int, int, int]] = []  # (time us, member, term) of each election
+        env.process(self._run())
+
+    def _timeout(self) -> float:
+        t = self.timing
+        return self.env.now + self.rng.uniform(t.election_timeout_min_s, t.election_timeout_max_s)
+
+    def _up(self, i: int) -> bool:
+        return self.alive[i] and not self.paused[i]
+
+    def _link(self, a: int, b: int) -> bool:
+        return self._up(a) and self._up(b) and (a, b) not in self.cut
+
+    def _run(self) -> Any:
+        period = self.timing.heartbeat_s
+        while True:
+            yield self.env.timeout(period)
+            self._step()
+
+    def _adopt(self, i: int, term: int) -> None:
+        if term > self.term[i]:
+            self.term[i] = term
+            self.leader[i] = False
+
+    def _step(self) -> None:
+        now = self.env.now
+        n = self.n
+        # Leaders heartbeat; whoever hears a newer term steps back.
+        for lead in range(n):
+            if not (self.leader[lead] and self._up(lead)):
+                continue
+            heard_by = 1
+            for i in range(n):
+                if i == lead or not self._link(lead, i):
+                    continue
+                if self.term[i] > self.term[lead]:
+                    if self._link(i, lead):
+                        self._adopt(lead, self.term[i])
+                    continue
+                self._adopt(i, self.term[lead])
+                self.leader[i] = False
+                self.heard_at[i] = now
+                self.deadline[i] = self._timeout()
+                if self._link(i, lead):
+                    heard_by += 1
+            if 2 * heard_by > n:
+                self.quorum_at[lead] = now
+            elif now - self.quorum_at[lead] > self.timing.leader_fallback_timeout_s:
+                self.leader[lead] = False  # pysyncobj's leader fallback
+        # Followers whose election timeout passed stand for election, in member order.
+        for cand in range(n):
+            if self.leader[cand] or not self._up(cand) or now < self.deadline[cand]:
+                continue
+            term = self.term[cand] + 1
+            self.term[cand] = term
+            self.voted_in[cand] = term
+            votes = 1
+            for i in range(n):
+                if i == cand or not self._link(cand, i):
+                    continue
+                self._adopt(i, term)
+                if self.voted_in[i] < term and self._link(i, cand):
+                    self.voted_in[i] = term
+                    self.deadline[i] = self._timeout()
+                    votes += 1
+            self.deadline[cand] = self._timeout()
+            if 2 * votes > n:
+                self.leader[cand] = True
+                self.quorum_at[cand] = now
+                self.changes.append((round(now * 1e6), cand, term))
+
+    # ------------------------------------------------------------------ interface
+    def status(self, index: int) -> tuple[bool, int]:
+        return self.leader[index], self.term[index]
+
+    def crash(self, index: int) -> None:
+        self.alive[index] = False
+        self.leader[index] = False  # volatile; the term and vote are on disk
+
+    def restart(self, index: int) -> None:
+        self.alive[index] = True
+        self.deadline[index] = self._timeout()
+
+    def pause(self, index: int) -> None:
+        self.paused[index] = True
+
+    def resume(self, index: int) -> None:
+        self.paused[index] = False
+        # Its election timer ran out while paused; a real member would notice at its next tick.
+        self.deadline[index] = min(self.deadline[index], self.env.now)
+        self.heard_at[index] = self.env.now - 1e9
+
+    def partition(self, side_a: list[int], side_b: list[int], one_way: bool) -> int:
+        links = [(a, b) for a in side_a for b in side_b if a != b]
+        if not one_way:
+            links += [(b, a) for a, b in links]
+        pid = len(self._partitions) + 1
+        while pid in self._partitions:
+            pid += 1
+        self._partitions[pid] = links
+        self.cut = {link for cut in self._partitions.values() for link in cut}
+        return pid
+
+    def heal(self, partition_id: int) -> None:
+        self._partitions.pop(partition_id, None)
+        self.cut = {link for cut in self._partitions.values() for link in cut}
+
+    def start(self) -> None:
+        pass
+
+    def check(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def trace_hash(self) -> str:
+        return ",".join(f"{t}:{m}:{term}" for t, m, term in self.changes)[-64:]
+
+
+class RaftLeadership:
+    """The real pysyncobj members of sim/raftnet.py's SimRaftCluster."""
+
+    name = "pysyncobj"
+
+    def __init__(self, cluster: Any) -> None:
+        self.cluster = cluster
+
+    def start(self) -> None:
+        self.cluster.start()
+
+    def status(self, index: int) -> tuple[bool, int]:
+        status = self.cluster.status(index)
+        if status is None:  # crashed
+            return False, 0
+        return status.is_leader, status.term
+
+    def crash(self, index: int) -> None:
+        self.cluster.crash(index)
+
+    def restart(self, index: int) -> None:
+        if self.cluster.member(index) is None:
+            self.cluster.restart(index)
+
+    def pause(self, index: int) -> None:
+        self.cluster.pause(index)
+
+    def resume(self, index: int) -> None:
+        self.cluster.resume(index)
+
+    def partition(self, side_a: list[int], side_b: list[int], one_way: bool) -> int:
+        return int(self.cluster.partition(side_a, side_b, one_way=one_way))
+
+    def heal(self, partition_id: int) -> None:
+        self.cluster.heal(partition_id)
+
+    def check(self) -> None:
+        self.cluster.check_invariants()
+
+    def close(self) -> None:
+        self.cluster.close()
+
+    def trace_hash(self) -> str:
+        return str(self.cluster.trace_hash())
+
+
+def make_leadership(
+    kind: str, env: simpy.Environment, members: int, seed: int, rng: random.Random
+) -> Leadership:
+    """The real pysyncobj cluster if asked and available, else the model."""
+    if kind == "pysyncobj":
+        try:
+            from sim.raftnet import SimRaftCluster
+        except ImportError:  # pysyncobj missing: say so in the report (raft: model)
+            pass
+        else:
+            return RaftLeadership(SimRaftCluster(env, members, seed))
+    return ModelLeadership(env, members, rng, ModelTiming())

@@ -1,0 +1,176 @@
+"""The simulated network between the nodes and the store.
+
+Each directed link has a latency (base + uniform jitter) and delivers in FIFO order, as a TCP
+connection does: a message never overtakes an earlier one on its link. A message is lost when its
+link is cut (a partition, symmetric or one-way) when it is sent or when it would arrive, or, with
+probability ``drop_p``, as a connection reset. A request that gets no answer fails after the
+client's timeout; the store may well have applied it (only the answer was lost), which is exactly
+the ambiguity a real client lives with.
+
+Partitions are added and healed one at a time. The Raft links between nodes are not carried here
+(sim/raftnet.py moves pysyncobj's messages); the world forwards every partition to both.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import simpy
+
+from sim.config import NetConfig
+
+STORE = "store"
+
+
+class Unavailable:
+    """The answer a caller gets when its request timed out or its connection was reset."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNAVAILABLE"
+
+
+UNAVAILABLE = Unavailable()
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """Messages from any member of ``side_a`` to any of ``side_b`` are lost (and back, unless
+    ``one_way``)."""
+
+    side_a: frozenset[str]
+    side_b: frozenset[str]
+    one_way: bool = False
+
+    def links(self) -> Iterable[tuple[str, str]]:
+        for a in sorted(self.side_a):
+            for b in sorted(self.side_b):
+                yield a, b
+                if not self.one_way:
+                    yield b, a
+
+    def describe(self) -> str:
+        arrow = "->" if self.one_way else "<->"
+        return f"{{{','.join(sorted(self.side_a))}}}{arrow}{{{','.join(sorted(self.side_b))}}}"
+
+
+class Network:
+    def __init__(self, env: simpy.Environment, config: NetConfig, rng: random.Random) -> None:
+        self.env = env
+        self.config = config
+        self.rng = rng
+        self.delay_s = config.delay_s
+        self.jitter_s = config.jitter_s
+        self.drop_p = config.drop_p
+        self.partitions: list[Partition] = []
+        self._cut: set[tuple[str, str]] = set()
+        self._last_arrival: dict[tuple[str, str], float] = {}
+        self.sent = 0
+        self.lost = 0
+
+    # ------------------------------------------------------------------ faults
+    def add_partition(self, partition: Partition) -> None:
+        self.partitions.append(partition)
+        self._recompute()
+
+    def heal(self, partition: Partition | None = None) -> Partition | None:
+        """Heal one partition (the oldest if none is named). Returns the one healed."""
+        if not self.partitions:
+            return None
+        if partition is None:
+            partition = self.partitions[0]
+        self.partitions.remove(partition)
+        self._recompute()
+        return partition
+
+    def _recompute(self) -> None:
+        self._cut = {link for p in self.partitions for link in p.links()}
+
+    def is_cut(self, src: str, dst: str) -> bool:
+        return (src, dst) in self._cut
+
+    def set_quality(self, delay_s: float, jitter_s: float, drop_p: float) -> None:
+        self.delay_s, self.jitter_s, self.drop_p = delay_s, jitter_s, drop_p
+
+    # ------------------------------------------------------------------ delivery
+    def _arrival(self, src: str, dst: str) -> float:
+        now = self.env.now
+        at = now + self.delay_s + self.rng.random() * self.jitter_s
+        link = (src, dst)
+        last = self._last_arrival.get(link, 0.0)
+        if at < last:
+            at = last  # FIFO per link
+        self._last_arrival[link] = at
+        return at
+
+    def _later(self, at_s: float, fn: Callable[[], None]) -> None:
+        delay = at_s - self.env.now
+        self.env.timeout(delay if delay > 0 else 0).callbacks.append(lambda _e: fn())
+
+    def send(
+        self, src: str, dst: str, deliver: Callable[[], None], lost: Callable[[], None]
+    ) -> None:
+        """Carry one message; call ``deliver`` on arrival or ``lost`` when it is lost (at the
+        moment the loss happens: the receiver never knows)."""
+        self.sent += 1
+        if (src, dst) in self._cut or (self.drop_p and self.rng.random() < self.drop_p):
+            self.lost += 1
+            lost()
+            return
+        at = self._arrival(src, dst)
+
+        def arrive() -> None:
+            if (src, dst) in self._cut:
+                self.lost += 1
+                lost()
+            else:
+                deliver()
+
+        self._later(at, arrive)
+
+
+class Caller:
+    """Request/answer over the network, with the client's timeout: one pending event per call."""
+
+    def __init__(self, env: simpy.Environment, net: Network) -> None:
+        self.env = env
+        self.net = net
+        self.timeout_s = net.config.request_timeout_s
+
+    def call(
+        self, node: str, serve: Callable[[Callable[[Any], None]], None], timeout_s: float = 0.0
+    ) -> simpy.Event:
+        """Send a request from ``node`` to the store. ``serve(answer)`` runs at the store on
+        arrival and must eventually call ``answer(value)`` once (or never, if the store dies).
+        The returned event succeeds with the value, or with UNAVAILABLE after the timeout."""
+        env = self.env
+        reply = env.event()
+        sent_at = env.now
+        budget = timeout_s or self.timeout_s
+
+        def give_up() -> None:
+            if not reply.triggered:
+                reply.succeed(UNAVAILABLE)
+
+        def lost() -> None:
+            # Nobody tells the caller: it notices when its timeout fires.
+            self.net._later(sent_at + budget, give_up)
+
+        def answer(value: Any) -> None:
+            if value is UNAVAILABLE:
+                # The store reset the connection (it is down): the caller learns at once.
+                self.net.send(STORE, node, give_up, lost)
+                return
+
+            def deliver() -> None:
+                if not reply.triggered:
+                    reply.succeed(value)
+
+            self.net.send(STORE, node, deliver, lost)
+
+        self.net.send(node, STORE, lambda: serve(answer), lost)
+        return reply

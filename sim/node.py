@@ -1,0 +1,515 @@
+"""One simulated node: the same Scheduler, WorkerPool and core.driver procedures as node/runtime.py,
+driven by SimPy processes instead of asyncio tasks.
+
+Like the runtime, the node runs a leader loop (``core.driver.leader_round`` every round, on every
+node: it acts only while Raft says this node leads), a take loop (pull an assignment when a slot is
+free), one process per running handler, a worker tick loop (heartbeats, timeouts), a registry loop
+(so the leader sees the node) and a submit loop (group commit of client submissions). Each store
+request a procedure yields travels over the simulated network; the answer is sent back in, or
+StoreUnavailable is thrown in, exactly as ``NodeRuntime._serve`` does. Nothing is decided here.
+
+Crash: volatile state is lost (a fresh Scheduler and WorkerPool on restart), handlers vanish, and
+every process of the old incarnation ends at its next wake-up. Pause: nothing of the node moves
+(loops, handler completions, Raft ticks) until it is resumed; answers wait in its socket buffers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Generator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import simpy
+
+from core.driver import (
+    InterruptHandler,
+    LeaderStats,
+    Procedure,
+    ReleaseRequest,
+    StoreUnavailable,
+    handler_ended,
+    leader_round,
+    worker_effects,
+)
+from core.effects import Effect, Lease
+from core.events import Event, NodeSeen
+from core.scheduler import Role, Scheduler, SchedulerConfig
+from core.store_model import Taken
+from core.task import Outcome, RetryPolicy
+from core.worker import Assignment, Release, RunHandler, WorkerPool
+from sim.checker import TaskFacts
+from sim.net import UNAVAILABLE
+from sim.store import RegistryRequest, SubmitRefused, SubmitRequest, TakeRequest
+
+if TYPE_CHECKING:
+    from sim.load import Submission
+    from sim.world import World
+
+# The runtime's timings (node/runtime.py), so the simulated node paces itself as the real one.
+REGISTRY_PERIOD_S = 0.5
+LEADER_IDLE_S = 0.05
+TAKE_WAIT_S = 1.0
+STORE_RETRY_S = 0.2
+WORKER_TICK_MAX_S = 0.1
+# Submissions group-committed per store round trip (the API's batch limit).
+SUBMIT_BATCH_MAX = 1000
+# A graceful stop waits for running handlers this long past the pool's grace.
+STOP_EXTRA_S = 5.0
+
+ProcessGen = Generator[simpy.Event, Any, None]
+
+
+class Crashed(Exception):
+    """The node crashed (or restarted) while this process waited: the process ends."""
+
+
+class CheckedScheduler(Scheduler):
+    """The core Scheduler, unchanged, with the simulation's checks after every step: the core's
+    own check_invariants() and invariant 4 (priority order of the leases it emits)."""
+
+    def __init__(
+        self,
+        node_id: str,
+        config: SchedulerConfig,
+        facts: Mapping[str, TaskFacts],
+        world: World,
+        **scheduler_options: Any,
+    ) -> None:
+        super().__init__(node_id, config, **scheduler_options)
+        self._facts = facts
+        self._world = world
+
+    def step(self, event: Event) -> list[Effect]:
+        effects = super().step(event)
+        self.check_invariants()
+        if effects and self.role is Role.LEADING and len(self.queue):
+            # Dispatch ran last in step(): what is left in the queue is what it passed over.
+            best = self.queue.peek_entry()[1]
+            for effect in effects:
+                if type(effect) is Lease:
+                    facts = self._facts.get(effect.task_id)
+                    if facts is not None and facts.priority > best:
+                        waiting = self.queue.peek_entry()[0]
+                        self._world.checker.fail(
+                            4,
+                            f"{self.node_id} leased {effect.task_id} (priority {facts.priority}) "
+                            f"while {waiting} (priority {best}) waits in its queue",
+                        )
+        return effects
+
+
+class SimNode:
+    def __init__(self, world: World, index: int, skew_ms: int) -> None:
+        self.world = world
+        self.env = world.env
+        self.index = index
+        self.id = f"n{index + 1}"
+        self.skew_ms = skew_ms
+        self.rng = random.Random(f"{world.config.seed}:node:{index}")
+        self.up = False
+        self.paused = False
+        self.stopping = False
+        self.incarnation = 0
+        self._resumed: simpy.Event | None = None
+        # Fault knobs: handler run times are multiplied by `slowness`; each run also fails with
+        # probability `fail_p` (a sick dependency of the handlers on this node).
+        self.slowness = 1.0
+        self.fail_p = 0.0
+        cfg = world.config
+        self.sched_config = SchedulerConfig(lease_ms=cfg.lease_ms)
+        self.sched: CheckedScheduler = CheckedScheduler(
+            self.id, self.sched_config, world.facts, world
+        )
+        self.pool = WorkerPool(self.id, cfg.workers, cfg.lease_ms)
+        self.stats = LeaderStats()
+        self.fenced_total = 0
+        self.handlers: dict[tuple[str, int], simpy.Process] = {}
+        self._in_run: set[tuple[str, int]] = set()
+        self.pending: list[tuple[Submission, int]] = []
+        self._wake_flag = False
+        self._wake_event: simpy.Event | None = None
+        self._slot_event: simpy.Event | None = None
+        self._submit_event: simpy.Event | None = None
+        self._registry_info: dict[str, tuple[int, int]] = {}
+        self._registry_seen: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ clock
+    def now_ms(self) -> int:
+        return int(self.env.now * 1000) + self.skew_ms
+
+    # ------------------------------------------------------------------ life cycle
+    def boot(self) -> None:
+        """Start (or restart after a crash) with fresh volatile state."""
+        cfg = self.world.config
+        self.incarnation += 1
+        self.up = True
+        self.stopping = False
+        self.sched = CheckedScheduler(self.id, self.sched_config, self.world.facts, self.world)
+        self.pool = WorkerPool(self.id, cfg.workers, cfg.lease_ms)
+        self.stats = LeaderStats()
+        self.handlers = {}
+        self._in_run = set()
+        self.pending = []
+        self._wake_flag = False
+        self._registry_info = {}
+        self._registry_seen = {}
+        inc = self.incarnation
+        env = self.env
+        for loop in (
+            self._leader_loop,
+            self._take_loop,
+            self._worker_ticks,
+            self._registry_loop,
+            self._submit_loop,
+        ):
+            env.process(self._guard(loop(inc)))
+
+    def crash(self) -> None:
+        """Power off: every process of this incarnation ends, handlers vanish, buffered client
+        submissions get a connection reset."""
+        if not self.up:
+            return
+        self.up = False
+        self.paused = False
+        self.incarnation += 1
+        self.fenced_total += self.stats.fenced_writes
+        for task_id, attempt in sorted(self.handlers):
+            self.world.trace.emit(self.env.now, "vanish", task_id, attempt, self.id)
+        self.handlers = {}
+        self.world.checker.on_node_crash(self.id)
+        pending, self.pending = self.pending, []
+        for sub, token in pending:
+            self.world.clients.failed(sub, token)
+        self._release_waiters()
+
+    def pause(self) -> None:
+        if self.up and not self.paused:
+            self.paused = True
+            self._resumed = self.env.event()
+            # Clients waiting on this node hear nothing more: they give up after their timeout.
+            for sub, token in self.pending:
+                self.world.clients.timeout_after(sub, token)
+
+    def resume(self) -> None:
+        if self.paused:
+            self.paused = False
+            self._release_waiters()
+
+    def _release_waiters(self) -> None:
+        resumed, self._resumed = self._resumed, None
+        if resumed is not None and not resumed.triggered:
+            resumed.succeed()
+        for name in ("_wake_event", "_slot_event", "_submit_event"):
+            event = getattr(self, name)
+            if event is not None and not event.triggered:
+                event.succeed()
+
+    def stop(self, grace_s: float) -> ProcessGen:
+        """Graceful stop (a rolling restart), as NodeRuntime.stop: take no more work (the
+        registry announces 0 slots), let running handlers finish within the grace, give the rest
+        back, then go down."""
+        if not self.up or self.stopping:
+            return
+        inc = self.incarnation
+        self.stopping = True
+        effects = self.pool.shutdown(self.now_ms(), int(grace_s * 1000))
+        with contextlib.suppress(StoreUnavailable):
+            yield from self.serve(worker_effects(self.pool, effects))
+        deadline = self.env.now + grace_s + STOP_EXTRA_S
+        while not self.pool.idle and self.env.now < deadline and self.incarnation == inc:
+            yield self.env.timeout(0.02)
+        if self.incarnation == inc:
+            # Leadership is lost now, not when the stop began: the leader led through its grace.
+            self.world._lose_leader_if(self.index)
+            self.crash()
+
+    def _gate(self, inc: int) -> ProcessGen:
+        """Wait out a pause; end the process if the node crashed meanwhile."""
+        while self.paused and self.incarnation == inc:
+            assert self._resumed is not None
+            yield self._resumed
+        if self.incarnation != inc:
+            raise Crashed
+
+    def _guard(self, gen: ProcessGen) -> ProcessGen:
+        try:
+            yield from gen
+        except Crashed:
+            return
+
+    # ------------------------------------------------------------------ store requests
+    def call(self, request: Any, timeout_s: float = 0.0) -> Generator[simpy.Event, Any, Any]:
+        """Send one request to the store and wait for its answer (after any pause)."""
+        inc = self.incarnation
+        store = self.world.store
+        node_id = self.id
+        answer = yield self.world.caller.call(
+            node_id, lambda reply: store.serve(node_id, request, reply), timeout_s
+        )
+        if self.paused or self.incarnation != inc:
+            yield from self._gate(inc)
+        if answer is UNAVAILABLE:
+            name = type(request).__name__
+            self.world.trace.emit(self.env.now, "no-answer", self.id, name)
+            raise StoreUnavailable(name)
+        return answer
+
+    def serve(self, proc: Procedure) -> ProcessGen:
+        """Run a core procedure: carry out each request, send the answer back in."""
+        try:
+            request = next(proc)
+            while True:
+                try:
+                    if type(request) is InterruptHandler:
+                        answer = self._interrupt(request)
+                    else:
+                        answer = yield from self.call(request)
+                except StoreUnavailable as exc:
+                    request = proc.throw(exc)
+                    continue
+                request = proc.send(answer)
+        except StopIteration:
+            return
+
+    # ------------------------------------------------------------------ leader
+    def wake(self) -> None:
+        self._wake_flag = True
+        event = self._wake_event
+        if event is not None and not event.triggered:
+            event.succeed()
+
+    def _node_events(self, now: int) -> list[Event]:
+        """NodeSeen for every registry entry refreshed since the last look (as the runtime)."""
+        events: list[Event] = []
+        info_now = dict(self._registry_info)
+        info_now[self.id] = (self.pool.slots if self.pool.accepting else 0, now)
+        for node_id, (slots, stamp) in sorted(info_now.items()):
+            if self._registry_seen.get(node_id) == stamp:
+                continue
+            self._registry_seen[node_id] = stamp
+            events.append(NodeSeen(node_id, slots, None, now))
+        return events
+
+    def _leader_loop(self, inc: int) -> ProcessGen:
+        env = self.env
+        leadership = self.world.leadership
+        checker = self.world.checker
+        while True:
+            if self.paused or self.incarnation != inc:
+                yield from self._gate(inc)
+            leads, term = leadership.status(self.index)
+            if leads:
+                checker.on_leader_claim(self.id, term)
+            # core.driver never clears timer_at_ms, so a timer that has fired would make every
+            # later wait 0 s (a spin in node/runtime.py; reported). Each round re-derives it: the
+            # scheduler emits SetTimer at the end of every step while it has timers.
+            self.stats.timer_at_ms = None
+            before = self.sched.role
+            proc = leader_round(
+                self.sched, leads, term, self._node_events(self.now_ms()), self.now_ms, self.stats
+            )
+            try:
+                yield from self.serve(proc)
+            except StoreUnavailable:
+                yield env.timeout(STORE_RETRY_S)
+                if self.paused or self.incarnation != inc:
+                    yield from self._gate(inc)
+            if self.sched.role is not before:
+                self.world.trace.emit(
+                    env.now, "role", self.id, self.sched.role.value, self.sched.term
+                )
+            timeout = LEADER_IDLE_S
+            timer_at = self.stats.timer_at_ms
+            if timer_at is not None:
+                timeout = max(0.0, min(timeout, (timer_at - self.now_ms()) / 1000))
+            if self._wake_flag:
+                # Rung during the round (as an asyncio.Event set meanwhile): go again at once.
+                self._wake_flag = False
+                continue
+            wake = self._wake_event = env.event()
+
+            def ring(_e: object, wake: simpy.Event = wake) -> None:
+                if not wake.triggered:
+                    wake.succeed()
+
+            # At least one millisecond: a timer that is already due is served next round.
+            env.timeout(max(timeout, 0.001)).callbacks.append(ring)
+            yield wake
+            self._wake_event = None
+            self._wake_flag = False
+
+    # ------------------------------------------------------------------ workers
+    def _take_loop(self, inc: int) -> ProcessGen:
+        env = self.env
+        wait_call_s = TAKE_WAIT_S + self.world.config.net.request_timeout_s
+        while True:
+            if self.paused or self.incarnation != inc:
+                yield from self._gate(inc)
+            pool = self.pool
+            if pool.free <= 0:
+                if self.stopping:
+                    return
+                slot = self._slot_event = env.event()
+                yield slot
+                self._slot_event = None
+                continue
+            try:
+                taken = yield from self.call(TakeRequest(self.id, TAKE_WAIT_S), wait_call_s)
+            except StoreUnavailable:
+                yield env.timeout(STORE_RETRY_S)
+                continue
+            if taken is None:
+                continue
+            self._start(taken, inc)
+
+    def _start(self, taken: Taken, inc: int) -> None:
+        record = taken.record
+        pool = self.pool
+        now = self.now_ms()
+        if not pool.accepting:
+            # Taken just as we began to stop: give it straight back.
+            release = Release(record.id, taken.attempt, self.id, now)
+            self.env.process(self._guard(self._release(release)))
+            return
+        assignment = Assignment(
+            task_id=record.id,
+            attempt=taken.attempt,
+            type=record.type,
+            timeout_ms=record.timeout_ms,
+            policy=RetryPolicy(record.max_retries, record.backoff_base_ms, record.backoff_cap_ms),
+            failures=record.failures,
+            lease_deadline_ms=record.lease_deadline_ms,
+        )
+        effects = pool.start(assignment, now)
+        pool.check_invariants()
+        for effect in effects:
+            if type(effect) is RunHandler:
+                key = (record.id, taken.attempt)
+                handler = self._guard(self._run_handler(assignment, inc))
+                self.handlers[key] = self.env.process(handler)
+
+    def _release(self, release: Release) -> ProcessGen:
+        with contextlib.suppress(StoreUnavailable):
+            yield from self.call(ReleaseRequest(release))
+
+    def _run_handler(self, a: Assignment, inc: int) -> ProcessGen:
+        world = self.world
+        env = self.env
+        key = (a.task_id, a.attempt)
+        world.trace.emit(env.now, "run", a.task_id, a.attempt, self.id)
+        world.checker.on_exec_start(a.task_id, a.attempt, self.id)
+        run_s, ok = world.handler_outcome(a.task_id, self)
+        self._in_run.add(key)
+        try:
+            yield env.timeout(run_s)
+            outcome = Outcome.success(None) if ok else Outcome.error("SimFailure", "failed")
+        except simpy.Interrupt:
+            outcome = Outcome.error("Interrupted", "interrupted by the worker")
+        self._in_run.discard(key)
+        if self.paused or self.incarnation != inc:
+            yield from self._gate(inc)
+        self.handlers.pop(key, None)
+        world.checker.on_exec_end(a.task_id, a.attempt, self.id)
+        world.trace.emit(env.now, "ran", a.task_id, a.attempt, self.id, outcome.ok)
+        proc = handler_ended(self.pool, a.task_id, a.attempt, outcome, self.now_ms(), self.rng)
+        self._slot_freed()
+        # Unwritten, the lease expires and the task runs again: at-least-once.
+        with contextlib.suppress(StoreUnavailable):
+            yield from self.serve(proc)
+        self.pool.check_invariants()
+
+    def _interrupt(self, request: InterruptHandler) -> None:
+        it = request.interrupt
+        key = (it.task_id, it.attempt)
+        handler = self.handlers.get(key)
+        # Only a handler still running can be stopped; one that already returned reports anyway.
+        if handler is not None and key in self._in_run:
+            self._in_run.discard(key)
+            handler.interrupt(it.reason.value)
+        return None
+
+    def _slot_freed(self) -> None:
+        event = self._slot_event
+        if event is not None and not event.triggered:
+            event.succeed()
+
+    def _worker_ticks(self, inc: int) -> ProcessGen:
+        env = self.env
+        while True:
+            if self.paused or self.incarnation != inc:
+                yield from self._gate(inc)
+            effects = self.pool.tick(self.now_ms())
+            self.pool.check_invariants()
+            if effects:
+                with contextlib.suppress(StoreUnavailable):
+                    yield from self.serve(worker_effects(self.pool, effects))
+            due = self.pool.next_due_ms()
+            delay = (
+                WORKER_TICK_MAX_S
+                if due is None
+                else min(WORKER_TICK_MAX_S, max(0.001, (due - self.now_ms()) / 1000))
+            )
+            yield env.timeout(delay)
+
+    # ------------------------------------------------------------------ registry
+    def _registry_loop(self, inc: int) -> ProcessGen:
+        env = self.env
+        while True:
+            if self.paused or self.incarnation != inc:
+                yield from self._gate(inc)
+            slots = self.pool.slots if self.pool.accepting else 0
+            try:
+                info = yield from self.call(RegistryRequest(self.id, slots, self.now_ms()))
+                self._registry_info = info
+            except StoreUnavailable:
+                pass
+            self.wake()
+            yield env.timeout(REGISTRY_PERIOD_S)
+
+    # ------------------------------------------------------------------ clients
+    def accept(self, sub: Submission, token: int) -> None:
+        """A client's submission arrived (over its own connection)."""
+        clients = self.world.clients
+        if not self.up:
+            clients.failed(sub, token)  # connection refused
+            return
+        if self.world.config.unsafe_ack_before_store:
+            clients.acked(sub, token)  # UNSAFE: the client hears 201 before the store has it
+        self.pending.append((sub, token))
+        if self.paused:
+            clients.timeout_after(sub, token)
+        event = self._submit_event
+        if event is not None and not event.triggered:
+            event.succeed()
+
+    def _submit_loop(self, inc: int) -> ProcessGen:
+        env = self.env
+        clients = self.world.clients
+        unsafe = self.world.config.unsafe_ack_before_store
+        while True:
+            if self.paused or self.incarnation != inc:
+                yield from self._gate(inc)
+            if not self.pending:
+                event = self._submit_event = env.event()
+                yield event
+                self._submit_event = None
+                continue
+            batch = self.pending[:SUBMIT_BATCH_MAX]
+            del self.pending[:SUBMIT_BATCH_MAX]
+            request = SubmitRequest(tuple(sub.spec.new for sub, _ in batch), self.now_ms())
+            try:
+                answer = yield from self.call(request)
+            except StoreUnavailable:
+                if not unsafe:  # the unsafe node already said 201: the tasks are just gone
+                    for sub, token in batch:
+                        clients.failed(sub, token)
+                continue
+            if isinstance(answer, SubmitRefused):
+                # The batch was refused as a whole: refuse the culprit, resubmit the rest.
+                sub, token = batch[answer.index]
+                clients.refused(sub, token)
+                self.pending[:0] = batch[: answer.index] + batch[answer.index + 1 :]
+                continue
+            for sub, token in batch:
+                clients.acked(sub, token)

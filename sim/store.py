@@ -1,0 +1,352 @@
+"""The simulated store: core's StoreModel (the reference semantics of the Redis scripts) served
+over the simulated network, plus what Redis adds around the scripts.
+
+* Availability: a store restart drops every connection (callers see an error at once) and
+  refuses requests until it is back.
+* Durability: with fsync ``always`` a restart loses nothing; with ``everysec`` it comes back as
+  of its last fsync point (one per simulated second), so the writes of the last second are gone.
+  The snapshot is taken only at the fsync point before a scheduled restart: the fault plan is
+  known when the run starts, and copying the whole store every second would dominate a run.
+* Blocking take (BLPOP on a node's assignment list): a take with nothing to pop waits at the store
+  until a lease queues one for that node or the wait runs out.
+* The bell (pub/sub): an inbox write rings the nodes that drained the inbox since their last ring.
+  Fire-and-forget, like Redis pub/sub; the leader loop polls anyway.
+* The node registry (a hash of node -> info), which StoreModel does not model.
+
+Every write the store applies is reported to the checker, which keeps its own books. The unsafe
+switch ``no_fencing`` replaces the epoch check with one that always passes: the mutation the
+checker must catch.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import simpy
+
+from core.driver import (
+    ApplyRequest,
+    DrainRequest,
+    FinishRequest,
+    HeartbeatRequest,
+    LiveStatesRequest,
+    RaiseEpochRequest,
+    ReleaseRequest,
+)
+from core.effects import Expire, Lease
+from core.store_model import FENCED, NewTask, StoreModel, SubmitError, TaskRecord
+from core.task import Status, TaskState
+from sim.checker import Checker
+from sim.net import STORE, UNAVAILABLE, Network
+from sim.trace import Trace
+
+Answer = Callable[[Any], None]
+
+
+# ---- requests that the sim's node driver sends besides core.driver's -------------------------
+@dataclass(frozen=True, slots=True)
+class SubmitRequest:
+    """A group-committed batch of client submissions. Answer: list of task ids, or
+    SubmitRefused(index) when the batch was refused as a whole (nothing written)."""
+
+    batch: tuple[NewTask, ...]
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitRefused:
+    index: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class TakeRequest:
+    """Pop this node's next current assignment, waiting up to wait_s. Answer: Taken | None."""
+
+    node_id: str
+    wait_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryRequest:
+    """Write this node's registry entry; answer every entry (node id -> (slots, stamp))."""
+
+    node_id: str
+    slots: int
+    stamp_ms: int
+
+
+class UnfencedStoreModel(StoreModel):
+    """UNSAFE, simulation only (--unsafe-no-fencing): the epoch check always passes."""
+
+    def raise_epoch(self, term: int) -> bool:
+        self.epoch = max(self.epoch, term)
+        return True
+
+    def _fenced(self, term: int) -> bool:
+        return False
+
+
+@dataclass(slots=True)
+class _Parked:
+    answer: Answer
+    expires_at: float
+    done: bool = False
+
+
+def _snapshot(model: StoreModel) -> StoreModel:
+    """A deep copy of the store's data (what an fsync point makes durable)."""
+    copy = model.__class__(model.retention_ms)
+    copy.tasks = {
+        task_id: replace(record, error=dict(record.error))
+        for task_id, record in model.tasks.items()
+    }
+    copy.idempotency = dict(model.idempotency)
+    copy.seq = model.seq
+    copy.epoch = model.epoch
+    copy.inbox = deque(model.inbox)
+    copy.assignments = {node: deque(q) for node, q in model.assignments.items()}
+    return copy
+
+
+class SimStore:
+    def __init__(
+        self,
+        env: simpy.Environment,
+        net: Network,
+        checker: Checker,
+        trace: Trace,
+        *,
+        no_fencing: bool = False,
+        take_wakeup: Callable[[str], None] | None = None,
+    ) -> None:
+        self.env = env
+        self.net = net
+        self.checker = checker
+        self.trace = trace
+        self.model: StoreModel = UnfencedStoreModel() if no_fencing else StoreModel()
+        self.up = True
+        self.registry: dict[str, tuple[int, int]] = {}
+        self._saved_registry: dict[str, tuple[int, int]] = {}
+        self._parked: dict[str, deque[_Parked]] = {}
+        self._bell_armed: dict[str, bool] = {}
+        self._ring: Callable[[str], None] = lambda _node: None
+        self._snapshot: StoreModel | None = None
+        self.requests = 0
+
+    def set_bell(self, ring: Callable[[str], None]) -> None:
+        self._ring = ring
+
+    # ------------------------------------------------------------------ availability
+    def crash(self, lose_unsynced: bool) -> None:
+        """The store process dies: connections reset, parked takes fail, and with everysec the
+        state rolls back to the last fsync point."""
+        self.up = False
+        for node in sorted(self._parked):
+            for parked in self._parked[node]:
+                if not parked.done:
+                    parked.done = True
+                    parked.answer(UNAVAILABLE)
+        self._parked.clear()
+        self._bell_armed.clear()
+        if lose_unsynced and self._snapshot is not None:
+            self.model = self._snapshot
+            self.registry = self._saved_registry
+            self._snapshot = None
+            self.trace.emit(self.env.now, "store-restored", self.model.seq, self.model.epoch)
+            self.checker.on_store_restored(self.model)
+
+    def restart(self) -> None:
+        self.up = True
+
+    def fsync_point(self) -> None:
+        """Remember the state as of now: an everysec restart within the next second restores it."""
+        self._snapshot = _snapshot(self.model)
+        self._saved_registry = dict(self.registry)
+
+    # ------------------------------------------------------------------ serving
+    def serve(self, node: str, request: Any, answer: Answer) -> None:
+        """A request arrived from ``node``. Apply it atomically and answer (or park it)."""
+        if not self.up:
+            answer(UNAVAILABLE)
+            return
+        self.requests += 1
+        kind = type(request)
+        if kind is TakeRequest:
+            self._take(request, answer)
+        elif kind is ApplyRequest:
+            answer(self._apply(request))
+        elif kind is DrainRequest:
+            answer(self._drain(node, request))
+        elif kind is FinishRequest:
+            answer(self._finish(request))
+        elif kind is HeartbeatRequest:
+            answer(self._heartbeat(request))
+        elif kind is SubmitRequest:
+            answer(self._submit(request))
+        elif kind is RegistryRequest:
+            self.registry[request.node_id] = (request.slots, request.stamp_ms)
+            answer(dict(self.registry))
+        elif kind is RaiseEpochRequest:
+            ok = self.model.raise_epoch(request.term)
+            if ok:
+                self.checker.on_epoch_raised(request.term)
+            self.trace.emit(self.env.now, "epoch", node, request.term, ok)
+            answer(ok)
+        elif kind is LiveStatesRequest:
+            answer(self.model.live_states(request.after_seq, request.count_max))
+        elif kind is ReleaseRequest:
+            answer(self._release(request))
+        else:
+            raise TypeError(f"unknown store request {request!r}")
+
+    def _take(self, request: TakeRequest, answer: Answer) -> None:
+        node = request.node_id
+        taken = self.model.take(node)
+        if taken is not None or request.wait_s <= 0:
+            answer(taken)
+            return
+        parked = _Parked(answer, self.env.now + request.wait_s)
+        self._parked.setdefault(node, deque()).append(parked)
+
+        def expire(_e: object) -> None:
+            if not parked.done:
+                parked.done = True
+                answer(None)
+
+        self.env.timeout(request.wait_s).callbacks.append(expire)
+
+    def _wake_takers(self, nodes: list[str]) -> None:
+        for node in nodes:
+            queue = self._parked.get(node)
+            while queue:
+                parked = queue[0]
+                if parked.done:
+                    queue.popleft()
+                    continue
+                taken = self.model.take(node)
+                if taken is None:
+                    break
+                queue.popleft()
+                parked.done = True
+                parked.answer(taken)
+
+    def _ring_bell(self) -> None:
+        armed = self._bell_armed
+        if armed:
+            for node in sorted(armed):
+                self._ring(node)
+            armed.clear()
+
+    def _drain(self, node: str, request: DrainRequest) -> list[TaskState] | str:
+        drained = self.model.drain(request.term, request.count_max)
+        if drained != FENCED:
+            self.checker.on_leader_write(request.term, f"drain by {node}")
+            self._bell_armed[node] = True
+        return drained
+
+    def _apply(self, request: ApplyRequest) -> list[TaskState | str | None]:
+        model = self.model
+        checker = self.checker
+        tasks = model.tasks
+        out: list[TaskState | str | None] = []
+        leased_nodes: list[str] = []
+        now = self.env.now
+        for op in request.ops:
+            record = tasks.get(op.task_id)
+            before = record.status if record is not None else None
+            if type(op) is Lease:
+                answer = model.lease(op.term, op.task_id, op.node_id, op.deadline_ms, op.now_ms)
+                if answer != FENCED:
+                    checker.on_leader_write(op.term, f"lease of {op.task_id}")
+                    if before is Status.QUEUED:
+                        assert isinstance(answer, TaskState)
+                        self.trace.emit(
+                            now, "lease", op.task_id, answer.attempt, op.node_id, op.term
+                        )
+                        checker.on_lease(
+                            op.task_id, answer.attempt, op.node_id, op.deadline_ms, op.term
+                        )
+                        if op.node_id not in leased_nodes:
+                            leased_nodes.append(op.node_id)
+            elif type(op) is Expire:
+                answer = model.expire(op.term, op.task_id, op.attempt, op.now_ms, op.target)
+                if answer != FENCED:
+                    checker.on_leader_write(op.term, f"expiry of {op.task_id}")
+                    if (
+                        before is Status.RUNNING
+                        and isinstance(answer, TaskState)
+                        and answer.status is not Status.RUNNING
+                    ):
+                        self.trace.emit(now, "expire", op.task_id, op.attempt, answer.status.value)
+                        checker.on_expire(op.task_id, op.attempt, answer.status)
+            else:
+                answer = model.promote(op.term, op.task_id, op.now_ms)
+                if answer != FENCED:
+                    checker.on_leader_write(op.term, f"promotion of {op.task_id}")
+                    if isinstance(answer, TaskState) and answer.status is not before:
+                        self.trace.emit(now, "promote", op.task_id, answer.status.value)
+                        if answer.status.terminal:
+                            checker.on_terminal(op.task_id, answer.status)
+            out.append(answer)
+        if leased_nodes:
+            self._wake_takers(leased_nodes)
+        return out
+
+    def _heartbeat(self, request: HeartbeatRequest) -> list[tuple[bool, Status | None]]:
+        model = self.model
+        out = []
+        for beat in request.beats:
+            held, status = model.heartbeat(
+                beat.task_id, beat.attempt, beat.node_id, beat.deadline_ms, beat.now_ms
+            )
+            if held:
+                self.checker.on_heartbeat(beat.task_id, beat.attempt, beat.deadline_ms)
+            out.append((held, status))
+        return out
+
+    def _finish(self, request: FinishRequest) -> bool:
+        f = request.finish
+        ok = self.model.finish(f.task_id, f.attempt, f.node_id, f.end, f.now_ms)
+        self.trace.emit(
+            self.env.now, "finish", f.task_id, f.attempt, f.node_id, f.end.status.value, ok
+        )
+        if ok:
+            self.checker.on_finish(f.task_id, f.attempt, f.node_id, f.end)
+            self._ring_bell()
+        return ok
+
+    def _release(self, request: ReleaseRequest) -> bool:
+        r = request.release
+        ok = self.model.release(r.task_id, r.attempt, r.node_id, r.now_ms)
+        self.trace.emit(self.env.now, "release", r.task_id, r.attempt, r.node_id, ok)
+        if ok:
+            self.checker.on_release(r.task_id, r.attempt, r.node_id)
+            self._ring_bell()
+        return ok
+
+    def _submit(self, request: SubmitRequest) -> list[str] | SubmitRefused:
+        try:
+            results = self.model.submit(list(request.batch), request.now_ms)
+        except SubmitError as exc:
+            return SubmitRefused(exc.index if exc.index is not None else 0, str(exc))
+        self._ring_bell()
+        return [record.id for record, _created in results]
+
+    # ------------------------------------------------------------------ inspection
+    def record(self, task_id: str) -> TaskRecord | None:
+        return self.model.tasks.get(task_id)
+
+
+__all__ = [
+    "STORE",
+    "RegistryRequest",
+    "SimStore",
+    "SubmitRefused",
+    "SubmitRequest",
+    "TakeRequest",
+    "UnfencedStoreModel",
+]

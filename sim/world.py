@@ -1,0 +1,494 @@
+"""One simulated run: the cluster, its store, its network, its load and its faults, from a seed.
+
+Phases: load from ``load_start_s`` to ``duration_s``; faults inside the fault window, all healed by
+its end; then the liveness phase, in which every acknowledged task must reach a terminal state
+within ``liveness_s`` of the last heal (or of the end of the load, whichever is later).
+
+Everything random comes from generators seeded with strings derived from the seed (``random``
+hashes str seeds with SHA-512, not the salted ``hash``), one per concern, so that adding a draw in
+one place does not shift every other one.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import simpy
+
+from core.priority import Priority
+from core.scheduler import Role
+from sim.checker import Checker, TaskFacts, ViolationFound
+from sim.config import SimConfig
+from sim.faults import Step, format_plan, generate, is_heal, parse_script
+from sim.leadership import Leadership, make_leadership
+from sim.load import Clients, TaskSpec
+from sim.net import STORE, Caller, Network, Partition
+from sim.node import SimNode
+from sim.store import SimStore
+from sim.trace import Trace
+
+# Time series sampling period (charts), and the liveness phase's polling period.
+SAMPLE_S = 0.5
+LIVENESS_POLL_S = 0.25
+
+
+@dataclass
+class Violation:
+    invariant: int
+    message: str
+    at_s: float
+    events: list[str]
+
+
+@dataclass
+class RunResult:
+    seed: int
+    scenario: str
+    raft: str
+    trace_hash: str
+    violation: Violation | None
+    submitted: int
+    acked: int
+    completed: int
+    dead: int
+    executions: int
+    duplicates: int
+    lost_acked: int
+    gave_up: int
+    refused: int
+    fenced_writes: int
+    elections: int
+    failovers_s: list[float]
+    drain_s: float | None  # from the last heal / end of load to the last acked task's end
+    sim_end_s: float
+    wall_s: float
+    events: int
+    plan: str
+    fault_windows: list[tuple[float, float, str]] = field(default_factory=list)
+    series: dict[str, list[float]] = field(default_factory=dict)
+    trace: list[str] = field(default_factory=list)
+
+
+class World:
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        seed = config.seed
+        self.env = simpy.Environment()
+        env = self.env
+        self.trace = Trace(keep_all=config.keep_trace)
+        self.facts: dict[str, TaskFacts] = {}
+        self.specs: dict[str, TaskSpec] = {}
+        self.checker = Checker(self.facts, config.skew_ms_max, lambda: env.now)
+        self.net = Network(env, config.net, random.Random(f"{seed}:net"))
+        self.caller = Caller(env, self.net)
+        self.store = SimStore(
+            env, self.net, self.checker, self.trace, no_fencing=config.unsafe_no_fencing
+        )
+        self.store.set_bell(self._ring)
+        self.leadership: Leadership = make_leadership(
+            config.raft, env, config.nodes, seed, random.Random(f"{seed}:raft")
+        )
+        skew_rng = random.Random(f"{seed}:skew")
+        self.nodes = [
+            SimNode(self, i, skew_rng.randint(-config.skew_ms_max, config.skew_ms_max))
+            for i in range(config.nodes)
+        ]
+        self.clients = Clients(
+            env,
+            config.load,
+            config.net,
+            random.Random(f"{seed}:load"),
+            self.nodes,
+            self._on_ack,
+            self.facts,
+            self.specs,
+        )
+        self.runs: dict[str, int] = {}  # task -> handler runs so far (decides its outcome)
+        if config.script:
+            with open(config.script, encoding="utf-8") as f:
+                _, self.plan = parse_script(f.read())
+        else:
+            self.plan = generate(config, random.Random(f"{seed}:faults"))
+        self.fault_windows: list[tuple[float, float, str]] = []
+        self._open_faults: dict[str, list[tuple[float, str]]] = {}
+        self._crashed: list[int] = []
+        self._paused: list[int] = []
+        self._raft_partitions: list[tuple[Partition, int | None]] = []
+        self.last_heal_s = 0.0
+        self.series: dict[str, list[float]] = {
+            "t": [],
+            "completed": [],
+            "running": [],
+            "high": [],
+            "medium": [],
+            "low": [],
+        }
+
+    # ------------------------------------------------------------------ wiring
+    def _on_ack(self, task_id: str) -> None:
+        self.trace.emit(self.env.now, "ack", task_id)
+        self.checker.on_ack(task_id)
+
+    def _ring(self, node_id: str) -> None:
+        node = self.nodes[int(node_id[1:]) - 1]
+        self.net.send(STORE, node_id, node.wake, lambda: None)
+
+    def handler_outcome(self, task_id: str, node: SimNode) -> tuple[float, bool]:
+        """(run time, succeeds) of the next run of this task on this node."""
+        spec = self.specs[task_id]
+        runs = self.runs.get(task_id, 0) + 1
+        self.runs[task_id] = runs
+        run_s = spec.run_s * node.slowness
+        if spec.hangs and runs == 1:
+            run_s = 3.0 * spec.new.timeout_ms / 1000
+        ok = spec.fail_runs is not None and runs > spec.fail_runs
+        if ok and node.fail_p and node.rng.random() < node.fail_p:
+            ok = False
+        return run_s, ok
+
+    # ------------------------------------------------------------------ leadership
+    def leader_index(self) -> int | None:
+        """The up member that leads in the highest term, as Raft reports it."""
+        best: tuple[int, int] | None = None
+        for node in self.nodes:
+            if not node.up:
+                continue
+            leads, term = self.leadership.status(node.index)
+            if leads and (best is None or term > best[0]):
+                best = (term, node.index)
+        return None if best is None else best[1]
+
+    def leader_term(self) -> int:
+        index = self.leader_index()
+        return 0 if index is None else self.leadership.status(index)[1]
+
+    # ------------------------------------------------------------------ faults
+    def _node_ref(self, ref: str) -> int | None:
+        if ref == "leader":
+            return self.leader_index()
+        if ref == "crashed":
+            return self._crashed[0] if self._crashed else None
+        if ref == "paused":
+            return self._paused[0] if self._paused else None
+        index = int(ref) - 1
+        if not 0 <= index < len(self.nodes):
+            raise ValueError(f"no node {ref}")
+        return index
+
+    def _explicit(self, text: str) -> tuple[set[str], bool]:
+        """The names a side lists ('{1,leader,store}'), and whether it says 'others'."""
+        names: set[str] = set()
+        others = False
+        for ref in text.strip("{}").split(","):
+            ref = ref.strip()
+            if ref == "others":
+                others = True
+            elif ref == "store":
+                names.add(STORE)
+            elif ref:
+                index = self._node_ref(ref)
+                if index is not None:
+                    names.add(self.nodes[index].id)
+        return names, others
+
+    def _sides(self, text_a: str, text_b: str) -> tuple[set[str], set[str]]:
+        """Resolve both sides of a partition; 'others' is every node the other side does not
+        list."""
+        all_nodes = {n.id for n in self.nodes}
+        side_a, others_a = self._explicit(text_a)
+        side_b, others_b = self._explicit(text_b)
+        if others_a:
+            side_a |= all_nodes - side_b
+        if others_b:
+            side_b |= all_nodes - side_a
+        return side_a, side_b - side_a
+
+    def _open(self, key: str, label: str) -> None:
+        self._open_faults.setdefault(key, []).append((self.env.now, label))
+
+    def _close(self, key: str) -> None:
+        opened = self._open_faults.get(key)
+        if opened:
+            start, label = opened.pop(0)
+            self.fault_windows.append((start, self.env.now, label))
+
+    def _lose_leader_if(self, index: int | None) -> None:
+        if index is not None and index == self.leader_index():
+            self.checker.on_leader_lost(self.leadership.status(index)[1])
+
+    def _raft_partition(self, part: Partition) -> None:
+        """Cut the same member links in Raft's network (the store is not a Raft member)."""
+        side_a = sorted(int(n[1:]) - 1 for n in part.side_a if n != STORE)
+        side_b = sorted(int(n[1:]) - 1 for n in part.side_b if n != STORE)
+        pid = self.leadership.partition(side_a, side_b, part.one_way) if side_a and side_b else None
+        self._raft_partitions.append((part, pid))
+
+    def _raft_heal(self, part: Partition) -> None:
+        for i, (known, pid) in enumerate(self._raft_partitions):
+            if known == part:
+                del self._raft_partitions[i]
+                if pid is not None:
+                    self.leadership.heal(pid)
+                return
+
+    def inject(self, step: Step) -> None:
+        verb, args = step.verb, step.args
+        now = self.env.now
+        self.trace.emit(now, "fault", step.text())
+        if is_heal(step):
+            self.last_heal_s = now
+        if verb in ("crash", "stop"):
+            index = self._node_ref(args[0])
+            if index is None or not self.nodes[index].up:
+                return
+            node = self.nodes[index]
+            self._open(f"down:{index}", f"{verb} {node.id}")
+            if verb == "crash":
+                self._lose_leader_if(index)
+                self._crash(index)
+            else:
+                grace = float(args[1]) if len(args) > 1 else 1.0
+                self.env.process(self._stop(index, grace))
+        elif verb == "restart":
+            index = self._node_ref(args[0])
+            if index is None or index in self._paused:
+                return
+            node = self.nodes[index]
+            if node.up and node.stopping:
+                self._crash(index)  # still draining its handlers: cut it short
+            if node.up:
+                return
+            if index in self._crashed:
+                self._crashed.remove(index)
+            self._close(f"down:{index}")
+            self.leadership.restart(index)
+            node.boot()
+        elif verb == "pause":
+            index = self._node_ref(args[0])
+            if index is None or not self.nodes[index].up or index in self._paused:
+                return
+            self._lose_leader_if(index)
+            self._paused.append(index)
+            self._open(f"pause:{index}", f"pause {self.nodes[index].id}")
+            self.nodes[index].pause()
+            self.leadership.pause(index)
+        elif verb == "resume":
+            index = self._node_ref(args[0])
+            if index is None or index not in self._paused:
+                return
+            self._paused.remove(index)
+            self._close(f"pause:{index}")
+            self.leadership.resume(index)
+            self.nodes[index].resume()
+        elif verb == "partition":
+            if len(args) < 3 or args[1] != "from":
+                raise ValueError(f"partition needs '{{A}} from {{B}}': {step.text()}")
+            side_a, side_b = self._sides(args[0], args[2])
+            part = Partition(frozenset(side_a), frozenset(side_b), "one-way" in args)
+            leader = self.leader_index()
+            if leader is not None:
+                lid = self.nodes[leader].id
+                # Leadership is lost when the leader can no longer heartbeat a majority.
+                links = set(part.links())
+                cut_off = sum(1 for n in self.nodes if n.id != lid and (lid, n.id) in links)
+                if 2 * (len(self.nodes) - cut_off) <= len(self.nodes):
+                    self._lose_leader_if(leader)
+            self.net.add_partition(part)
+            self._raft_partition(part)
+            self._open(f"part:{part.describe()}", f"partition {part.describe()}")
+        elif verb == "heal":
+            healed = list(self.net.partitions) if args[:1] == ("all",) else [None]
+            for part in healed:
+                done = self.net.heal(part)
+                if done is not None:
+                    self._raft_heal(done)
+                    self._close(f"part:{done.describe()}")
+        elif verb == "store":
+            if args[0] == "down":
+                if self.store.up:
+                    self._open("store", "store down")
+                    self.store.crash(lose_unsynced=self.config.fsync == "everysec")
+            else:
+                if not self.store.up:
+                    self._close("store")
+                    self.store.restart()
+        elif verb == "net":
+            if "normal" in args:
+                cfg = self.config.net
+                self.net.set_quality(cfg.delay_s, cfg.jitter_s, cfg.drop_p)
+                self._close("net")
+            else:
+                opts = dict(a.split("=", 1) for a in args)
+                self.net.set_quality(
+                    float(opts.get("delay", self.config.net.delay_s)),
+                    float(opts.get("jitter", self.config.net.jitter_s)),
+                    float(opts.get("drop", self.config.net.drop_p)),
+                )
+                self._open("net", "network " + " ".join(args))
+        elif verb == "handlers":
+            index = self._node_ref(args[0])
+            if index is None:
+                return
+            node = self.nodes[index]
+            if "normal" in args:
+                node.slowness, node.fail_p = 1.0, 0.0
+                self._close(f"handlers:{index}")
+            else:
+                opts = dict(a.split("=", 1) for a in args[1:])
+                node.slowness = float(opts.get("slow", 1))
+                node.fail_p = float(opts.get("fail", 0))
+                self._open(f"handlers:{index}", f"handlers {node.id} " + " ".join(args[1:]))
+        elif verb == "skew":
+            index = self._node_ref(args[0])
+            if index is not None:
+                self.nodes[index].skew_ms = int(args[1])
+        else:
+            raise ValueError(f"unknown fault {step.text()}")
+
+    def _crash(self, index: int) -> None:
+        node = self.nodes[index]
+        node.crash()
+        self.leadership.crash(index)
+        if index not in self._crashed:
+            self._crashed.append(index)
+
+    def _stop(self, index: int, grace_s: float) -> Any:
+        node = self.nodes[index]
+        yield from node.stop(grace_s)
+        if not node.up:
+            self.leadership.crash(index)
+            if index not in self._crashed:
+                self._crashed.append(index)
+
+    def _faults(self) -> Any:
+        for step in self.plan:
+            if step.at_s > self.env.now:
+                yield self.env.timeout(step.at_s - self.env.now)
+            self.inject(step)
+
+    def _fsync_points(self) -> Any:
+        """With everysec, snapshot the store at the fsync point before each store restart."""
+        downs = [s.at_s for s in self.plan if s.verb == "store" and s.args[:1] == ("down",)]
+        # Fsync points fall on a per-run phase, so the loss window varies from 0 to 1 s.
+        phase = random.Random(f"{self.config.seed}:fsync").random()
+        points = sorted({max(0.0, int(t - phase) + phase) for t in downs if t - phase >= 0})
+        for at in points:
+            if at > self.env.now:
+                yield self.env.timeout(at - self.env.now)
+            self.store.fsync_point()
+
+    # ------------------------------------------------------------------ observation
+    def _sample(self) -> Any:
+        series = self.series
+        while True:
+            series["t"].append(self.env.now)
+            series["completed"].append(float(self.checker.counters.completed))
+            series["running"].append(float(sum(n.pool.busy for n in self.nodes if n.up)))
+            counts = {p: 0 for p in Priority}
+            leader = max(
+                (n for n in self.nodes if n.up and n.sched.role is Role.LEADING),
+                key=lambda n: n.sched.term,
+                default=None,
+            )
+            if leader is not None:
+                counts = leader.sched.queue.counts()
+            self.leadership.check()
+            for p in Priority:
+                series[p.label].append(float(counts.get(p, 0)))
+            yield self.env.timeout(SAMPLE_S)
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> RunResult:
+        cfg = self.config
+        env = self.env
+        started = time.perf_counter()
+        self.leadership.start()
+        for node in self.nodes:
+            node.boot()
+        env.process(self.clients.run(cfg.load_start_s, cfg.duration_s))
+        env.process(self._faults())
+        if cfg.fsync == "everysec":
+            env.process(self._fsync_points())
+        env.process(self._sample())
+        violation: Violation | None = None
+        drain_s: float | None = None
+        try:
+            end_of_faults = max((s.at_s for s in self.plan), default=0.0)
+            env.run(until=max(cfg.duration_s, end_of_faults))
+            settle_from = max(env.now, self.last_heal_s)
+            bound = settle_from + cfg.liveness_s
+            missing = self.checker.unfinished(self.store.model)
+            while missing and env.now < bound:
+                env.run(until=min(bound, env.now + LIVENESS_POLL_S))
+                missing = self.checker.unfinished(self.store.model)
+            if not missing:
+                drain_s = env.now - settle_from
+            self.checker.final_check(self.store.model, missing, cfg.liveness_s)
+            self.leadership.check()
+        except ViolationFound as exc:
+            violation = Violation(exc.invariant, exc.message, env.now, self.trace.recent(80))
+        except Exception as exc:  # a core invariant, or a driver crash: both are findings
+            # SimPy re-raises a process's exception from env.run: report the original one.
+            root: BaseException = exc
+            while root.__cause__ is not None:
+                root = root.__cause__
+            frames = traceback.format_tb(root.__traceback__)[-4:]
+            # Raft's own check (sim/raftnet.py: two leaders in one term) is invariant 3.
+            invariant = 3 if type(root).__name__ == "InvariantViolation" else 0
+            violation = Violation(
+                invariant,
+                f"{type(root).__name__}: {root}\n" + "".join(frames).rstrip(),
+                env.now,
+                self.trace.recent(80),
+            )
+        finally:
+            self.leadership.close()
+        wall = time.perf_counter() - started
+        return self._result(violation, drain_s, wall)
+
+    def _result(self, violation: Violation | None, drain_s: float | None, wall: float) -> RunResult:
+        counters = self.checker.counters
+        load = self.clients.stats
+        fenced = sum(n.fenced_total + n.stats.fenced_writes for n in self.nodes)
+        for _key, opened in sorted(self._open_faults.items()):
+            for start, label in opened:
+                self.fault_windows.append((start, self.env.now, label))
+        return RunResult(
+            seed=self.config.seed,
+            scenario=self.config.label,
+            raft=self.leadership.name,
+            trace_hash=self.trace.hexdigest(),
+            violation=violation,
+            submitted=load.submitted,
+            acked=counters.acked,
+            completed=counters.completed,
+            dead=counters.dead,
+            executions=counters.executions,
+            duplicates=self.checker.duplicates(),
+            lost_acked=counters.lost_acked,
+            gave_up=load.gave_up,
+            refused=load.refused,
+            fenced_writes=fenced,
+            elections=counters.elections,
+            failovers_s=list(counters.failovers_s),
+            drain_s=drain_s,
+            sim_end_s=self.env.now,
+            wall_s=wall,
+            events=self.trace.count,
+            plan=format_plan(self.plan),
+            fault_windows=sorted(self.fault_windows),
+            series=self.series,
+            trace=self.trace.lines() if self.config.keep_trace else [],
+        )
+
+
+def run_one(config: SimConfig) -> RunResult:
+    return World(config).run()
+
+
+RunFn = Callable[[SimConfig], RunResult]

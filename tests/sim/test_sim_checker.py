@@ -1,0 +1,145 @@
+"""The checker can fail: each invariant, fed a history that breaks it, raises ViolationFound."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from core.dispatch import NodeSlots
+from core.events import Elected, EpochRaised, NodeSeen, Rebuilt, TasksChanged
+from core.priority import Priority
+from core.scheduler import SchedulerConfig
+from core.store_model import StoreModel
+from core.task import AttemptEnd, Status, TaskState
+from sim.checker import Checker, TaskFacts, ViolationFound
+from sim.node import CheckedScheduler
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now_s = 0.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def make(facts: dict[str, TaskFacts] | None = None) -> tuple[Checker, Clock]:
+    clock = Clock()
+    return Checker(facts or {}, skew_ms_max=40, now_s=clock), clock
+
+
+def caught(invariant: int) -> Any:
+    return pytest.raises(ViolationFound, match=f"invariant {invariant}:")
+
+
+def test_second_live_lease_is_caught() -> None:
+    checker, clock = make()
+    checker.on_lease("t1", 1, "n1", deadline_ms=10_000, term=1)
+    checker.on_exec_start("t1", 1, "n1")
+    checker.on_expire("t1", 1, Status.QUEUED)  # a (buggy) early expiry
+    checker.on_lease("t1", 2, "n2", deadline_ms=12_000, term=1)
+    clock.now_s = 5.0  # attempt 1's lease (10 s) is still live and it still runs
+    with caught(2):
+        checker.on_exec_start("t1", 2, "n2")
+
+
+def test_rerun_after_the_deadline_is_allowed() -> None:
+    checker, clock = make()
+    checker.on_lease("t1", 1, "n1", deadline_ms=3_000, term=1)
+    checker.on_exec_start("t1", 1, "n1")  # its node then freezes, the lease lapses
+    checker.on_expire("t1", 1, Status.QUEUED)
+    checker.on_lease("t1", 2, "n2", deadline_ms=9_000, term=1)
+    clock.now_s = 3.6
+    checker.on_exec_start("t1", 2, "n2")
+    assert checker.duplicates() == 1
+
+
+def test_stale_completion_is_caught() -> None:
+    checker, _ = make()
+    checker.on_lease("t1", 1, "n1", deadline_ms=3_000, term=1)
+    checker.on_expire("t1", 1, Status.QUEUED)
+    checker.on_lease("t1", 2, "n2", deadline_ms=9_000, term=1)
+    with caught(2):
+        checker.on_finish("t1", 1, "n1", AttemptEnd(Status.SUCCEEDED, 0))
+
+
+def test_two_leaders_in_one_term_are_caught() -> None:
+    checker, _ = make()
+    checker.on_leader_claim("n1", 3)
+    checker.on_leader_claim("n1", 3)
+    with caught(3):
+        checker.on_leader_claim("n2", 3)
+
+
+def test_write_after_newer_epoch_is_caught() -> None:
+    checker, _ = make()
+    checker.on_epoch_raised(4)
+    checker.on_leader_write(4, "lease")
+    with caught(3):
+        checker.on_leader_write(3, "drain by n1")
+
+
+def test_retries_beyond_policy_are_caught() -> None:
+    checker, _ = make({"t1": TaskFacts(1, max_retries=1, depends_on=())})
+    checker.on_lease("t1", 1, "n1", 3_000, 1)
+    checker.on_finish("t1", 1, "n1", AttemptEnd(Status.FAILED, 1, 100))
+    checker.on_lease("t1", 2, "n1", 3_000, 1)
+    with caught(5):
+        checker.on_finish("t1", 2, "n1", AttemptEnd(Status.FAILED, 2, 200))
+
+
+def test_extra_attempt_is_caught() -> None:
+    checker, _ = make({"t1": TaskFacts(1, max_retries=3, depends_on=())})
+    checker.on_lease("t1", 1, "n1", 3_000, 1)
+    with caught(5):
+        checker.on_lease("t1", 2, "n1", 3_000, 1)  # no failure, expiry or release in between
+
+
+def test_dependant_before_dependency_is_caught() -> None:
+    checker, _ = make({"t2": TaskFacts(1, 3, depends_on=("t1",))})
+    with caught(5):
+        checker.on_lease("t2", 1, "n1", 3_000, 1)
+
+
+def test_unfinished_acknowledged_task_is_caught() -> None:
+    checker, _ = make()
+    store = StoreModel()
+    checker.on_ack("t1")
+    missing = checker.unfinished(store)
+    assert missing == ["t1"]
+    with caught(1):
+        checker.final_check(store, missing, 10.0)
+
+
+class _World:
+    def __init__(self) -> None:
+        self.checker, _ = make({"hi": TaskFacts(0, 3, ()), "lo": TaskFacts(2, 3, ())})
+
+
+def _worst_first(queue: Any, nodes: Any, type_of: Any, *, batch_max: int, scan_max: int) -> Any:
+    """A broken dispatch: the lowest priority first."""
+    entries = [queue.pop_entry() for _ in range(len(queue))]
+    entries.sort(key=lambda e: (-e[1], e[2]))
+    first, rest = entries[0], entries[1:]
+    for task_id, priority, seq in rest:
+        queue.push(task_id, priority, seq)
+    slots: list[NodeSlots] = list(nodes)
+    return [(first[0], slots[0].node_id)]
+
+
+def test_priority_inversion_is_caught() -> None:
+    world: Any = _World()
+    sched = CheckedScheduler(
+        "n1", SchedulerConfig(), world.checker.facts, world, dispatch_fn=_worst_first
+    )
+    sched.step(NodeSeen("n1", 1, None, 0))
+    sched.step(Elected(1, 0))
+    sched.step(EpochRaised(1, True, 0))
+    sched.step(Rebuilt(1, 0))
+    states = (
+        TaskState("hi", "sim", Priority.HIGH, 1, Status.QUEUED),
+        TaskState("lo", "sim", Priority.LOW, 2, Status.QUEUED),
+    )
+    with caught(4):
+        sched.step(TasksChanged(states, 0))
