@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import bisect
 import importlib
 import os
 import subprocess
@@ -18,6 +17,7 @@ from hypothesis import strategies as st
 import core.dispatch
 from core._dispatch_py import dispatch as py_dispatch
 from core.dispatch import NODE_SLOTS_MAX, DispatchInvariantError, NodeSlots
+from core.heap import PyReadyQueue, ReadyQueue
 from core.priority import Priority
 
 NO_EXTENSIONS = bool(os.environ.get("DSCHED_NO_EXTENSIONS"))
@@ -29,44 +29,8 @@ H, M, L = Priority.HIGH, Priority.MEDIUM, Priority.LOW
 
 
 # ----------------------------------------------------------------------------- queue and model
-class ModelQueue:
-    """A sorted-list ready queue: obviously right, O(n) per push. The reference's queue, and a
-    stand-in for ``core.heap.ReadyQueue`` where that is not importable."""
-
-    def __init__(self) -> None:
-        self._entries: list[tuple[int, int, str]] = []  # (priority, seq, id), kept sorted
-        self._ids: set[str] = set()
-
-    def push(self, task_id: str, priority: int, seq: int) -> None:
-        if task_id in self._ids:
-            raise KeyError(task_id)
-        self._ids.add(task_id)
-        bisect.insort(self._entries, (int(priority), seq, task_id))
-
-    def pop_entry(self) -> Entry:
-        priority, seq, task_id = self._entries.pop(0)
-        self._ids.discard(task_id)
-        return task_id, priority, seq
-
-    def pop_many(self, k: int) -> list[str]:
-        return [self.pop_entry()[0] for _ in range(min(k, len(self._entries)))]
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __contains__(self, task_id: object) -> bool:
-        return task_id in self._ids
-
-
-def _queue_classes() -> list[Any]:
-    try:
-        from core.heap import PyReadyQueue, ReadyQueue
-    except ImportError:
-        return [ModelQueue]
-    return [ReadyQueue, PyReadyQueue]
-
-
-QUEUE_CLASSES = _queue_classes()
+# The real ready queue: the selected one (compiled unless switched off) and the Python twin.
+QUEUE_CLASSES: list[Any] = list(dict.fromkeys([ReadyQueue, PyReadyQueue]))
 
 
 def make_queue(entries: Sequence[Entry], cls: Any = None) -> Any:
@@ -407,17 +371,19 @@ def test_nothing_to_do_returns_nothing(dispatch: Dispatch) -> None:
     assert run(dispatch, entries, full, NoLookups()) == ([], entries)
 
 
-class OverfullQueue(ModelQueue):
+class OverfullQueue:
     """A broken queue whose pop_many hands back more than asked for."""
+
+    def __len__(self) -> int:
+        return 1
 
     def pop_many(self, k: int) -> list[str]:
         return [f"extra{i}" for i in range(k + 1)]
 
 
 def test_a_result_beyond_the_free_slots_raises_the_invariant_error(dispatch: Dispatch) -> None:
-    queue = make_queue([("t", M, 1)], OverfullQueue)
     with pytest.raises(DispatchInvariantError):
-        dispatch(queue, [NodeSlots("a", 1, 0)], {}, batch_max=5, scan_max=0)
+        dispatch(OverfullQueue(), [NodeSlots("a", 1, 0)], {}, batch_max=5, scan_max=0)
 
 
 # ----------------------------------------------------------------------------- hypothesis
