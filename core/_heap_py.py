@@ -4,16 +4,23 @@ Pop order is ``(priority, seq, task_id)`` ascending: HIGH before MEDIUM before L
 submission sequence first, and the task id only breaks a tie between equal sequences, so the order
 is total and both implementations (and any reference model) agree on it exactly.
 
-Layout: one ``heapq`` heap of ``(seq, task_id)`` tuples per priority, and ``_live`` mapping every
-queued id to its ``(priority, seq)``. ``remove`` is lazy: it forgets the id in ``_live`` and leaves
-its tuple in the heap, where ``pop`` and ``peek`` skip it. Memory stays bounded: a heap whose stale
-tuples outnumber its live ones (plus a small slack) is rebuilt from its live tuples, which costs
-O(size) once per O(size) removals, so every operation stays O(log n) amortized. (The compiled
-version removes exactly instead; this twin favours simple code that heapq runs in C.)
+Layout: one ``heapq`` heap per priority of ``(seq, task_id, priority)`` tuples, and ``_live``
+mapping every queued id to *the very tuple* in its heap. ``remove`` is lazy: it forgets the id in
+``_live`` and leaves the tuple in the heap, where ``pop`` and ``peek`` skip it (a heap tuple is
+live only if ``_live`` maps its id to that same object, so an id removed and pushed again leaves
+a stale twin that is skipped too). Memory stays bounded: a heap whose stale tuples outnumber its
+live ones (plus a small slack) is rebuilt from its live tuples, which costs O(size) once per
+O(size) removals, so every operation stays O(log n) amortized. One tuple per task, shared by the
+heap and the index, keeps a task at ~150 bytes. (The compiled version removes exactly instead;
+this twin favours simple code that heapq runs in C.)
 
 Thread safety: every public method does its work while holding ``self._lock``. Arguments are
-validated before the lock is taken (``operator.index`` may run a user's ``__index__``), so no user
-code runs while the lock is held.
+validated before the lock is taken (``operator.index`` may run a user's ``__index__``). The lock is
+reentrant because Python code can still run on this thread in the middle of an operation: creating
+a list, tuple or dict may start a garbage collection, whose callbacks and finalizers might use the
+queue. So that such a nested call neither deadlocks nor sees a half-made change, a method creates
+those objects only before it reads the state or after it has finished writing it (ints, dict and
+list growth never collect), exactly like the compiled twin.
 """
 
 from __future__ import annotations
@@ -35,6 +42,9 @@ QUEUED_TASKS_MAX = 2**29 - 1
 # A heap is rebuilt once its stale tuples exceed its live ones by this much: small heaps are
 # never rebuilt over and over.
 _STALE_SLACK = 64
+
+# A queued task: (seq, task_id, priority). Ordered by seq, then id, within its priority's heap.
+_Entry = tuple[int, str, int]
 
 
 class DuplicateTaskError(ValueError):
@@ -86,9 +96,9 @@ class ReadyQueue:
 
     def __init__(self, *, capacity_max: int | None = None) -> None:
         self._capacity_max = _check_capacity(capacity_max)
-        self._lock = threading.Lock()
-        self._heaps: tuple[list[tuple[int, str]], ...] = tuple([] for _ in range(PRIORITY_LEVELS))
-        self._live: dict[str, tuple[int, int]] = {}
+        self._lock = threading.RLock()
+        self._heaps: tuple[list[_Entry], ...] = tuple([] for _ in range(PRIORITY_LEVELS))
+        self._live: dict[str, _Entry] = {}
         self._counts = [0] * PRIORITY_LEVELS
 
     @property
@@ -97,14 +107,14 @@ class ReadyQueue:
         return self._capacity_max
 
     # ------------------------------------------------------------------ internals (lock held)
-    def _head(self, priority: int) -> tuple[int, str]:
+    def _head(self, priority: int) -> _Entry:
         """The live head of a non-empty priority; drops the stale tuples above it."""
         heap = self._heaps[priority]
         live = self._live
         while True:
-            seq, task_id = heap[0]
-            if live.get(task_id) == (priority, seq):
-                return seq, task_id
+            entry = heap[0]
+            if live.get(entry[1]) is entry:
+                return entry
             heapq.heappop(heap)
 
     def _first_priority(self) -> int:
@@ -113,17 +123,17 @@ class ReadyQueue:
                 return priority
         raise IndexError("the ready queue is empty")
 
-    def _take(self) -> tuple[str, int, int]:
+    def _take(self) -> _Entry:
         priority = self._first_priority()
-        seq, task_id = self._head(priority)
+        entry = self._head(priority)
         heap = self._heaps[priority]
         heapq.heappop(heap)
-        del self._live[task_id]
+        del self._live[entry[1]]
         count = self._counts[priority] - 1
         self._counts[priority] = count
         if len(heap) > 2 * count + _STALE_SLACK or not count:
             self._drop_stale(priority)
-        return task_id, priority, seq
+        return entry
 
     def _drop_stale(self, priority: int) -> None:
         heap = self._heaps[priority]
@@ -132,14 +142,8 @@ class ReadyQueue:
             heap.clear()
         elif len(heap) > 2 * count + _STALE_SLACK:
             live = self._live
-            kept: list[tuple[int, str]] = []
-            for seq, task_id in heap:
-                # A removed and re-pushed id can leave an identical stale twin: keep one copy.
-                if live.get(task_id) == (priority, seq):
-                    kept.append((seq, task_id))
-            kept = list(dict.fromkeys(kept))
-            heapq.heapify(kept)
-            heap[:] = kept
+            heap[:] = [entry for entry in heap if live.get(entry[1]) is entry]
+            heapq.heapify(heap)
 
     # ------------------------------------------------------------------ operations
     def push(self, task_id: str, priority: int, seq: int) -> None:
@@ -148,6 +152,7 @@ class ReadyQueue:
         task_id = _check_task_id(task_id)
         priority = _check_priority(priority)
         seq = _check_seq(seq)
+        entry = (seq, task_id, priority)  # created before the state is read (see module doc)
         with self._lock:
             if task_id in self._live:
                 raise DuplicateTaskError(f"task {task_id!r} is already queued")
@@ -155,26 +160,31 @@ class ReadyQueue:
                 raise OverflowError(
                     f"ready queue is full: capacity_max={self._capacity_max} tasks queued"
                 )
-            self._live[task_id] = (priority, seq)
-            heapq.heappush(self._heaps[priority], (seq, task_id))
+            self._live[task_id] = entry
+            heapq.heappush(self._heaps[priority], entry)
             self._counts[priority] += 1
 
     def pop(self) -> str:
         """Remove and return the first task id; IndexError when empty."""
         with self._lock:
-            return self._take()[0]
+            return self._take()[1]
 
     def pop_entry(self) -> tuple[str, int, int]:
         """Remove and return the first ``(task_id, priority, seq)``; IndexError when empty."""
         with self._lock:
-            return self._take()
+            seq, task_id, priority = self._take()
+        return task_id, priority, seq
 
     def pop_many(self, k: int) -> list[str]:
         """Remove and return up to ``k`` task ids in pop order; ValueError if ``k < 0``."""
         count = _check_count(k)
+        popped: list[str] = []  # created before the state is read; growing it never collects
         with self._lock:
+            live = self._live
             take = self._take
-            return [take()[0] for _ in range(min(count, len(self._live)))]
+            while len(popped) < count and live:
+                popped.append(take()[1])
+        return popped
 
     def peek(self) -> str:
         """The task id ``pop`` would return, left queued; IndexError when empty."""
@@ -184,9 +194,8 @@ class ReadyQueue:
     def peek_entry(self) -> tuple[str, int, int]:
         """The entry ``pop_entry`` would return, left queued; IndexError when empty."""
         with self._lock:
-            priority = self._first_priority()
-            seq, task_id = self._head(priority)
-            return task_id, priority, seq
+            seq, task_id, priority = self._head(self._first_priority())
+        return task_id, priority, seq
 
     def remove(self, task_id: str) -> bool:
         """Cancel a queued task: True if it was queued (and is no longer), else False."""
@@ -195,7 +204,7 @@ class ReadyQueue:
             entry = self._live.pop(task_id, None)
             if entry is None:
                 return False
-            priority = entry[0]
+            priority = entry[2]
             self._counts[priority] -= 1
             self._drop_stale(priority)
             return True
@@ -218,14 +227,14 @@ class ReadyQueue:
     def clear(self) -> None:
         """Drop every queued task."""
         with self._lock:
-            for heap in self._heaps:
-                heap.clear()
             self._live.clear()
-            self._counts = [0] * PRIORITY_LEVELS
+            for priority in range(PRIORITY_LEVELS):  # a range never collects; enumerate could
+                self._heaps[priority].clear()
+                self._counts[priority] = 0
 
     def entries(self) -> list[tuple[str, int, int]]:
         """A snapshot of every ``(task_id, priority, seq)`` in pop order. O(n log n)."""
         with self._lock:
-            snapshot = [(p, s, task_id) for task_id, (p, s) in self._live.items()]
-        snapshot.sort()
-        return [(task_id, p, s) for p, s, task_id in snapshot]
+            live = list(self._live.values())  # the list exists before the values are read
+        live.sort(key=lambda entry: (entry[2], entry[0], entry[1]))
+        return [(task_id, priority, seq) for seq, task_id, priority in live]

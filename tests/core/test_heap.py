@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import os
 import random
 import subprocess
@@ -585,6 +586,70 @@ class Differential(RuleBasedStateMachine):
 
 TestDifferential = Differential.TestCase
 TestDifferential.settings = settings(max_examples=300, stateful_step_count=60, deadline=None)
+
+
+# ====================================================================== re-entrancy
+def _collect_on_next_list() -> list[list[int]]:
+    """Make the next list that anyone creates start a collection (threshold 1 must be set).
+
+    CPython reuses freed lists without counting them, so the lists held here empty that free
+    list; then the count of new objects is brought to exactly 1: the next new list makes it 2,
+    over the threshold."""
+    held: list[list[int]] = [[] for _ in range(100)]
+    while gc.get_count()[0] != 1:
+        held.append([])
+    return held
+
+
+def test_a_nested_call_from_the_garbage_collector_sees_a_consistent_queue(q: Any) -> None:
+    """Allocating a list or tuple may run a collection, and its callbacks are Python code on the
+    same thread, in the middle of an operation. With the threshold at 1 allocations collect, and
+    a callback pops (once per operation): nothing may deadlock, be lost or be returned twice."""
+    total = 60
+    for s in range(total):
+        q.push(f"t{s}", s % 3, s)
+    stolen: list[str] = []
+    budget = [0]
+
+    def steal(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and budget[0] and len(q):
+            budget[0] -= 1
+            stolen.append(q.pop())
+
+    def armed(operation: Callable[[], object]) -> object:
+        budget[0] = 1
+        try:
+            return operation()
+        finally:
+            budget[0] = 0
+
+    got: list[str] = []
+    threshold = gc.get_threshold()
+    gc.callbacks.append(steal)
+    gc.set_threshold(1)
+    try:
+        while len(q):
+            # At the end, more than is queued: pop_many must count again after its allocation.
+            pop_many = functools.partial(q.pop_many, 4 if len(q) > 12 else 100)
+            held = _collect_on_next_list()  # and create nothing else before pop_many's list
+            chunk = armed(pop_many)
+            del held
+            assert isinstance(chunk, list)
+            got.extend(chunk)
+            if len(q):
+                entry = armed(q.pop_entry)
+                assert isinstance(entry, tuple)
+                armed(functools.partial(q.push, *entry))  # put back: never duplicated
+            armed(q.entries)
+            armed(q.counts)
+            if len(q):
+                armed(q.peek_entry)
+    finally:
+        gc.set_threshold(*threshold)
+        gc.callbacks.remove(steal)
+    popped = got + stolen
+    assert len(popped) == len(set(popped)) == total
+    assert len(q) == 0 and q.entries() == []
 
 
 # ====================================================================== threads
