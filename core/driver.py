@@ -109,6 +109,9 @@ class LeaderStats:
     fenced_writes: int = 0
     rebuilt_tasks: int = 0
     timer_at_ms: int | None = None
+    # The last term whose epoch the store refused: the driver asks Raft to stand again above
+    # the stored epoch (Raft terms restart when a whole cluster does; Redis's epoch does not).
+    epoch_refused_term: int = 0
 
 
 def leader_round(
@@ -157,6 +160,7 @@ def feed(
                 ok = yield RaiseEpochRequest(effect.term)
                 if not ok:
                     stats.fenced_writes += 1
+                    stats.epoch_refused_term = effect.term
                 pending += sched.step(EpochRaised(effect.term, bool(ok), now_ms()))
             elif isinstance(effect, Rebuild):
                 after = 0

@@ -51,6 +51,7 @@ from pysyncobj import (  # type: ignore[import-untyped, unused-ignore]
 )
 from pysyncobj.config import FAIL_REASON  # type: ignore[import-untyped, unused-ignore]
 from pysyncobj.journal import MemoryJournal  # type: ignore[import-untyped, unused-ignore]
+from pysyncobj.syncobj import _RAFT_STATE  # type: ignore[import-untyped, unused-ignore]
 from pysyncobj.transport import TCPTransport  # type: ignore[import-untyped, unused-ignore]
 
 log = logging.getLogger("dsched.raft")
@@ -198,6 +199,9 @@ def apply_switch_interval(config: RaftConfig) -> None:
     wanted = config.switch_interval_s
     if wanted is not None and sys.getswitchinterval() > wanted:
         sys.setswitchinterval(wanted)
+
+
+_RAFT_FOLLOWER = _RAFT_STATE.FOLLOWER
 
 
 def _now() -> float:
@@ -482,6 +486,27 @@ class RaftMember:
         callback = _fail_reason_callback(on_done)
         # transferLeadership reads Raft state and sends directly: run it on the next tick.
         self._on_tick_queue.append(lambda: self._sync.transferLeadership(raft_addr, callback))
+
+    def raise_term_above(self, term: int) -> None:
+        """Step down and stand again in a term above ``term``.
+
+        The leader's Raft term is its fencing token in Redis. Raft state lives in memory, so a
+        cluster restarted as a whole starts again at term 1 while Redis still holds the old
+        epoch, and every election would then be fenced off for good. A leader whose epoch was
+        refused calls this: its next election runs in a term above the stored epoch. Safe:
+        raising one's own term is what a Raft member does on any higher-term message.
+        """
+
+        def bump() -> None:
+            sync = self._sync
+            if sync._getTerm() > term:
+                return
+            sync._SyncObj__setCurrentTerm(term, None)
+            sync._SyncObj__raftLeader = None
+            sync._SyncObj__setState(_RAFT_FOLLOWER)
+            sync._SyncObj__raftElectionDeadline = 0.0  # stand at the next tick
+
+        self._on_tick_queue.append(bump)
 
     def add_member(self, raft_addr: str, timeout_s: float) -> None:
         """Blocking request_add_member, from a thread other than the tick thread."""

@@ -132,6 +132,9 @@ class NodeRuntime:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        on_change = getattr(self.leadership, "on_change", None)
+        if on_change is not None:
+            on_change(self._wake.set)
         await self._register()
         self._tasks = [
             asyncio.create_task(self._leader_loop(), name="dsched-leader"),
@@ -303,6 +306,12 @@ class NodeRuntime:
             except Exception:
                 log.exception("leader loop round failed")
                 await asyncio.sleep(0.2)
+            if self.leader_stats.epoch_refused_term:
+                self.leader_stats.epoch_refused_term = 0
+                refused = getattr(self.leadership, "epoch_refused", None)
+                if refused is not None:
+                    with contextlib.suppress(StoreUnavailable):
+                        refused(await self.store.epoch())
             fenced = self.leader_stats.fenced_writes
             if fenced > self._fenced_reported:
                 self.metrics.fenced(fenced - self._fenced_reported)
@@ -419,7 +428,7 @@ class NodeRuntime:
                 # A thread cannot be killed: on timeout or cancel the slot is given up when
                 # the await is cancelled, and the thread finishes (unseen) in the background.
                 result = await loop.run_in_executor(self._executor, handler, payload)
-            json.dumps(result)  # a result that cannot be stored is the handler's error
+            json.dumps(result, allow_nan=False)  # a result we cannot store is the handler's error
             outcome = Outcome.success(result)
         except asyncio.CancelledError:
             outcome = Outcome.error("Interrupted", "interrupted by the worker")

@@ -1,0 +1,91 @@
+"""The node's leadership in a cluster: a pysyncobj Raft member, seen from the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from node.config import NodeConfig
+from node.raft import RaftConfig, RaftMember, RaftStatus
+
+log = logging.getLogger("dsched.cluster")
+
+
+class RaftLeadership:
+    """Who leads, from Raft. Status changes arrive on pysyncobj's tick thread and reach the
+    event loop only through ``call_soon_threadsafe``: nothing here blocks the loop."""
+
+    def __init__(self, config: NodeConfig, raft_config: RaftConfig | None = None) -> None:
+        self.config = config
+        self.raft_config = raft_config or RaftConfig()
+        self.node_id = config.resolved_node_id()
+        self.self_addr = f"{config.raft_host}:{config.raft_port}"
+        self.member: RaftMember | None = None
+        self._listeners: list[Callable[[], None]] = []
+
+    async def start(self) -> None:
+        # Raft state is in memory: a member restarted within an election timeout could vote a
+        # second time in a term it already voted in, and two leaders could share that term.
+        # Waiting out the longest election timeout first closes that window.
+        await asyncio.sleep(self.raft_config.election_timeout_max_s)
+        loop = asyncio.get_running_loop()
+        cfg = self.config
+        # Built here, on the loop's (main) thread: pysyncobj's tick thread dies with its builder.
+        self.member = RaftMember(
+            self.self_addr,
+            [p for p in cfg.peers if p != self.self_addr],
+            node_id=self.node_id,
+            http_addr=f"{cfg.http_host}:{cfg.http_port}",
+            config=self.raft_config,
+        )
+
+        def changed(_status: RaftStatus) -> None:
+            for listener in list(self._listeners):
+                loop.call_soon_threadsafe(listener)
+
+        self.member.on_status(changed)
+        log.info("raft member %s at %s, peers %s", self.node_id, self.self_addr, cfg.peers)
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` on the event loop whenever leadership or membership changes."""
+        self._listeners.append(listener)
+
+    def snapshot(self) -> tuple[bool, int, str | None]:
+        if self.member is None:
+            return False, 0, None
+        s = self.member.status
+        return s.is_leader, s.term, s.leader_id
+
+    def members(self) -> list[dict[str, Any]]:
+        if self.member is None:
+            return []
+        return [
+            {"id": node_id, "http": m.http_addr, "raft": m.raft_addr}
+            for node_id, m in sorted(self.member.status.members.items())
+        ]
+
+    def epoch_refused(self, stored_epoch: int) -> None:
+        """Our term is below the epoch in Redis (e.g. the whole cluster restarted): stand again
+        in a higher term, or no election could ever pass the fence."""
+        if self.member is not None:
+            log.warning("raft term below stored epoch %d: standing again above it", stored_epoch)
+            self.member.raise_term_above(stored_epoch)
+
+    async def stop(self) -> None:
+        member, self.member = self.member, None
+        if member is None:
+            return
+        if member.status.is_leader:
+            # Hand over now instead of making the others wait out an election timeout.
+            done = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            member.request_transfer_leadership(
+                on_done=lambda ok, reason: loop.call_soon_threadsafe(done.set)
+            )
+            try:
+                await asyncio.wait_for(done.wait(), 1.0)
+            except TimeoutError:
+                log.info("leadership transfer did not confirm in time; stopping anyway")
+        await asyncio.get_running_loop().run_in_executor(None, member.stop)
