@@ -1,0 +1,141 @@
+-- Shared prelude: node/store.py prepends this file to every script before SCRIPT LOAD, so each
+-- script stays one self-contained atomic unit (Redis has no script-to-script calls in 6.2).
+--
+-- KEYS[1] is the key base, e.g. "{ds}": every key below starts with it, so one Redis Cluster
+-- slot holds them all and Cluster routes the call by KEYS[1].
+--
+-- Rule kept by every script: all checks come before the first write, because a Lua error in
+-- Redis does not roll back what was already written.
+--
+-- Numbers: ms timestamps travel as decimal strings and are stored as received. Lua numbers are
+-- doubles and tostring() switches to exponent notation past 1e14, so scripts only compare
+-- tonumber() values (exact below 2^53) and never format a timestamp they computed.
+
+local B = KEYS[1]
+local K_SEQ = B .. ":seq"
+local K_EPOCH = B .. ":epoch"
+local K_INBOX = B .. ":inbox"
+local K_IDEM = B .. ":idem"
+local K_ALL = B .. ":all"
+local K_DONE = B .. ":done"
+local K_QN = B .. ":qn"
+local K_BELL = B .. ":bell"
+
+local TERMINAL = { succeeded = true, dead = true, cancelled = true }
+
+-- The fields of TaskState, in the order store.py's _state() reads them.
+local STATE_FIELDS = {
+  "id", "type", "priority", "seq", "status", "attempt", "run_at_ms", "depends_on",
+  "lease_node", "lease_deadline_ms", "failures", "lease_expiries", "version",
+}
+
+local function tkey(id)
+  return B .. ":t:" .. id
+end
+
+local function skey(status)
+  return B .. ":s:" .. status
+end
+
+local function akey(node)
+  return B .. ":a:" .. node
+end
+
+-- term < stored epoch: a deposed leader's write.
+local function fenced(term)
+  local epoch = redis.call("GET", K_EPOCH)
+  return epoch and tonumber(term) < tonumber(epoch)
+end
+
+-- The task's fields needed by the scripts, or nil if it does not exist.
+local function load(id)
+  local flat = redis.call("HGETALL", tkey(id))
+  if #flat == 0 then
+    return nil
+  end
+  local rec = {}
+  for i = 1, #flat, 2 do
+    rec[flat[i]] = flat[i + 1]
+  end
+  return rec
+end
+
+local function state(id)
+  return redis.call("HMGET", tkey(id), unpack(STATE_FIELDS))
+end
+
+local function touch(id, rec, now)
+  redis.call("HSET", tkey(id), "updated_ms", now)
+  rec.version = redis.call("HINCRBY", tkey(id), "version", 1)
+  rec.updated_ms = now
+end
+
+-- Move a task between statuses, keeping every index in the same step: the per-status ZSETs
+-- (scored by seq), the queued-per-priority counters and the retention ZSET of terminal tasks.
+local function set_status(id, rec, to, now)
+  local from = rec.status
+  if from == to then
+    return
+  end
+  redis.call("ZREM", skey(from), id)
+  redis.call("ZADD", skey(to), rec.seq, id)
+  if from == "queued" then
+    redis.call("HINCRBY", K_QN, rec.priority, -1)
+  end
+  if to == "queued" then
+    redis.call("HINCRBY", K_QN, rec.priority, 1)
+  end
+  if TERMINAL[from] and not TERMINAL[to] then
+    redis.call("ZREM", K_DONE, id)
+  end
+  redis.call("HSET", tkey(id), "status", to)
+  rec.status = to
+end
+
+-- TaskRecord.end(): leave the lease, stamp finished_ms if terminal, touch.
+local function end_as(id, rec, to, now)
+  set_status(id, rec, to, now)
+  redis.call("HSET", tkey(id), "lease_node", "", "lease_deadline_ms", "0")
+  rec.lease_node = ""
+  rec.lease_deadline_ms = "0"
+  if TERMINAL[to] then
+    redis.call("HSET", tkey(id), "finished_ms", now)
+    redis.call("ZADD", K_DONE, now, id)
+    rec.finished_ms = now
+  end
+  touch(id, rec, now)
+end
+
+-- StoreModel._holds: this attempt of this node still owns the running task.
+local function holds(rec, attempt, node)
+  return rec ~= nil and rec.status == "running" and tonumber(rec.attempt) == tonumber(attempt)
+    and rec.lease_node == node
+end
+
+local function deps_of(rec)
+  return cjson.decode(rec.depends_on)
+end
+
+-- Every dependency exists and succeeded (StoreModel's readiness test for submit and retry).
+local function deps_succeeded(deps)
+  for _, dep in ipairs(deps) do
+    if redis.call("HGET", tkey(dep), "status") ~= "succeeded" then
+      return false
+    end
+  end
+  return true
+end
+
+-- Lua's unpack() is bounded by the C stack (~8000 values): push in slices.
+local UNPACK_MAX = 1000
+
+local function inbox_push(ids)
+  if #ids == 0 then
+    return
+  end
+  for i = 1, #ids, UNPACK_MAX do
+    redis.call("RPUSH", K_INBOX, unpack(ids, i, math.min(i + UNPACK_MAX - 1, #ids)))
+  end
+  -- One ring per script: the leader drains everything pending when woken.
+  redis.call("PUBLISH", K_BELL, #ids)
+end

@@ -1,0 +1,105 @@
+-- apply: the leader's batch of Lease / Expire / Promote, in order, each fenced by its term
+-- (StoreModel.lease / expire / promote). One script: one round trip, one atomic step.
+-- ARGV: n, then per op 6 values: kind, term, task_id, x, y, z where
+--   kind "L": x node_id, y deadline_ms, z now_ms
+--   kind "E": x attempt, y now_ms, z target
+--   kind "P": x now_ms
+-- Answers one entry per op: "fenced", false (unknown task) or the task's state. An Expire with
+-- a target other than queued or dead (a caller bug) ends the batch with {"!target", index0} as
+-- its last entry: the ops before it were applied, as in the model, which raises there.
+local n = tonumber(ARGV[1])
+local out = {}
+
+local function lease(id, node, deadline, now)
+  local rec = load(id)
+  if rec == nil then
+    return false
+  end
+  if rec.status == "queued" then
+    set_status(id, rec, "running", now)
+    local attempt = redis.call("HINCRBY", tkey(id), "attempt", 1)
+    redis.call("HSET", tkey(id), "lease_node", node, "lease_deadline_ms", deadline,
+      "started_ms", now)
+    touch(id, rec, now)
+    -- The assignment is queued in the same step as the lease: durable before anyone is told.
+    redis.call("RPUSH", akey(node), id .. ":" .. attempt)
+  end
+  return state(id)
+end
+
+local function expire(id, attempt, now, target)
+  local rec = load(id)
+  if rec == nil then
+    return false
+  end
+  if rec.status == "running" and tonumber(rec.attempt) == tonumber(attempt)
+    and tonumber(rec.lease_deadline_ms) <= tonumber(now) then
+    local expiries = redis.call("HINCRBY", tkey(id), "lease_expiries", 1)
+    if target == "dead" then
+      redis.call("HSET", tkey(id), "error", cjson.encode({
+        kind = "lease_expired", type = "LeaseExpired",
+        message = "lease lost " .. expiries .. " times (worker or node lost)",
+      }))
+    end
+    end_as(id, rec, target, now)
+  end
+  return state(id)
+end
+
+local function promote(id, now)
+  local rec = load(id)
+  if rec == nil then
+    return false
+  end
+  if rec.status ~= "pending" and rec.status ~= "failed" then
+    return state(id)
+  end
+  local blocked = false
+  for _, dep in ipairs(deps_of(rec)) do
+    local dep_status = redis.call("HGET", tkey(dep), "status")
+    if not dep_status or dep_status == "dead" or dep_status == "cancelled" then
+      local why = dep_status and ("is " .. dep_status) or "no longer exists"
+      redis.call("HSET", tkey(id), "error", cjson.encode({
+        kind = "dependency", type = "DependencyFailed",
+        message = "dependency " .. dep .. " " .. why,
+      }))
+      end_as(id, rec, "dead", now)
+      return state(id)
+    end
+    if dep_status ~= "succeeded" then
+      blocked = true
+    end
+  end
+  if not blocked and tonumber(rec.run_at_ms) <= tonumber(now) then
+    set_status(id, rec, "queued", now)
+    touch(id, rec, now)
+  end
+  return state(id)
+end
+
+local KINDS = { L = true, E = true, P = true }
+for i = 1, n do
+  if not KINDS[ARGV[2 + (i - 1) * 6]] then
+    return redis.error_reply("apply: unknown op kind in op " .. i)
+  end
+end
+
+for i = 1, n do
+  local p = 2 + (i - 1) * 6
+  local kind, term, id = ARGV[p], ARGV[p + 1], ARGV[p + 2]
+  local x, y, z = ARGV[p + 3], ARGV[p + 4], ARGV[p + 5]
+  if fenced(term) then
+    out[i] = "fenced"
+  elseif kind == "L" then
+    out[i] = lease(id, x, y, z)
+  elseif kind == "E" then
+    if z ~= "queued" and z ~= "dead" then
+      out[i] = { "!target", i - 1 }
+      return out
+    end
+    out[i] = expire(id, x, y, z)
+  else
+    out[i] = promote(id, x)
+  end
+end
+return out

@@ -1,0 +1,847 @@
+"""dsched's durable store: Redis, one atomic Lua script per state change.
+
+The semantics are :class:`core.store_model.StoreModel`'s, answer for answer; a conformance test
+(tests/node/test_store_conformance.py) runs random operation sequences against both. The scripts
+live in ``node/lua/``, one per operation, each prefixed with ``_lib.lua`` and loaded with SCRIPT
+LOAD; a NOSCRIPT answer (Redis restarted or flushed its script cache) reloads them and retries,
+which is safe because a NOSCRIPT call ran nothing.
+
+Key layout (``B`` is ``{prefix}``, a hash tag, so one Redis Cluster slot holds every key)::
+
+    B:t:<id>        task hash: every TaskRecord field (depends_on and error as JSON text)
+    B:seq           submission counter (INCR), FIFO order within a priority
+    B:epoch         fencing epoch: the newest leader term seen
+    B:inbox         list of task ids whose change the leader has not read yet
+    B:a:<node>      list of "id:attempt" assignments for a node's slots
+    B:idem          hash idempotency key -> task id
+    B:s:<status>    ZSET id -> seq per status (listing, counts, rebuild)
+    B:all           ZSET id -> seq of every task
+    B:done          ZSET id -> finished_ms of terminal tasks (retention sweep)
+    B:qn            hash priority -> number of queued tasks
+    B:nodes         hash node id -> JSON info with last_seen_ms (the reader judges liveness)
+    B:bell          channel: rung by every script that pushes to the inbox
+    B:cancel:<node> channel: a task running on <node> was cancelled (payload: its id)
+
+Failures: an unreachable Redis raises :class:`StoreUnavailable` (the API answers 503). Writes are
+never retried after a connection error, because the write may have landed before the connection
+broke: the caller (or its client, with an idempotency key) decides. A write is acknowledged only
+after Redis answered it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from importlib import resources
+from typing import Any, Final, Generic, TypeVar, cast
+
+import redis.asyncio as aioredis
+from redis import exceptions as rexc
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from core.effects import Expire, Lease, Promote
+from core.priority import Priority
+from core.store_model import FENCED, NewTask, SubmitError, Taken, TaskRecord
+from core.task import Status, TaskState
+from core.worker import Finish, Heartbeat, Release
+
+__all__ = [
+    "FENCED",
+    "GROUP_COMMIT_TASKS_MAX",
+    "RETENTION_MS_DEFAULT",
+    "RedisStore",
+    "StoreError",
+    "StoreUnavailable",
+]
+
+RETENTION_MS_DEFAULT: Final = 7 * 24 * 3600 * 1000
+# Most tasks one group commit sends in one round trip: bounds the pipeline's memory and the time
+# Redis spends on it before it answers anyone else. A single larger batch still goes alone.
+GROUP_COMMIT_TASKS_MAX: Final = 5000
+# Terminal tasks one sweep script removes: a backlog is swept in steps, never in one long block.
+SWEEP_CHUNK_MAX: Final = 1000
+# Index entries one list_tasks call scans, whatever its filters match: bounds a sparse query.
+LIST_SCAN_MAX: Final = 5000
+LIST_LIMIT_MAX: Final = 1000
+LIVE_CHUNK_DEFAULT: Final = 1000
+# A command unanswered this long means Redis is unreachable for us (503), not merely slow.
+COMMAND_TIMEOUT_S: Final = 10.0
+CONNECT_TIMEOUT_S: Final = 3.0
+# Connections for ordinary commands; more concurrent callers wait (up to COMMAND_TIMEOUT_S).
+CONNECTIONS_MAX: Final = 64
+# Connections held by waiting takes (BLPOP) and subscriptions: one each.
+BLOCKING_CONNECTIONS_MAX: Final = 256
+# A BLPOP is given this much beyond its own timeout before we call the connection dead.
+BLOCK_GRACE_S: Final = 5.0
+# How often a subscriber wakes to check its connection (redis-py pings it when idle this long).
+PUBSUB_POLL_S: Final = 1.0
+PUBSUB_HEALTH_S: Final = 5
+
+_SCRIPT_NAMES: Final = (
+    "submit",
+    "cancel",
+    "retry",
+    "raise_epoch",
+    "drain",
+    "live_states",
+    "apply",
+    "take",
+    "heartbeat",
+    "finish",
+    "release",
+    "sweep",
+    "list_tasks",
+)
+
+
+def _read_sources() -> dict[str, str]:
+    lua = resources.files("node") / "lua"
+    lib = (lua / "_lib.lua").read_text(encoding="utf-8")
+    return {
+        name: lib + "\n" + (lua / f"{name}.lua").read_text(encoding="utf-8")
+        for name in _SCRIPT_NAMES
+    }
+
+
+# Read at import: a missing or unreadable script is a packaging error, found at once.
+SCRIPTS: Final = _read_sources()
+_SHAS: Final = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in SCRIPTS.items()}
+
+_STATUS_INDEX = tuple(s.value for s in Status)
+_TERMINAL_ENDS = (Status.SUCCEEDED, Status.FAILED, Status.DEAD)
+# Error replies that mean "Redis cannot take writes right now" rather than "your request is bad".
+_UNAVAILABLE_PREFIXES = (
+    "MISCONF",
+    "READONLY",
+    "OOM",
+    "MASTERDOWN",
+    "NOREPLICAS",
+    "BUSY",
+    "CLUSTERDOWN",
+    "TRYAGAIN",
+    "LOADING",
+)
+
+
+class StoreUnavailable(Exception):
+    """Redis did not answer, or cannot take writes now (the API turns this into 503).
+
+    Not a subclass of core.driver.StoreUnavailable: importing core.driver pulls in the scheduler
+    and its heap, which the store does not need. Drivers catch this one by name."""
+
+
+class StoreError(RuntimeError):
+    """Redis answered with an error no caller can fix (a script bug, a wrong server)."""
+
+
+def _translate(exc: BaseException) -> BaseException:
+    """The exception a caller of the store sees for an exception from redis-py."""
+    if isinstance(exc, (StoreUnavailable, SubmitError, ValueError)):
+        return exc
+    if isinstance(exc, (rexc.ConnectionError, rexc.TimeoutError, OSError)):
+        return StoreUnavailable(f"redis unreachable: {exc}")
+    if isinstance(exc, rexc.ResponseError):
+        if str(exc).startswith(_UNAVAILABLE_PREFIXES) or isinstance(
+            exc, (rexc.ReadOnlyError, rexc.OutOfMemoryError)
+        ):
+            return StoreUnavailable(f"redis refuses writes: {exc}")
+        return StoreError(f"redis error: {exc}")
+    return exc
+
+
+@contextlib.contextmanager
+def _redis_errors() -> Iterator[None]:
+    try:
+        yield
+    except (rexc.RedisError, OSError) as exc:
+        raise _translate(exc) from exc
+
+
+# ---------------------------------------------------------------------------- conversions
+def _ints(s: str) -> int:
+    return int(s) if s else 0
+
+
+def _deps(text: str) -> tuple[str, ...]:
+    return () if text == "[]" else tuple(json.loads(text))
+
+
+def _record(flat: Sequence[str]) -> TaskRecord:
+    """A TaskRecord from a task hash's HGETALL (flat field, value list)."""
+    h = dict(zip(flat[::2], flat[1::2], strict=True))
+    return TaskRecord(
+        id=h["id"],
+        type=h["type"],
+        payload_json=h["payload_json"],
+        priority=Priority(int(h["priority"])),
+        seq=int(h["seq"]),
+        status=Status(h["status"]),
+        max_retries=int(h["max_retries"]),
+        backoff_base_ms=int(h["backoff_base_ms"]),
+        backoff_cap_ms=int(h["backoff_cap_ms"]),
+        timeout_ms=int(h["timeout_ms"]),
+        run_at_ms=int(h["run_at_ms"]),
+        depends_on=_deps(h["depends_on"]),
+        idempotency_key=h["idempotency_key"],
+        created_ms=int(h["created_ms"]),
+        updated_ms=int(h["updated_ms"]),
+        attempt=_ints(h["attempt"]),
+        failures=_ints(h["failures"]),
+        lease_expiries=_ints(h["lease_expiries"]),
+        started_ms=_ints(h["started_ms"]),
+        finished_ms=_ints(h["finished_ms"]),
+        lease_node=h["lease_node"],
+        lease_deadline_ms=_ints(h["lease_deadline_ms"]),
+        result_json=h["result_json"],
+        error=json.loads(h["error"]) if h["error"] != "{}" else {},
+        version=int(h["version"]),
+    )
+
+
+def _state(v: Sequence[str]) -> TaskState:
+    """A TaskState from the scripts' state() (HMGET of STATE_FIELDS in _lib.lua)."""
+    return TaskState(
+        id=v[0],
+        type=v[1],
+        priority=Priority(int(v[2])),
+        seq=int(v[3]),
+        status=Status(v[4]),
+        attempt=int(v[5]),
+        run_at_ms=int(v[6]),
+        depends_on=_deps(v[7]),
+        lease_node=v[8],
+        lease_deadline_ms=int(v[9]),
+        failures=int(v[10]),
+        lease_expiries=int(v[11]),
+        version=int(v[12]),
+    )
+
+
+def _submit_args(batch: Sequence[NewTask], now_ms: int) -> list[str | int]:
+    args: list[str | int] = [now_ms, len(batch)]
+    for t in batch:
+        args += [
+            t.id,
+            t.type,
+            t.payload_json,
+            int(t.priority),
+            t.max_retries,
+            t.backoff_base_ms,
+            t.backoff_cap_ms,
+            t.timeout_ms,
+            t.run_at_ms,
+            t.idempotency_key,
+            # Raw UTF-8, not \u escapes: Lua's cjson then decodes any id byte for byte.
+            json.dumps(list(t.depends_on), ensure_ascii=False),
+            len(t.depends_on),
+            *t.depends_on,
+        ]
+    return args
+
+
+def _submit_answer(
+    batch: Sequence[NewTask], now_ms: int, reply: list[Any]
+) -> list[tuple[TaskRecord, bool]] | SubmitError:
+    if reply[0] == "!":
+        _, field_name, index, value = reply
+        if field_name == "id":
+            return SubmitError("id", f"task id {value!r} already exists", int(index))
+        return SubmitError("depends_on", f"dependency {value!r} does not exist", int(index))
+    out: list[tuple[TaskRecord, bool]] = []
+    for new, item in zip(batch, reply[1:], strict=True):
+        if item[0] == "=":
+            out.append((_record(item[1:]), False))
+            continue
+        record = TaskRecord(
+            id=new.id,
+            type=new.type,
+            payload_json=new.payload_json,
+            priority=Priority(new.priority),
+            seq=int(item[1]),
+            status=Status(item[2]),
+            max_retries=new.max_retries,
+            backoff_base_ms=new.backoff_base_ms,
+            backoff_cap_ms=new.backoff_cap_ms,
+            timeout_ms=new.timeout_ms,
+            run_at_ms=new.run_at_ms,
+            depends_on=tuple(new.depends_on),
+            idempotency_key=new.idempotency_key,
+            created_ms=now_ms,
+            updated_ms=now_ms,
+        )
+        out.append((record, True))
+    return out
+
+
+def _finish_args(f: Finish) -> list[str | int]:
+    end = f.end
+    return [
+        f.task_id,
+        f.attempt,
+        f.node_id,
+        end.status.value if isinstance(end.status, Status) else str(end.status),
+        end.failures,
+        end.run_at_ms,
+        json.dumps(end.result) if end.status is Status.SUCCEEDED else "",
+        json.dumps(dict(end.error)),
+        f.now_ms,
+    ]
+
+
+# ---------------------------------------------------------------------------- group commit
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class _GroupCommit(Generic[T, R]):
+    """Coalesce concurrent calls into one round trip.
+
+    The first call flushes at once; calls that arrive while a flush is in flight queue up and go
+    together in the next one (at most ``weight_max`` in weight, but always at least one call).
+    Under load that is one round trip, and with ``appendfsync always`` one fsync, for many
+    callers; alone, a call pays no added wait. ``flush`` answers one result or exception per
+    item, so each caller's outcome stays its own.
+    """
+
+    def __init__(
+        self,
+        flush: Callable[[list[T]], Awaitable[list[R | BaseException]]],
+        weight: Callable[[T], int],
+        weight_max: int,
+    ) -> None:
+        self._flush = flush
+        self._weight = weight
+        self._weight_max = weight_max
+        self._queue: deque[tuple[T, asyncio.Future[R]]] = deque()
+        self._runner: asyncio.Task[None] | None = None
+        self.flushes = 0  # round trips made: lets tests and metrics see the coalescing
+
+    async def __call__(self, item: T) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
+        if self._runner is None:
+            self._runner = asyncio.create_task(self._run(), name="dsched-group-commit")
+        return await future
+
+    async def _run(self) -> None:
+        try:
+            while self._queue:
+                batch: list[tuple[T, asyncio.Future[R]]] = []
+                weight = 0
+                while self._queue:
+                    item, future = self._queue[0]
+                    if batch and weight + self._weight(item) > self._weight_max:
+                        break
+                    self._queue.popleft()
+                    if future.done():  # its caller was cancelled before we sent it
+                        continue
+                    batch.append((item, future))
+                    weight += self._weight(item)
+                if not batch:
+                    continue
+                self.flushes += 1
+                try:
+                    results = await self._flush([item for item, _ in batch])
+                except asyncio.CancelledError:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(StoreUnavailable("store closed"))
+                    raise
+                except Exception as exc:  # every waiter must hear of it
+                    results = [_translate(exc)] * len(batch)
+                for (_, future), result in zip(batch, results, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, BaseException):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            self._runner = None
+            if self._queue:  # cancelled with callers still waiting: fail them, do not hang
+                while self._queue:
+                    _, future = self._queue.popleft()
+                    if not future.done():
+                        future.set_exception(StoreUnavailable("store closed"))
+
+    async def close(self) -> None:
+        runner = self._runner
+        if runner is not None:
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+
+
+# ---------------------------------------------------------------------------- the store
+class RedisStore:
+    """StoreModel's operations on Redis, async and batched. Build with :meth:`connect`."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        blocking: aioredis.Redis,
+        *,
+        prefix: str,
+        retention_ms: int,
+        group_commit_max: int,
+    ) -> None:
+        if not prefix or any(c in prefix for c in "{}"):
+            raise ValueError("prefix must be non-empty and contain no braces")
+        if retention_ms < 0 or group_commit_max < 1:
+            raise ValueError("need retention_ms >= 0 and group_commit_max >= 1")
+        self._r = client
+        # BLPOP and pub/sub hold a connection for seconds: their own pool, no socket timeout
+        # (they are bounded by their own timeouts), so they never starve or break ordinary calls.
+        self._blocking = blocking
+        self.prefix = prefix
+        self.base = "{" + prefix + "}"
+        self.retention_ms = retention_ms
+        self._submits: _GroupCommit[tuple[list[NewTask], int], list[tuple[TaskRecord, bool]]] = (
+            _GroupCommit(self._flush_submits, lambda call: max(1, len(call[0])), group_commit_max)
+        )
+        self._finishes: _GroupCommit[list[Finish], list[bool | BaseException]] = _GroupCommit(
+            self._flush_finishes, lambda call: max(1, len(call)), group_commit_max
+        )
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        prefix: str = "ds",
+        retention_ms: int = RETENTION_MS_DEFAULT,
+        group_commit_max: int = GROUP_COMMIT_TASKS_MAX,
+    ) -> RedisStore:
+        """Connect to ``url`` (redis://, rediss://, unix://; a password in the URL is used),
+        check that Redis answers and load the scripts. Raises StoreUnavailable if it does not."""
+        common: dict[str, Any] = {
+            "decode_responses": True,
+            "protocol": 2,
+            "socket_connect_timeout": CONNECT_TIMEOUT_S,
+            "socket_keepalive": True,
+            # No automatic retry: a write retried after a broken connection may run twice.
+            "retry": Retry(NoBackoff(), 0),
+        }
+        # A bounded pool that makes callers wait for a connection, rather than fail, when many
+        # requests arrive at once; group commit keeps the number in use small anyway.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            socket_timeout=COMMAND_TIMEOUT_S,
+            max_connections=CONNECTIONS_MAX,
+            timeout=COMMAND_TIMEOUT_S,
+            **common,
+        )
+        client = aioredis.Redis(connection_pool=pool)
+        blocking = aioredis.Redis.from_url(
+            url,
+            socket_timeout=None,
+            health_check_interval=PUBSUB_HEALTH_S,
+            max_connections=BLOCKING_CONNECTIONS_MAX,
+            **common,
+        )
+        store = cls(
+            client,
+            blocking,
+            prefix=prefix,
+            retention_ms=retention_ms,
+            group_commit_max=group_commit_max,
+        )
+        try:
+            await store.ping()
+            await store._load_scripts()
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    async def close(self) -> None:
+        await self._submits.close()
+        await self._finishes.close()
+        await self._r.aclose(close_connection_pool=True)
+        await self._blocking.aclose(close_connection_pool=True)
+
+    async def ping(self) -> bool:
+        await self._read(self._r.ping)
+        return True
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        """The underlying client (tests and operational tools; not for task state changes)."""
+        return self._r
+
+    def key(self, *parts: str) -> str:
+        """A key of this store's layout, e.g. ``key("t", task_id)`` -> ``{ds}:t:<id>``."""
+        return ":".join((self.base, *parts))
+
+    # ------------------------------------------------------------------ scripts
+    async def _load_scripts(self) -> None:
+        with _redis_errors():
+            for name, source in SCRIPTS.items():
+                sha = await self._r.script_load(source)
+                if sha != _SHAS[name]:
+                    raise StoreError(f"SCRIPT LOAD of {name} answered {sha}, not {_SHAS[name]}")
+
+    async def _eval(self, name: str, *args: str | int, idempotent: bool = False) -> Any:
+        """Run one script; after a NOSCRIPT (Redis restarted), reload all and run it again.
+
+        ``idempotent``: running it twice changes nothing more and answers the same, so a call
+        whose connection broke (e.g. a pooled connection to a Redis that since restarted) is
+        sent once more. Never for submit, finish, release, drain or take."""
+        with _redis_errors():
+            try:
+                return await self._evalsha(name, args)
+            except rexc.ConnectionError:
+                if not idempotent:
+                    raise
+                return await self._evalsha(name, args)
+
+    async def _evalsha(self, name: str, args: tuple[str | int, ...]) -> Any:
+        try:
+            return await self._r.evalsha(_SHAS[name], 1, self.base, *args)
+        except rexc.NoScriptError:
+            await self._load_scripts()
+            return await self._r.evalsha(_SHAS[name], 1, self.base, *args)
+
+    async def _read(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        """A plain read, sent once more if its connection broke (reads are safe to repeat)."""
+        with _redis_errors():
+            try:
+                return await call()
+            except rexc.ConnectionError:
+                return await call()
+
+    async def _eval_many(self, name: str, argvs: list[list[str | int]]) -> list[Any]:
+        """Run one script per argv in one pipeline (one round trip); each answer or exception in
+        its place. Each script is atomic on its own; a failure of one leaves the others be."""
+        with _redis_errors():
+            replies = await self._pipeline(name, argvs)
+            missing = [i for i, r in enumerate(replies) if isinstance(r, rexc.NoScriptError)]
+            if missing:
+                # NOSCRIPT ran nothing, so sending exactly those calls again is safe.
+                await self._load_scripts()
+                again = await self._pipeline(name, [argvs[i] for i in missing])
+                for i, reply in zip(missing, again, strict=True):
+                    replies[i] = reply
+        return replies
+
+    async def _pipeline(self, name: str, argvs: list[list[str | int]]) -> list[Any]:
+        async with self._r.pipeline(transaction=False) as pipe:
+            for args in argvs:
+                pipe.evalsha(_SHAS[name], 1, self.base, *args)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
+
+    # ------------------------------------------------------------------ clients (any node)
+    async def submit(self, batch: list[NewTask], now_ms: int) -> list[tuple[TaskRecord, bool]]:
+        """Create every task of ``batch`` or none (SubmitError names the first offender).
+        Returns (record, created) per input; created is False where an idempotency key matched.
+        Concurrent calls are group-committed; each batch stays all-or-none on its own."""
+        if not batch:
+            return []
+        return await self._submits((list(batch), now_ms))
+
+    async def _flush_submits(
+        self, calls: list[tuple[list[NewTask], int]]
+    ) -> list[list[tuple[TaskRecord, bool]] | BaseException]:
+        replies = await self._eval_many("submit", [_submit_args(b, now) for b, now in calls])
+        out: list[list[tuple[TaskRecord, bool]] | BaseException] = []
+        for (batch, now), reply in zip(calls, replies, strict=True):
+            if isinstance(reply, BaseException):
+                out.append(_translate(reply))
+            else:
+                out.append(_submit_answer(batch, now, reply))
+        return out
+
+    async def cancel(self, task_id: str, now_ms: int) -> TaskRecord | None:
+        """Any non-terminal task -> cancelled; the node running it is told on its cancel
+        channel. None if unknown; unchanged if already terminal."""
+        flat = await self._eval("cancel", task_id, now_ms, idempotent=True)
+        return _record(flat) if flat else None
+
+    async def retry(self, task_id: str, now_ms: int) -> TaskRecord | None:
+        """dead or cancelled -> queued (pending while it waits on dependencies)."""
+        flat = await self._eval("retry", task_id, now_ms, idempotent=True)
+        return _record(flat) if flat else None
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        key = self.key("t", task_id)
+        flat = cast(dict[str, str], await self._read(lambda: self._r.hgetall(key)))
+        if not flat:
+            return None
+        return _record([x for kv in flat.items() for x in kv])
+
+    async def list_tasks(
+        self,
+        status: Status | str | None = None,
+        type: str | None = None,  # the API's filter is called type
+        priority: Priority | int | None = None,
+        after_seq: int = 0,
+        limit: int = 100,
+    ) -> tuple[list[TaskRecord], int | None]:
+        """Tasks in seq order after the cursor ``after_seq``, filtered; answers the page and the
+        cursor of the next one (None at the end). One call scans at most LIST_SCAN_MAX index
+        entries, so a sparse filter may answer a short (even empty) page with a cursor."""
+        if not 1 <= limit <= LIST_LIMIT_MAX:
+            raise ValueError(f"limit must be 1..{LIST_LIMIT_MAX}")
+        index = "all" if status is None else Status(status).value
+        reply = await self._eval(
+            "list_tasks",
+            index,
+            after_seq,
+            limit,
+            max(LIST_SCAN_MAX, limit),
+            type or "",
+            "" if priority is None else int(Priority(priority)),
+            idempotent=True,
+        )
+        cursor = int(reply[0]) if reply[0] else None
+        return [_record(flat) for flat in reply[1:]], cursor
+
+    async def counts(self) -> dict[str, Any]:
+        """{"queued": {"high": n, "medium": n, "low": n}, "pending": n, "running": n, ...}"""
+
+        async def read() -> list[Any]:
+            async with self._r.pipeline(transaction=False) as pipe:
+                pipe.hgetall(self.key("qn"))
+                for status in _STATUS_INDEX:
+                    pipe.zcard(self.key("s", status))
+                replies: list[Any] = await pipe.execute()
+            return replies
+
+        replies = await self._read(read)
+        queued: dict[str, str] = replies[0]
+        out: dict[str, Any] = {
+            "queued": {p.label: int(queued.get(str(int(p)), 0)) for p in Priority}
+        }
+        for status, n in zip(_STATUS_INDEX, replies[1:], strict=True):
+            if status != Status.QUEUED.value:
+                out[status] = int(n)
+        return out
+
+    # ------------------------------------------------------------------ leader (term-fenced)
+    async def epoch(self) -> int:
+        key = self.key("epoch")
+        value = await self._read(lambda: self._r.get(key))
+        return int(value) if value else 0
+
+    async def raise_epoch(self, term: int) -> bool:
+        """Store ``term`` as the fencing epoch unless a newer one is stored."""
+        return bool(await self._eval("raise_epoch", term, idempotent=True))
+
+    async def drain(self, term: int, count_max: int) -> list[TaskState] | str:
+        """Pop up to ``count_max`` inbox notifications; each task's current state once."""
+        reply = await self._eval("drain", term, count_max)
+        if reply == FENCED:
+            return FENCED
+        return [_state(v) for v in reply]
+
+    async def live_states_after(
+        self, after_seq: int = 0, count_max: int | None = None
+    ) -> list[TaskState]:
+        """Live (non-terminal) tasks with seq > after_seq, in seq order, at most count_max."""
+        count = -1 if count_max is None else count_max
+        reply = await self._eval("live_states", after_seq, count, idempotent=True)
+        return [_state(v) for v in reply]
+
+    async def live_states(self, chunk: int = LIVE_CHUNK_DEFAULT) -> AsyncIterator[list[TaskState]]:
+        """Every live task, in seq order, ``chunk`` per round trip: a new leader's rebuild."""
+        if chunk < 1:
+            raise ValueError("chunk must be >= 1")
+        after = 0
+        while True:
+            states = await self.live_states_after(after, chunk)
+            if states:
+                yield states
+                after = states[-1].seq
+            if len(states) < chunk:
+                return
+
+    async def apply(self, ops: Sequence[Lease | Expire | Promote]) -> list[TaskState | str | None]:
+        """The leader's batch, in order, in one round trip and one atomic script. Each answer is
+        the task's state, None (unknown task) or FENCED (a newer epoch is stored)."""
+        if not ops:
+            return []
+        args: list[str | int] = [len(ops)]
+        for op in ops:
+            if isinstance(op, Lease):
+                args += ["L", op.term, op.task_id, op.node_id, op.deadline_ms, op.now_ms]
+            elif isinstance(op, Expire):
+                target = op.target.value if isinstance(op.target, Status) else str(op.target)
+                args += ["E", op.term, op.task_id, op.attempt, op.now_ms, target]
+            elif isinstance(op, Promote):
+                args += ["P", op.term, op.task_id, op.now_ms, "", ""]
+            else:
+                raise TypeError(f"not a leader store op: {op!r}")
+        # Idempotent: a second run finds each op done and answers the same state.
+        reply = await self._eval("apply", *args, idempotent=True)
+        out: list[TaskState | str | None] = []
+        for answer in reply:
+            if answer is None:
+                out.append(None)
+            elif answer == FENCED:
+                out.append(FENCED)
+            elif len(answer) == 2 and answer[0] == "!target":
+                # The model raises here, after applying the ops before this one; so did we.
+                raise ValueError("an expired lease goes back to queued or to dead")
+            else:
+                out.append(_state(answer))
+        return out
+
+    # ------------------------------------------------------------------ workers
+    async def take(self, node_id: str, timeout_s: float = 0.0) -> Taken | None:
+        """This node's next current assignment, waiting up to ``timeout_s`` for one (0: do not
+        wait). Stale entries (cancelled, expired, re-leased) are dropped, as in the model.
+
+        An entry that BLPOP popped but whose answer never reached us (connection lost, caller
+        cancelled) is gone: its lease expires and the leader requeues the task."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        assignments = self.key("a", node_id)
+        while True:
+            got = await self._eval("take", node_id)
+            if got:
+                return Taken(_record(got[1:]), int(got[0]))
+            remaining = deadline - loop.time()
+            # BLPOP's timeout 0 means forever: never send anything that rounds to it.
+            if remaining < 0.001:
+                return None
+            with _redis_errors():
+                popped = await asyncio.wait_for(
+                    self._blocking.blpop([assignments], timeout=round(remaining, 3)),
+                    remaining + BLOCK_GRACE_S,
+                )
+            if popped is None:
+                return None
+            got = await self._eval("take", str(popped[1]), "check", node_id)
+            if got:
+                return Taken(_record(got[1:]), int(got[0]))
+
+    async def heartbeat_many(self, beats: Sequence[Heartbeat]) -> list[tuple[bool, Status | None]]:
+        """Extend each attempt's lease if it still holds it: (held, current status) per beat."""
+        if not beats:
+            return []
+        args: list[str | int] = [len(beats)]
+        for b in beats:
+            args += [b.task_id, b.attempt, b.node_id, b.deadline_ms, b.now_ms]
+        reply = await self._eval("heartbeat", *args, idempotent=True)
+        return [(bool(held), Status(status) if status else None) for held, status in reply]
+
+    async def heartbeat(self, beat: Heartbeat) -> tuple[bool, Status | None]:
+        [answer] = await self.heartbeat_many([beat])
+        return answer
+
+    async def finish_many(self, finishes: Sequence[Finish]) -> list[bool]:
+        """Write each attempt's end if that attempt still holds its task: True if written.
+        Concurrent calls are group-committed. A finish whose status no attempt can end with
+        raises ValueError if its attempt holds the task (as the model does); the other
+        finishes are written all the same."""
+        if not finishes:
+            return []
+        answers = await self._finishes(list(finishes))
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+        return [bool(a) for a in answers]
+
+    async def finish(self, f: Finish) -> bool:
+        [ok] = await self.finish_many([f])
+        return ok
+
+    async def _flush_finishes(
+        self, calls: list[list[Finish]]
+    ) -> list[list[bool | BaseException] | BaseException]:
+        items = [f for call in calls for f in call]
+        args: list[str | int] = [len(items)]
+        for f in items:
+            args += _finish_args(f)
+        reply = await self._eval("finish", *args)
+        out: list[list[bool | BaseException] | BaseException] = []
+        i = 0
+        for call in calls:
+            answers: list[bool | BaseException] = []
+            for f in call:
+                answer = reply[i]
+                i += 1
+                if answer == "!status":
+                    answers.append(ValueError(f"an attempt cannot end as {f.end.status}"))
+                else:
+                    answers.append(answer == 1)
+            out.append(answers)
+        return out
+
+    async def release(self, r: Release) -> bool:
+        """running (this attempt, this node) -> queued: the node gives the task back unrun."""
+        return bool(await self._eval("release", r.task_id, r.attempt, r.node_id, r.now_ms))
+
+    # ------------------------------------------------------------------ housekeeping
+    async def sweep(self, now_ms: int) -> int:
+        """Forget terminal tasks finished more than retention_ms before ``now_ms``: hash, index
+        entries and idempotency key. Answers how many went. Runs in bounded steps."""
+        cutoff = now_ms - self.retention_ms
+        total = 0
+        while True:
+            n = int(await self._eval("sweep", cutoff, SWEEP_CHUNK_MAX, idempotent=True))
+            total += n
+            if n < SWEEP_CHUNK_MAX:
+                return total
+
+    # ------------------------------------------------------------------ node registry
+    async def register_node(self, node_id: str, info: dict[str, Any], now_ms: int) -> None:
+        """Write this node's entry; ``last_seen_ms`` inside it is now_ms. Readers judge
+        liveness from it (with their own clock for 'it changed')."""
+        entry = dict(info)
+        entry["last_seen_ms"] = now_ms
+        key, text = self.key("nodes"), json.dumps(entry)
+        await self._read(lambda: self._r.hset(key, node_id, text))  # idempotent
+
+    async def unregister_node(self, node_id: str) -> None:
+        key = self.key("nodes")
+        await self._read(lambda: self._r.hdel(key, node_id))  # idempotent
+
+    async def nodes(self) -> dict[str, dict[str, Any]]:
+        key = self.key("nodes")
+        raw = cast(dict[str, str], await self._read(lambda: self._r.hgetall(key)))
+        out: dict[str, dict[str, Any]] = {}
+        for node_id, text in sorted(raw.items()):
+            with contextlib.suppress(ValueError):
+                info = json.loads(text)
+                if isinstance(info, dict):
+                    out[node_id] = info
+        return out
+
+    # ------------------------------------------------------------------ notifications
+    async def bell(self) -> AsyncIterator[int]:
+        """Yields whenever a script pushed to the inbox (the count pushed). Pub/sub is lossy:
+        the leader must also drain on a timer. Raises StoreUnavailable when the connection
+        fails; subscribe again to resume."""
+        async for data in self._subscribe(self.key("bell")):
+            yield int(data) if data.isdigit() else 1
+
+    async def cancels(self, node_id: str) -> AsyncIterator[str]:
+        """Yields the id of each task running on ``node_id`` that a client cancelled."""
+        async for task_id in self._subscribe(self.key("cancel", node_id)):
+            yield task_id
+
+    subscribe_bell = bell
+    subscribe_cancels = cancels
+
+    async def _subscribe(self, channel: str) -> AsyncIterator[str]:
+        pubsub = self._blocking.pubsub(ignore_subscribe_messages=True)
+        try:
+            with _redis_errors():
+                await pubsub.subscribe(channel)
+            while True:
+                with _redis_errors():
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=PUBSUB_POLL_S
+                    )
+                if message is not None and message.get("type") == "message":
+                    yield str(message["data"])
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
