@@ -11,8 +11,8 @@ import pytest
 
 from core import dispatch as dispatch_mod
 from core import heap as heap_mod
-from core.events import Elected, EpochRaised, NodeSeen, Rebuilt, TasksChanged
 from core.effects import Lease
+from core.events import Elected, EpochRaised, NodeSeen, Rebuilt, TasksChanged
 from core.priority import Priority
 from core.scheduler import Scheduler, SchedulerConfig
 from core.store_model import NewTask, StoreModel
@@ -30,7 +30,10 @@ def lifecycles(queue_factory: Any, dispatch_fn: Any) -> int:
     rng = random.Random(1)
     store = StoreModel()
     sched = Scheduler(
-        "n0", SchedulerConfig(dispatch_batch_max=512), queue=queue_factory(), dispatch_fn=dispatch_fn
+        "n0",
+        SchedulerConfig(dispatch_batch_max=512),
+        queue=queue_factory(),
+        dispatch_fn=dispatch_fn,
     )
     now = 1_000_000
     sched.step(Elected(1, now))

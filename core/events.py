@@ -32,7 +32,7 @@ class Deposed:
 
 @dataclass(frozen=True, slots=True)
 class EpochRaised:
-    """Result of :class:`core.effects.RaiseEpoch`: ``ok`` is False if the store holds a newer one."""
+    """Answer to :class:`core.effects.RaiseEpoch`: ``ok`` is False if a newer epoch is stored."""
 
     term: int
     ok: bool
@@ -88,4 +88,6 @@ class Tick:
     now_ms: int
 
 
-Event = Elected | Deposed | EpochRaised | Fenced | Rebuilt | TasksChanged | NodeSeen | NodeLeft | Tick
+Event = (
+    Elected | Deposed | EpochRaised | Fenced | Rebuilt | TasksChanged | NodeSeen | NodeLeft | Tick
+)

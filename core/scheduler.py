@@ -14,7 +14,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from core.dispatch import NodeSlots, dispatch
@@ -40,7 +40,7 @@ class InvariantError(RuntimeError):
     """A scheduler invariant is broken: a bug, never a user error. Kept on in production."""
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     FOLLOWER = "follower"
     FENCING = "fencing"  # elected; raising the epoch in the store before anything else
     REBUILDING = "rebuilding"  # epoch raised; loading every live task from the store
@@ -365,14 +365,15 @@ class Scheduler:
             busy[node_id] = busy.get(node_id, 0) + 1
         for node_id, node in self.nodes.items():
             if node.busy != busy.get(node_id, 0):
-                fail(f"node {node_id} counts {node.busy} busy slots, leases say {busy.get(node_id, 0)}")
+                leased = busy.get(node_id, 0)
+                fail(f"node {node_id} counts {node.busy} busy slots, leases say {leased}")
         for tid, state in self.waiting.items():
             if state.status not in _WAITING:
                 fail(f"waiting task {tid} has status {state.status}")
         for dep, waiters in self.dependants.items():
             for waiter in waiters:
-                state = self.waiting.get(waiter)
-                if state is None or dep not in state.depends_on:
+                waiting = self.waiting.get(waiter)
+                if waiting is None or dep not in waiting.depends_on:
                     fail(f"{waiter} listed as waiting on {dep} but does not")
         if not self.promoting <= self.waiting.keys():
             fail("a promotion is in flight for a task that is not waiting")

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from core.priority import Priority
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     PENDING = "pending"
     QUEUED = "queued"
     RUNNING = "running"
@@ -45,7 +45,7 @@ TERMINAL = frozenset({Status.SUCCEEDED, Status.DEAD, Status.CANCELLED})
 LIVE = frozenset({Status.PENDING, Status.QUEUED, Status.RUNNING, Status.FAILED})
 
 
-class ErrorKind(str, Enum):
+class ErrorKind(StrEnum):
     """Why an attempt (or a task) ended badly. Timeout is its own kind, distinct from cancel."""
 
     ERROR = "error"  # the handler raised

@@ -12,12 +12,12 @@ from __future__ import annotations
 import heapq
 import random
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from core.task import AttemptEnd, Outcome, RetryPolicy, end_attempt
 
 
-class StopReason(str, Enum):
+class StopReason(StrEnum):
     TIMEOUT = "timeout"  # ran past the task's timeout: a failure, retried per policy
     CANCELLED = "cancelled"  # cancelled by a client: the store already says so
     LEASE_LOST = "lease_lost"  # the store refused our heartbeat: another attempt owns the task

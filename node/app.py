@@ -45,8 +45,9 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     os.makedirs(config.data_dir, exist_ok=True)
     server = EmbeddedRedis(config.data_dir, port=config.redis_port, fsync=config.fsync)
     await server.start_async()
-    log.info("embedded redis at %s (AOF fsync=%s, dir=%s)", server.url, config.fsync,
-             config.data_dir)
+    log.info(
+        "embedded redis at %s (AOF fsync=%s, dir=%s)", server.url, config.fsync, config.data_dir
+    )
     app[REDIS_URL] = server.url
     try:
         yield

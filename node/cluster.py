@@ -81,9 +81,11 @@ class RaftLeadership:
             # Hand over now instead of making the others wait out an election timeout.
             done = asyncio.Event()
             loop = asyncio.get_running_loop()
-            member.request_transfer_leadership(
-                on_done=lambda ok, reason: loop.call_soon_threadsafe(done.set)
-            )
+
+            def transferred(ok: bool, reason: str) -> None:
+                loop.call_soon_threadsafe(done.set)
+
+            member.request_transfer_leadership(on_done=transferred)
             try:
                 await asyncio.wait_for(done.wait(), 1.0)
             except TimeoutError:

@@ -94,8 +94,9 @@ def run_local_cluster(args: argparse.Namespace) -> int:
             node_commands(nodes, base, redis.url, args.data_dir, args.workers, args.tasks or [])
         ):
             procs.append(subprocess.Popen(cmd))
+            http_port, raft_port = base + 2 * i, base + 2 * i + 1
             print(
-                f"node{i + 1}      http://127.0.0.1:{base + 2 * i}  raft 127.0.0.1:{base + 2 * i + 1}"
+                f"node{i + 1}      http://127.0.0.1:{http_port}  raft 127.0.0.1:{raft_port}"
                 f"  pid {procs[-1].pid}",
                 flush=True,
             )

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import os
 import random
 import time
 import traceback
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -47,7 +47,7 @@ from core.worker import Assignment, Finish, Release, RunHandler, WorkerEffect, W
 from node.config import NodeConfig
 from node.metrics import Metrics
 from node.store import RedisStore, StoreUnavailable
-from node.tasks import Handler, is_async
+from node.tasks import Handler, TaskContext, is_async, set_current
 
 log = logging.getLogger("dsched.runtime")
 
@@ -179,7 +179,7 @@ class NodeRuntime:
         return self._accepting
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        leads, term, leader = self.leadership.snapshot()
+        leader = self.leadership.snapshot()[2]
         loop_age_ms = now_ms() - self._loop_alive_ms
         checks: dict[str, Any] = {
             "redis": self._store_ok,
@@ -192,7 +192,7 @@ class NodeRuntime:
         return ready and self._accepting, checks
 
     def cluster(self) -> dict[str, Any]:
-        leads, term, leader = self.leadership.snapshot()
+        _, term, leader = self.leadership.snapshot()
         members = []
         now = now_ms()
         raft_members = {m["id"]: m for m in self.leadership.members()}
@@ -283,7 +283,7 @@ class NodeRuntime:
                 await asyncio.sleep(0.5)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - keep listening whatever the connection did
+            except Exception:
                 log.exception("bell listener failed; retrying")
                 await asyncio.sleep(0.5)
 
@@ -409,8 +409,9 @@ class NodeRuntime:
                 if isinstance(effect, RunHandler):
                     key = (record.id, taken.attempt)
                     self._handlers_running[key] = asyncio.create_task(
-                        self._run_handler(assignment, record.payload_json,
-                                          Priority(record.priority).label)
+                        self._run_handler(
+                            assignment, record.payload_json, Priority(record.priority).label
+                        )
                     )
 
     async def _run_handler(self, a: Assignment, payload_json: str, priority: str) -> None:
@@ -421,18 +422,21 @@ class NodeRuntime:
             if handler is None:
                 raise LookupError(f"no handler registered for task type {a.type!r} here")
             payload = json.loads(payload_json)
+            # This coroutine runs as its own asyncio task, so its context is its own.
+            set_current(TaskContext(a.task_id, a.attempt, a.type, self.node_id))
             if is_async(handler):
                 result = await handler(payload)
             else:
                 loop = asyncio.get_running_loop()
                 # A thread cannot be killed: on timeout or cancel the slot is given up when
                 # the await is cancelled, and the thread finishes (unseen) in the background.
-                result = await loop.run_in_executor(self._executor, handler, payload)
+                ctx = contextvars.copy_context()
+                result = await loop.run_in_executor(self._executor, ctx.run, handler, payload)
             json.dumps(result, allow_nan=False)  # a result we cannot store is the handler's error
             outcome = Outcome.success(result)
         except asyncio.CancelledError:
             outcome = Outcome.error("Interrupted", "interrupted by the worker")
-        except Exception as exc:  # noqa: BLE001 - any handler error is the task's failure
+        except Exception as exc:
             outcome = Outcome.error(
                 type(exc).__name__, str(exc)[:2000], traceback.format_exc(limit=20)[-8000:]
             )
@@ -448,10 +452,8 @@ class NodeRuntime:
 
     async def _worker_ticks(self) -> None:
         while not self._stopping:
-            try:
+            with contextlib.suppress(StoreUnavailable):
                 await self._carry_out(self.pool.tick(now_ms()))
-            except StoreUnavailable:
-                pass
             due = self.pool.next_due_ms()
             delay = 0.1 if due is None else min(0.1, max(0.001, (due - now_ms()) / 1000))
             await asyncio.sleep(delay)
@@ -466,7 +468,7 @@ class NodeRuntime:
                             await self._carry_out(self.pool.lease_refused(tid, attempt, True))
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001
+            except Exception:
                 await asyncio.sleep(0.5)
 
     async def _carry_out(self, effects: list[WorkerEffect]) -> None:

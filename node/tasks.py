@@ -7,15 +7,45 @@ it. A handler gets the task's payload (decoded JSON) and returns a JSON-serialis
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import importlib
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 Handler = Callable[[Any], Any]
 F = TypeVar("F", bound=Handler)
 
 _REGISTRY: dict[str, Handler] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class TaskContext:
+    """The task a handler is running for: delivery is at-least-once, so a handler with side
+    effects can use (task_id, attempt) to make them idempotent."""
+
+    task_id: str
+    attempt: int
+    type: str
+    node_id: str
+
+
+_CURRENT: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
+    "dsched_task", default=None
+)
+
+
+def current() -> TaskContext:
+    """The running task, from inside a handler (async or threaded)."""
+    ctx = _CURRENT.get()
+    if ctx is None:
+        raise RuntimeError("dsched.current() is only available inside a task handler")
+    return ctx
+
+
+def set_current(ctx: TaskContext) -> None:
+    _CURRENT.set(ctx)
 
 
 def task(name: str) -> Callable[[F], F]:

@@ -37,9 +37,7 @@ def test_compose_runs_three_nodes_that_form_one_cluster() -> None:
         assert cfg.node_id == name
     # The architecture document's ports, published as is.
     published = sorted(p for s in nodes.values() for p in s["ports"])
-    assert published == sorted(
-        f"{p}:{p}" for p in (8080, 8081, 8082, 8083, 8084, 8085)
-    )
+    assert published == sorted(f"{p}:{p}" for p in (8080, 8081, 8082, 8083, 8084, 8085))
     assert {c.http_port for c in configs.values()} == {8080, 8082, 8084}
 
 

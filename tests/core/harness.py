@@ -83,9 +83,10 @@ class Harness:
     def elect(self, node: str | None = None) -> Scheduler:
         self.term += 1
         self.leader = Scheduler(
-            node or self.nodes[0], SchedulerConfig(
+            node or self.nodes[0],
+            SchedulerConfig(
                 lease_ms=self.lease_ms, expire_grace_ms=50, node_timeout_ms=self.lease_ms // 2
-            )
+            ),
         )
         self.feed(Elected(self.term, self.now_ms))
         self.see_nodes()
@@ -121,7 +122,10 @@ class Harness:
                     top = sched.queue.peek_entry()[1] if len(sched.queue) else 3
                     self.lease_log.append((effect.task_id, top))
                     answer = self.store.lease(
-                        effect.term, effect.task_id, effect.node_id, effect.deadline_ms,
+                        effect.term,
+                        effect.task_id,
+                        effect.node_id,
+                        effect.deadline_ms,
                         effect.now_ms,
                     )
                 elif isinstance(effect, Expire):
@@ -206,7 +210,7 @@ class Harness:
         for node, pool in self.pools.items():
             for effect in pool.tick(self.now_ms):
                 if isinstance(effect, Heartbeat):
-                    held, status = self.store.heartbeat(
+                    held, _ = self.store.heartbeat(
                         effect.task_id, effect.attempt, node, effect.deadline_ms, self.now_ms
                     )
                     if not held:

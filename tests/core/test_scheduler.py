@@ -212,9 +212,7 @@ class SchedulerMachine(RuleBasedStateMachine):
     )
     def submit(self, prio: Priority, delay: int, dep: bool, retries: int) -> None:
         deps = (self.ids[-1],) if dep and self.ids else ()
-        self.ids.append(
-            self.h.submit(prio, delay_ms=delay, depends_on=deps, max_retries=retries)
-        )
+        self.ids.append(self.h.submit(prio, delay_ms=delay, depends_on=deps, max_retries=retries))
 
     @rule(ms=st.sampled_from([1, 10, 100, 400]))
     def time_passes(self, ms: int) -> None:

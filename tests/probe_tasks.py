@@ -1,0 +1,71 @@
+"""Task handlers for the integration and cluster tests: they log every execution to a file.
+
+Each line of $DSCHED_PROBE_LOG is JSON: {"event": "start"|"end", "task": id, "attempt": n,
+"node": node id, "pid": pid, "t": wall seconds, "key": payload key}. O_APPEND writes of one
+short line are atomic, so processes can share the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from typing import Any
+
+from node.tasks import current, task
+
+
+def _log(event: str, payload: Any) -> None:
+    path = os.environ.get("DSCHED_PROBE_LOG")
+    if not path:
+        return
+    ctx = current()
+    line = json.dumps(
+        {
+            "event": event,
+            "task": ctx.task_id,
+            "attempt": ctx.attempt,
+            "node": ctx.node_id,
+            "pid": os.getpid(),
+            "t": time.time(),
+            "key": payload.get("key") if isinstance(payload, dict) else None,
+        }
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+@task("probe")
+async def probe(payload: Any) -> Any:
+    """Log start, sleep payload["seconds"] (default 0), fail if payload["fail_attempts"] >=
+    this attempt, log end."""
+    _log("start", payload)
+    seconds = float(payload.get("seconds", 0)) if isinstance(payload, dict) else 0.0
+    if seconds:
+        await asyncio.sleep(seconds)
+    if isinstance(payload, dict) and current().attempt <= int(payload.get("fail_attempts", 0)):
+        raise RuntimeError(f"planned failure on attempt {current().attempt}")
+    _log("end", payload)
+    return {"attempt": current().attempt}
+
+
+@task("probe_sync")
+def probe_sync(payload: Any) -> Any:
+    """The same in a thread: a blocking handler."""
+    _log("start", payload)
+    seconds = float(payload.get("seconds", 0)) if isinstance(payload, dict) else 0.0
+    time.sleep(seconds)
+    _log("end", payload)
+    return {"attempt": current().attempt}
+
+
+def read_log(path: str) -> list[dict[str, Any]]:
+    try:
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
