@@ -22,8 +22,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.scheduler import Role, Scheduler
 from core.store_model import StoreModel
-from core.task import AttemptEnd, Status
+from core.task import AttemptEnd, Status, TaskState
 
 INVARIANTS = {
     0: "the core's own check_invariants() (or a driver crash)",
@@ -66,8 +67,8 @@ class Counters:
     dead: int = 0
     executions: int = 0
     handler_failures: int = 0  # failing completions the store applied
+    stale_refused: int = 0  # completions the store refused (the attempt had lost its lease)
     late_starts: int = 0  # handler started after its own lease deadline (a zombie start)
-    lost_acked: int = 0  # acknowledged tasks a store restart lost (everysec)
     store_restores: int = 0
     leader_writes: int = 0
     elections: int = 0
@@ -100,7 +101,8 @@ class Checker:
         self.terminal: set[str] = set()
         self.live_execs: dict[str, list[_Execution]] = {}
         self.execs_per_task: dict[str, int] = {}
-        self.lost: set[str] = set()
+        self.applied: set[str] = set()  # tasks whose submission the store applied
+        self.lost: set[str] = set()  # applied, then gone with a store restore
         self._counted: set[str] = set()
         self._failover_from: tuple[float, int] | None = None
 
@@ -108,6 +110,9 @@ class Checker:
         raise ViolationFound(invariant, message)
 
     # ------------------------------------------------------------------ clients
+    def on_submit_applied(self, task_ids: Iterable[str]) -> None:
+        self.applied.update(task_ids)
+
     def on_ack(self, task_id: str) -> None:
         if task_id not in self.acked:
             self.acked[task_id] = self._now_s()
@@ -282,10 +287,9 @@ class Checker:
         the books from what survived (the checker cannot hold the store to writes it lost)."""
         self.counters.store_restores += 1
         tasks = model.tasks
-        for task_id in sorted(self.acked):
-            if task_id not in tasks and task_id not in self.lost:
-                self.lost.add(task_id)
-                self.counters.lost_acked += 1
+        # Every task the store had applied and no longer has is lost, acknowledged or not yet:
+        # an answer already on the wire may still acknowledge it after the restore.
+        self.lost |= {task_id for task_id in self.applied if task_id not in tasks}
         self.succeeded = {t for t, r in tasks.items() if r.status is Status.SUCCEEDED}
         self.terminal = {t for t, r in tasks.items() if r.status.terminal}
         self.lease_of = {
@@ -298,6 +302,12 @@ class Checker:
         self.releases = {t: r.attempt for t, r in tasks.items() if r.attempt}
 
     # ------------------------------------------------------------------ the end (1, 6)
+    def lost_acked(self, model: StoreModel) -> int:
+        """Acknowledged tasks that a store restore lost (everysec): a figure, not a failure.
+        (A lost task that a client resubmitted before its acknowledgement exists again.)"""
+        tasks = model.tasks
+        return sum(1 for t in self.lost if t in self.acked and t not in tasks)
+
     def unfinished(self, model: StoreModel) -> list[str]:
         """Acknowledged tasks that are not terminal in the store (lost ones excepted)."""
         tasks = model.tasks
@@ -317,19 +327,101 @@ class Checker:
             total += max(0, runs - 1 - self.failures.get(task_id, 0))
         return total
 
-    def final_check(self, model: StoreModel, missing: Iterable[str], bound_s: float) -> None:
+    def final_check(
+        self,
+        model: StoreModel,
+        missing: Iterable[str],
+        bound_s: float,
+        leader: Scheduler | None = None,
+    ) -> None:
+        """Fail invariant 1 (and 6) if acknowledged tasks are unfinished; say, for each, what
+        the store holds and how the current leader's cache sees it."""
         missing = sorted(missing)
-        if missing:
-            states = []
-            for task_id in missing[:5]:
-                record = model.tasks.get(task_id)
-                states.append(
-                    f"{task_id}: "
-                    + ("absent from the store" if record is None else str(record.state()))
-                )
-            self.fail(
-                1,
-                f"{len(missing)} acknowledged tasks not terminal {bound_s:.0f} s after the "
-                f"faults healed and the load stopped (invariant 6 too); first: "
-                + "; ".join(states),
+        if not missing:
+            return
+        lines = []
+        out_of_sync = 0
+        blocked = 0  # waiting on a dependency that is itself unfinished
+        absent = 0  # acknowledged, yet the store never had it (or lost it unnoticed)
+        for task_id in missing:
+            record = model.tasks.get(task_id)
+            view = cache_view(leader, task_id)
+            if record is None:
+                absent += 1
+            elif not in_sync(record.status, view):
+                out_of_sync += 1
+            elif record.status is Status.PENDING and any(
+                dep in model.tasks and not model.tasks[dep].status.terminal
+                for dep in record.depends_on
+            ):
+                blocked += 1
+            if len(lines) < 5:
+                if record is None:
+                    lines.append(f"{task_id}: absent from the store")
+                else:
+                    store = _describe(record.state())
+                    lines.append(f"{task_id}: store {store}; leader's cache: {view}")
+        who = (
+            "no node leads"
+            if leader is None
+            else f"leader {leader.node_id} ({leader.role.value}, term {leader.term})"
+        )
+        diagnosis = ""
+        if absent:
+            diagnosis = f" {absent} of them are absent from the store."
+        elif (
+            leader is None
+            or leader.role is not Role.LEADING
+            or (out_of_sync and out_of_sync + blocked == len(missing))
+        ):
+            diagnosis = (
+                " DIAGNOSIS: the leader's cache is out of sync with the store (a lost store "
+                "answer or notification was never reconciled)."
             )
+        self.fail(
+            1,
+            f"{len(missing)} acknowledged tasks not terminal {bound_s:.0f} s after the faults "
+            f"healed and the load stopped (invariant 6 too); {who}.{diagnosis} First: "
+            + "; ".join(lines),
+        )
+
+
+def cache_view(sched: Scheduler | None, task_id: str) -> str:
+    """How a leader's scheduler cache files a task (for violation reports)."""
+    if sched is None:
+        return "no leader"
+    if task_id in sched.leasing:
+        return f"leasing to {sched.leasing[task_id]} (Lease sent, no answer seen)"
+    if task_id in sched.expiring:
+        return "expiring (Expire sent, no answer seen)"
+    if task_id in sched.promoting:
+        return "promoting (Promote sent, no answer seen)"
+    if task_id in sched.queued_types:
+        return "queued"
+    if task_id in sched.leases:
+        return "running"
+    if task_id in sched.waiting:
+        return "waiting"
+    return "absent"
+
+
+def in_sync(status: Status, view: str) -> bool:
+    """Does the leader's view agree with the store's status of a live task?"""
+    if status is Status.QUEUED:
+        return view == "queued"
+    if status is Status.RUNNING:
+        return view == "running"
+    if status in (Status.PENDING, Status.FAILED):
+        return view == "waiting"
+    return True
+
+
+def _describe(state: TaskState) -> str:
+    text = f"{state.status.value} attempt {state.attempt}"
+    if state.status is Status.RUNNING:
+        text += f" on {state.lease_node} until {state.lease_deadline_ms} ms"
+    if state.run_at_ms:
+        text += f" run_at {state.run_at_ms} ms"
+    if state.depends_on:
+        text += f" after {','.join(state.depends_on)}"
+    return text

@@ -33,8 +33,6 @@ class NetConfig:
     # A store request with no answer after this long fails with StoreUnavailable (the client's
     # socket timeout); the request may still have been applied.
     request_timeout_s: float = 0.5
-    # Client -> node hop (an HTTP request on the same LAN).
-    client_delay_s: float = 0.001
     # A client that got no answer (node crashed or paused) tries another node after this long.
     client_timeout_s: float = 1.0
     # How many times a client resubmits (same idempotency key) before giving up.

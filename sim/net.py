@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import simpy
+from simpy.events import Timeout
 
 from sim.config import NetConfig
 
@@ -69,6 +70,7 @@ class Network:
         self.partitions: list[Partition] = []
         self._cut: set[tuple[str, str]] = set()
         self._last_arrival: dict[tuple[str, str], float] = {}
+        self._random = rng.random
         self.sent = 0
         self.lost = 0
 
@@ -97,40 +99,69 @@ class Network:
         self.delay_s, self.jitter_s, self.drop_p = delay_s, jitter_s, drop_p
 
     # ------------------------------------------------------------------ delivery
-    def _arrival(self, src: str, dst: str) -> float:
-        now = self.env.now
-        at = now + self.delay_s + self.rng.random() * self.jitter_s
-        link = (src, dst)
-        last = self._last_arrival.get(link, 0.0)
-        if at < last:
-            at = last  # FIFO per link
-        self._last_arrival[link] = at
-        return at
-
-    def _later(self, at_s: float, fn: Callable[[], None]) -> None:
+    def later(self, at_s: float, fn: Callable[[], None]) -> None:
+        """Call ``fn`` at simulated time ``at_s`` (now, if that has passed)."""
         delay = at_s - self.env.now
-        self.env.timeout(delay if delay > 0 else 0).callbacks.append(lambda _e: fn())
+        Timeout(self.env, delay if delay > 0 else 0).callbacks.append(_Call(fn))
 
     def send(
         self, src: str, dst: str, deliver: Callable[[], None], lost: Callable[[], None]
     ) -> None:
         """Carry one message; call ``deliver`` on arrival or ``lost`` when it is lost (at the
         moment the loss happens: the receiver never knows)."""
+        # The hot path of the whole simulation (a dozen messages per task): no helper calls.
         self.sent += 1
-        if (src, dst) in self._cut or (self.drop_p and self.rng.random() < self.drop_p):
+        link = (src, dst)
+        if link in self._cut or (self.drop_p and self._random() < self.drop_p):
             self.lost += 1
             lost()
             return
-        at = self._arrival(src, dst)
+        env = self.env
+        now = env.now
+        at = now + self.delay_s + self._random() * self.jitter_s
+        last = self._last_arrival.get(link, 0.0)
+        if at < last:
+            at = last  # FIFO per link
+        self._last_arrival[link] = at
+        Timeout(env, at - now).callbacks.append(_Message(self, link, deliver, lost))
 
-        def arrive() -> None:
-            if (src, dst) in self._cut:
-                self.lost += 1
-                lost()
-            else:
-                deliver()
 
-        self._later(at, arrive)
+class _Call:
+    """A timer callback that calls a function of no arguments."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.fn = fn
+
+    def __call__(self, _event: object) -> None:
+        self.fn()
+
+
+class _Message:
+    """One message in flight: delivered on arrival unless its link was cut meanwhile."""
+
+    __slots__ = ("deliver", "link", "lost", "net")
+
+    def __init__(
+        self,
+        net: Network,
+        link: tuple[str, str],
+        deliver: Callable[[], None],
+        lost: Callable[[], None],
+    ) -> None:
+        self.net = net
+        self.link = link
+        self.deliver = deliver
+        self.lost = lost
+
+    def __call__(self, _event: object) -> None:
+        net = self.net
+        if self.link in net._cut:
+            net.lost += 1
+            self.lost()
+        else:
+            self.deliver()
 
 
 class Caller:
@@ -147,30 +178,53 @@ class Caller:
         """Send a request from ``node`` to the store. ``serve(answer)`` runs at the store on
         arrival and must eventually call ``answer(value)`` once (or never, if the store dies).
         The returned event succeeds with the value, or with UNAVAILABLE after the timeout."""
-        env = self.env
-        reply = env.event()
-        sent_at = env.now
-        budget = timeout_s or self.timeout_s
+        request = _Request(self, node, serve, timeout_s or self.timeout_s)
+        self.net.send(node, STORE, request.arrive, request.lost)
+        return request.reply
 
-        def give_up() -> None:
-            if not reply.triggered:
-                reply.succeed(UNAVAILABLE)
 
-        def lost() -> None:
-            # Nobody tells the caller: it notices when its timeout fires.
-            self.net._later(sent_at + budget, give_up)
+class _Request:
+    """One request's round trip. The store answers through ``answer``; a loss anywhere makes
+    the caller wait out its timeout (it cannot tell a lost request from a lost answer)."""
 
-        def answer(value: Any) -> None:
-            if value is UNAVAILABLE:
-                # The store reset the connection (it is down): the caller learns at once.
-                self.net.send(STORE, node, give_up, lost)
-                return
+    __slots__ = ("budget", "caller", "node", "reply", "sent_at", "serve", "value")
 
-            def deliver() -> None:
-                if not reply.triggered:
-                    reply.succeed(value)
+    def __init__(
+        self,
+        caller: Caller,
+        node: str,
+        serve: Callable[[Callable[[Any], None]], None],
+        budget: float,
+    ) -> None:
+        env = caller.env
+        self.caller = caller
+        self.node = node
+        self.serve = serve
+        self.budget = budget
+        self.sent_at = env.now
+        self.reply = simpy.Event(env)
+        self.value: Any = None
 
-            self.net.send(STORE, node, deliver, lost)
+    def arrive(self) -> None:
+        self.serve(self.answer)
 
-        self.net.send(node, STORE, lambda: serve(answer), lost)
-        return reply
+    def answer(self, value: Any) -> None:
+        net = self.caller.net
+        if value is UNAVAILABLE:
+            # The store reset the connection (it is down): the caller learns at once.
+            net.send(STORE, self.node, self.give_up, self.lost)
+            return
+        self.value = value
+        net.send(STORE, self.node, self.deliver, self.lost)
+
+    def deliver(self) -> None:
+        if not self.reply.triggered:
+            self.reply.succeed(self.value)
+
+    def give_up(self) -> None:
+        if not self.reply.triggered:
+            self.reply.succeed(UNAVAILABLE)
+
+    def lost(self) -> None:
+        # Nobody tells the caller: it notices when its timeout fires.
+        self.caller.net.later(self.sent_at + self.budget, self.give_up)

@@ -262,7 +262,8 @@ class SimNode:
             while True:
                 try:
                     if type(request) is InterruptHandler:
-                        answer = self._interrupt(request)
+                        self._interrupt(request)
+                        answer = None
                     else:
                         answer = yield from self.call(request)
                 except StoreUnavailable as exc:
@@ -427,7 +428,6 @@ class SimNode:
         if handler is not None and key in self._in_run:
             self._in_run.discard(key)
             handler.interrupt(it.reason.value)
-        return None
 
     def _slot_freed(self) -> None:
         event = self._slot_event

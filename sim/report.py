@@ -189,22 +189,27 @@ def write_charts(campaign: Campaign, out_dir: str) -> list[str]:
     return paths
 
 
+FAULT_COLORS = {
+    "crash": "#d62728",
+    "stop": "#ff7f0e",
+    "pause": "#9467bd",
+    "partition": "#8c564b",
+    "store": "#1f77b4",
+    "network": "#7f7f7f",
+    "handlers": "#bcbd22",
+}
+
+
 def _shade(ax: Any, windows: list[tuple[float, float, str]]) -> None:
-    colors = {
-        "crash": "#d62728",
-        "stop": "#ff7f0e",
-        "pause": "#9467bd",
-        "partition": "#8c564b",
-        "store": "#1f77b4",
-        "network": "#7f7f7f",
-        "handlers": "#bcbd22",
-    }
     for start, end, label in windows:
-        color = colors.get(label.split()[0], "#7f7f7f")
+        color = FAULT_COLORS.get(label.split()[0], "#7f7f7f")
         ax.axvspan(start, max(end, start + 0.05), color=color, alpha=0.15, lw=0)
 
 
 def _timeline(plt: Any, r: RunResult, out_dir: str) -> str:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     s = r.series
     t = s["t"]
     fig, axes = plt.subplots(3, 1, figsize=(11, 8), sharex=True, constrained_layout=True)
@@ -230,17 +235,13 @@ def _timeline(plt: Any, r: RunResult, out_dir: str) -> str:
     axes[2].set_xlabel("simulated time (s)")
     for ax in axes:
         _shade(ax, r.fault_windows)
+        ax.axvline(r.duration_s, color="black", ls="--", lw=0.8)
+        ax.set_ylim(bottom=0, top=max(1.0, ax.get_ylim()[1]))
         ax.grid(alpha=0.3)
-    labels = sorted({w[2].split()[0] for w in r.fault_windows})
-    if labels:
-        axes[2].text(
-            0.01,
-            0.95,
-            "shaded: " + ", ".join(labels),
-            transform=axes[2].transAxes,
-            va="top",
-            fontsize=8,
-        )
+    kinds = sorted({w[2].split()[0] for w in r.fault_windows})
+    handles = [Patch(color=FAULT_COLORS.get(k, "#7f7f7f"), alpha=0.3, label=k) for k in kinds]
+    handles.append(Line2D([], [], color="black", ls="--", lw=0.8, label="load stops"))
+    axes[2].legend(handles=handles, loc="upper right", fontsize=8, title="faults")
     name = os.path.basename(r.scenario).replace(".txt", "")
     path = os.path.join(out_dir, f"timeline-{name}.png")
     fig.savefig(path, dpi=90)

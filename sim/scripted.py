@@ -49,6 +49,7 @@ def figures(result: RunResult) -> dict[str, Any]:
     return {
         "raft": result.raft,
         "trace_hash": result.trace_hash,
+        "raft_trace_hash": result.raft_trace_hash,
         "violation": None if v is None else {"invariant": v.invariant, "message": v.message},
         "submitted": result.submitted,
         "acked": result.acked,
@@ -58,6 +59,7 @@ def figures(result: RunResult) -> dict[str, Any]:
         "duplicates": result.duplicates,
         "lost_acked": result.lost_acked,
         "fenced_writes": result.fenced_writes,
+        "stale_refused": result.stale_refused,
         "elections": result.elections,
         "failovers_ms": [round(x * 1000, 1) for x in result.failovers_s],
         "drain_ms": None if result.drain_s is None else round(result.drain_s * 1000, 1),

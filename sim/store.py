@@ -21,7 +21,7 @@ checker must catch.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -40,10 +40,12 @@ from core.effects import Expire, Lease
 from core.store_model import FENCED, NewTask, StoreModel, SubmitError, TaskRecord
 from core.task import Status, TaskState
 from sim.checker import Checker
-from sim.net import STORE, UNAVAILABLE, Network
+from sim.net import STORE, UNAVAILABLE
 from sim.trace import Trace
 
 Answer = Callable[[Any], None]
+# How often blocked takes are checked for an expired wait.
+PARK_SWEEP_S = 0.25
 
 
 # ---- requests that the sim's node driver sends besides core.driver's -------------------------
@@ -116,15 +118,12 @@ class SimStore:
     def __init__(
         self,
         env: simpy.Environment,
-        net: Network,
         checker: Checker,
         trace: Trace,
         *,
         no_fencing: bool = False,
-        take_wakeup: Callable[[str], None] | None = None,
     ) -> None:
         self.env = env
-        self.net = net
         self.checker = checker
         self.trace = trace
         self.model: StoreModel = UnfencedStoreModel() if no_fencing else StoreModel()
@@ -136,6 +135,7 @@ class SimStore:
         self._ring: Callable[[str], None] = lambda _node: None
         self._snapshot: StoreModel | None = None
         self.requests = 0
+        env.process(self._expire_parked())
 
     def set_bell(self, ring: Callable[[str], None]) -> None:
         self._ring = ring
@@ -212,12 +212,20 @@ class SimStore:
         parked = _Parked(answer, self.env.now + request.wait_s)
         self._parked.setdefault(node, deque()).append(parked)
 
-        def expire(_e: object) -> None:
-            if not parked.done:
-                parked.done = True
-                answer(None)
-
-        self.env.timeout(request.wait_s).callbacks.append(expire)
+    def _expire_parked(self) -> Generator[simpy.Event, None, None]:
+        """Answer None to blocked takes whose wait ran out (BLPOP's timeout). One sweep every
+        PARK_SWEEP_S rather than a timer per take: most takes are answered long before."""
+        env = self.env
+        while True:
+            yield env.timeout(PARK_SWEEP_S)
+            now = env.now
+            for node in sorted(self._parked):
+                queue = self._parked[node]
+                while queue and (queue[0].done or queue[0].expires_at <= now):
+                    parked = queue.popleft()
+                    if not parked.done:
+                        parked.done = True
+                        parked.answer(None)
 
     def _wake_takers(self, nodes: list[str]) -> None:
         for node in nodes:
@@ -317,6 +325,8 @@ class SimStore:
         if ok:
             self.checker.on_finish(f.task_id, f.attempt, f.node_id, f.end)
             self._ring_bell()
+        else:
+            self.checker.counters.stale_refused += 1
         return ok
 
     def _release(self, request: ReleaseRequest) -> bool:
@@ -333,6 +343,7 @@ class SimStore:
             results = self.model.submit(list(request.batch), request.now_ms)
         except SubmitError as exc:
             return SubmitRefused(exc.index if exc.index is not None else 0, str(exc))
+        self.checker.on_submit_applied(record.id for record, created in results if created)
         self._ring_bell()
         return [record.id for record, _created in results]
 

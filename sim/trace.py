@@ -1,8 +1,10 @@
 """The event trace of one run: a running hash of every event, and the events themselves.
 
 The hash is what determinism is tested on: the same seed must give the same hash in any process,
-under any PYTHONHASHSEED. So every field put in it is an int or a str (never a float's repr of a
-computed value, never a set's iteration order). Simulated time goes in as integer microseconds.
+under any PYTHONHASHSEED. So every field put in it is an int, a bool or a str (never a set's
+iteration order, never an object's default repr); simulated time goes in as integer
+microseconds. Events are kept as tuples and hashed in chunks through ``repr``, which for these
+types is deterministic and cheap; they are formatted for people only when shown.
 
 Only a ring of the most recent events is kept in memory (they are what a violation report shows);
 ``keep_all`` keeps every one, for ``--trace``.
@@ -15,6 +17,10 @@ from collections import deque
 
 # Events kept for a violation report when the full trace is off.
 RING_EVENTS = 600
+# Events hashed per update: one hash update per chunk, not per event.
+CHUNK_EVENTS = 512
+
+Entry = tuple[object, ...]
 
 
 class Trace:
@@ -22,26 +28,26 @@ class Trace:
 
     def __init__(self, keep_all: bool = False) -> None:
         self._hash = hashlib.blake2b(digest_size=16)
-        self._ring: deque[str] = deque(maxlen=RING_EVENTS)
-        self._all: list[str] | None = [] if keep_all else None
-        # Lines not yet hashed: hashing in chunks costs one update per 256 events, not per event.
-        self._pending: list[str] = []
+        self._ring: deque[Entry] = deque(maxlen=RING_EVENTS)
+        self._all: list[Entry] | None = [] if keep_all else None
+        self._pending: list[Entry] = []
         self.count = 0
 
     def emit(self, now_s: float, kind: str, *fields: object) -> None:
-        line = f"{round(now_s * 1_000_000)} {kind} {' '.join(map(str, fields))}"
+        entry = (round(now_s * 1_000_000), kind, *fields)
         self.count += 1
-        self._ring.append(line)
-        self._pending.append(line)
-        if len(self._pending) >= 256:
+        self._ring.append(entry)
+        pending = self._pending
+        pending.append(entry)
+        if len(pending) >= CHUNK_EVENTS:
             self._flush()
         if self._all is not None:
-            self._all.append(line)
+            self._all.append(entry)
 
     def _flush(self) -> None:
         if self._pending:
-            self._pending.append("")
-            self._hash.update("\n".join(self._pending).encode())
+            self._hash.update("\n".join(map(repr, self._pending)).encode())
+            self._hash.update(b"\n")
             self._pending.clear()
 
     def hexdigest(self) -> str:
@@ -49,11 +55,16 @@ class Trace:
         return self._hash.hexdigest()
 
     def recent(self, count: int | None = None) -> list[str]:
-        lines = list(self._ring)
-        return lines if count is None else lines[-count:]
+        entries = list(self._ring)
+        return [_line(e) for e in (entries if count is None else entries[-count:])]
 
     def lines(self) -> list[str]:
-        return list(self._all) if self._all is not None else list(self._ring)
+        entries = self._all if self._all is not None else self._ring
+        return [_line(e) for e in entries]
+
+
+def _line(entry: Entry) -> str:
+    return " ".join(map(str, entry))
 
 
 def format_line(line: str) -> str:

@@ -50,7 +50,8 @@ class RunResult:
     seed: int
     scenario: str
     raft: str
-    trace_hash: str
+    trace_hash: str  # of this run's events (sim/trace.py)
+    raft_trace_hash: str  # of every Raft message, status change and fault (sim/raftnet.py)
     violation: Violation | None
     submitted: int
     acked: int
@@ -62,9 +63,11 @@ class RunResult:
     gave_up: int
     refused: int
     fenced_writes: int
+    stale_refused: int
     elections: int
     failovers_s: list[float]
     drain_s: float | None  # from the last heal / end of load to the last acked task's end
+    duration_s: float  # when the load stopped
     sim_end_s: float
     wall_s: float
     events: int
@@ -86,9 +89,7 @@ class World:
         self.checker = Checker(self.facts, config.skew_ms_max, lambda: env.now)
         self.net = Network(env, config.net, random.Random(f"{seed}:net"))
         self.caller = Caller(env, self.net)
-        self.store = SimStore(
-            env, self.net, self.checker, self.trace, no_fencing=config.unsafe_no_fencing
-        )
+        self.store = SimStore(env, self.checker, self.trace, no_fencing=config.unsafe_no_fencing)
         self.store.set_bell(self._ring)
         self.leadership: Leadership = make_leadership(
             config.raft, env, config.nodes, seed, random.Random(f"{seed}:raft")
@@ -302,9 +303,11 @@ class World:
             self._raft_partition(part)
             self._open(f"part:{part.describe()}", f"partition {part.describe()}")
         elif verb == "heal":
-            healed = list(self.net.partitions) if args[:1] == ("all",) else [None]
-            for part in healed:
-                done = self.net.heal(part)
+            healed: list[Partition | None] = (
+                list(self.net.partitions) if args[:1] == ("all",) else [None]
+            )
+            for one in healed:
+                done = self.net.heal(one)
                 if done is not None:
                     self._raft_heal(done)
                     self._close(f"part:{done.describe()}")
@@ -428,7 +431,17 @@ class World:
                 missing = self.checker.unfinished(self.store.model)
             if not missing:
                 drain_s = env.now - settle_from
-            self.checker.final_check(self.store.model, missing, cfg.liveness_s)
+            leader = max(
+                (n for n in self.nodes if n.up and n.sched.fence_term),
+                key=lambda n: n.sched.term,
+                default=None,
+            )
+            self.checker.final_check(
+                self.store.model,
+                missing,
+                cfg.liveness_s,
+                None if leader is None else leader.sched,
+            )
             self.leadership.check()
         except ViolationFound as exc:
             violation = Violation(exc.invariant, exc.message, env.now, self.trace.recent(80))
@@ -463,6 +476,7 @@ class World:
             scenario=self.config.label,
             raft=self.leadership.name,
             trace_hash=self.trace.hexdigest(),
+            raft_trace_hash=self.leadership.trace_hash(),
             violation=violation,
             submitted=load.submitted,
             acked=counters.acked,
@@ -470,13 +484,15 @@ class World:
             dead=counters.dead,
             executions=counters.executions,
             duplicates=self.checker.duplicates(),
-            lost_acked=counters.lost_acked,
+            lost_acked=self.checker.lost_acked(self.store.model),
             gave_up=load.gave_up,
             refused=load.refused,
             fenced_writes=fenced,
+            stale_refused=counters.stale_refused,
             elections=counters.elections,
             failovers_s=list(counters.failovers_s),
             drain_s=drain_s,
+            duration_s=self.config.duration_s,
             sim_end_s=self.env.now,
             wall_s=wall,
             events=self.trace.count,

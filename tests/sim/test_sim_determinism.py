@@ -18,7 +18,16 @@ CONFIG = SimConfig(scenario="random", seed=3, duration_s=6.0, liveness_s=10.0)
 
 
 def fingerprint(r: RunResult) -> tuple[object, ...]:
-    return (r.trace_hash, r.acked, r.completed, r.executions, r.duplicates, r.events, r.plan)
+    return (
+        r.trace_hash,
+        r.raft_trace_hash,
+        r.acked,
+        r.completed,
+        r.executions,
+        r.duplicates,
+        r.events,
+        r.plan,
+    )
 
 
 def test_same_seed_same_trace_in_one_process() -> None:
@@ -32,11 +41,12 @@ def test_same_seed_same_trace_in_one_process() -> None:
 
 
 def test_same_seed_same_trace_across_hash_seeds() -> None:
-    here = run_one(CONFIG).trace_hash
+    result = run_one(CONFIG)
+    here = f"{result.trace_hash} {result.raft_trace_hash}"
     code = (
         "from sim.config import SimConfig; from sim.world import run_one; "
-        "print(run_one(SimConfig(scenario='random', seed=3, duration_s=6.0, "
-        "liveness_s=10.0)).trace_hash)"
+        "r = run_one(SimConfig(scenario='random', seed=3, duration_s=6.0, "
+        "liveness_s=10.0)); print(r.trace_hash, r.raft_trace_hash)"
     )
     for hash_seed in ("0", "4242"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}

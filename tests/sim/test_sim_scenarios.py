@@ -7,17 +7,11 @@ import pytest
 from sim.config import SCENARIOS, SimConfig
 from sim.report import format_violation
 from sim.world import run_one
-from tests.sim.known_bugs import CORE_A, CORE_B, xfail_if_known
+from tests.sim.known_bugs import xfail_known
 
 SEEDS = (0, 1, 2)
 # Short runs: faults from 2 s to 6 s, load until 8 s, then up to 15 s to finish.
 BASE = SimConfig(duration_s=8.0, liveness_s=15.0)
-KNOWN = {
-    ("flaky-network", 0): CORE_A,
-    ("flaky-network", 2): CORE_B,
-    ("store-restart", 1): CORE_A,
-    ("random", 1): CORE_A,
-}
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -25,7 +19,7 @@ KNOWN = {
 def test_scenario_passes(scenario: str, seed: int) -> None:
     config = BASE.with_(scenario=scenario, seed=seed)
     result = run_one(config)
-    xfail_if_known(result, KNOWN.get((scenario, seed)), f"{scenario} seed {seed}")
+    xfail_known(result)
     assert result.violation is None, format_violation(result, config)
     assert result.plan, "the scenario injected no fault"
     assert result.acked > 400 and result.completed > 0.9 * result.acked
@@ -36,6 +30,6 @@ def test_everysec_counts_lost_acknowledgements() -> None:
     """A store restart under everysec loses the last second's writes: counted, not a failure."""
     config = BASE.with_(scenario="store-restart", seed=0, fsync="everysec")
     result = run_one(config)
-    xfail_if_known(result, CORE_A if result.violation else None, "store-restart everysec seed 0")
+    xfail_known(result)
     assert result.violation is None, format_violation(result, config)
     assert result.lost_acked > 0

@@ -21,9 +21,7 @@ from sim.scripted import (
     write_golden,
 )
 from sim.world import run_one
-from tests.sim.known_bugs import CORE_A, CORE_B, xfail_if_known
-
-BUGS = {"core-A": CORE_A, "core-B": CORE_B}
+from tests.sim.known_bugs import BUGS, xfail_known
 
 
 def known_bug(script: str) -> str | None:
@@ -41,7 +39,7 @@ def test_script_replays_to_its_golden(script: str) -> None:
     got = figures(result)
     if os.environ.get(UPDATE_ENV):
         write_golden(script, got)
-    xfail_if_known(result, known_bug(script), os.path.basename(script))
+    xfail_known(result, known_bug(script), os.path.basename(script))
     assert result.violation is None, format_violation(result, config)
     want = read_golden(script)
     assert want is not None, f"no golden for {script}: run with {UPDATE_ENV}=1"
