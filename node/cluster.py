@@ -21,7 +21,8 @@ class RaftLeadership:
         self.config = config
         self.raft_config = raft_config or RaftConfig()
         self.node_id = config.resolved_node_id()
-        self.self_addr = f"{config.raft_host}:{config.raft_port}"
+        self.bind_addr = f"{config.raft_host}:{config.raft_port}"
+        self.self_addr = config.raft_advertise or self.bind_addr
         self.member: RaftMember | None = None
         self._listeners: list[Callable[[], None]] = []
 
@@ -39,6 +40,7 @@ class RaftLeadership:
             node_id=self.node_id,
             http_addr=f"{cfg.http_host}:{cfg.http_port}",
             config=self.raft_config,
+            bind_addr=self.bind_addr,
         )
 
         def changed(_status: RaftStatus) -> None:

@@ -31,6 +31,9 @@ class NodeConfig:
     # Raft: without peers a node is a cluster of one and leads itself.
     raft_host: str = "127.0.0.1"
     raft_port: int = 0
+    # The Raft address the other members use to reach this one, if not raft_host:raft_port
+    # (behind NAT or a proxy). It is also this member's identity in the Raft configuration.
+    raft_advertise: str = ""
     peers: tuple[str, ...] = ()
     lease_ms: int = 10_000
     # How long running tasks may finish after SIGTERM before they are given back.
@@ -75,6 +78,11 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     a("--raft-host", default=_env("RAFT_HOST", d.raft_host))
     a("--raft-port", type=int, default=int(_env("RAFT_PORT", str(d.raft_port))))
     a(
+        "--raft-advertise",
+        default=_env("RAFT_ADVERTISE", d.raft_advertise),
+        help="host:port the other members reach this one at (default raft-host:raft-port)",
+    )
+    a(
         "--peers",
         default=_env("PEERS", ""),
         help="comma-separated host:port Raft addresses of the other members",
@@ -114,6 +122,7 @@ def config_from_args(ns: argparse.Namespace) -> NodeConfig:
         redis_prefix=ns.redis_prefix,
         raft_host=ns.raft_host,
         raft_port=ns.raft_port,
+        raft_advertise=ns.raft_advertise,
         peers=peers,
         lease_ms=ns.lease_ms,
         shutdown_grace_s=ns.shutdown_grace_s,

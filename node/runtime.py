@@ -221,7 +221,7 @@ class NodeRuntime:
     # ------------------------------------------------------------------ registry
     def _own_info(self) -> dict[str, Any]:
         cfg = self.config
-        raft = f"{cfg.raft_host}:{cfg.raft_port}" if cfg.raft_port else ""
+        raft = cfg.raft_advertise or (f"{cfg.raft_host}:{cfg.raft_port}" if cfg.raft_port else "")
         return {
             "http": f"{cfg.http_host}:{cfg.http_port}",
             "raft": raft,
