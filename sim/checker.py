@@ -343,6 +343,8 @@ class Checker:
         out_of_sync = 0
         blocked = 0  # waiting on a dependency that is itself unfinished
         absent = 0  # acknowledged, yet the store never had it (or lost it unnoticed)
+        starved = 0  # queued in sync, but the leader's slots are taken by phantom leases
+        phantoms = phantom_leases(leader, model)
         for task_id in missing:
             record = model.tasks.get(task_id)
             view = cache_view(leader, task_id)
@@ -355,6 +357,8 @@ class Checker:
                 for dep in record.depends_on
             ):
                 blocked += 1
+            elif record.status is Status.QUEUED and phantoms:
+                starved += 1
             if len(lines) < 5:
                 if record is None:
                     lines.append(f"{task_id}: absent from the store")
@@ -372,12 +376,18 @@ class Checker:
         elif (
             leader is None
             or leader.role is not Role.LEADING
-            or (out_of_sync and out_of_sync + blocked == len(missing))
+            or (out_of_sync and out_of_sync + blocked + starved == len(missing))
         ):
             diagnosis = (
                 " DIAGNOSIS: the leader's cache is out of sync with the store (a lost store "
-                "answer or notification was never reconciled)."
+                "answer or notification was never reconciled)"
             )
+            if phantoms:
+                diagnosis += (
+                    f"; {phantoms} of its slots are held by leases the store does not hold "
+                    "(their answers were lost)"
+                )
+            diagnosis += "."
         self.fail(
             1,
             f"{len(missing)} acknowledged tasks not terminal {bound_s:.0f} s after the faults "
@@ -403,6 +413,19 @@ def cache_view(sched: Scheduler | None, task_id: str) -> str:
     if task_id in sched.waiting:
         return "waiting"
     return "absent"
+
+
+def phantom_leases(sched: Scheduler | None, model: StoreModel) -> int:
+    """Leases a leader counts as in flight (holding a node's slot) that the store does not
+    have: their answer was lost, so the slot stays taken in the leader's view for good."""
+    if sched is None:
+        return 0
+    count = 0
+    for task_id, node_id in sched.leasing.items():
+        record = model.tasks.get(task_id)
+        if record is None or record.status is not Status.RUNNING or record.lease_node != node_id:
+            count += 1
+    return count
 
 
 def in_sync(status: Status, view: str) -> bool:

@@ -94,6 +94,13 @@ class SimConfig:
     # Raft: "pysyncobj" runs the real code (sim/raftnet.py); "model" is the small election model
     # in sim/leadership.py, kept for comparison and for when pysyncobj cannot run.
     raft: Literal["pysyncobj", "model"] = "pysyncobj"
+    # Raft state across a restart: "memory" as node/cluster.py ships it (a restarted member
+    # starts from term 0 with an empty log, after waiting out an election timeout), "disk" as
+    # with a journal file (term, vote and log survive).
+    raft_journal: Literal["memory", "disk"] = "memory"
+    # The node waits this long before it starts its Raft member (node/cluster.py: a member
+    # restarted within an election timeout could vote twice in one term).
+    raft_start_delay_s: float = 0.3
     # Mutation switches, simulation only: they must make the checker fail.
     unsafe_no_fencing: bool = False
     unsafe_ack_before_store: bool = False

@@ -13,6 +13,7 @@ Members are numbered from 0 here; nodes are named n1..nN.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,7 +28,9 @@ class Leadership(Protocol):
 
     def crash(self, index: int) -> None: ...
 
-    def restart(self, index: int) -> None: ...
+    def restart(self, index: int, fresh_state: bool) -> None:
+        """Start member ``index`` again; with ``fresh_state`` its term, vote and log are gone
+        (the shipped node keeps Raft state in memory only), else it keeps its journal."""
 
     def pause(self, index: int) -> None: ...
 
@@ -37,6 +40,17 @@ class Leadership(Protocol):
         """Cut the member links from side a to side b (and back unless one_way); an id to heal."""
 
     def heal(self, partition_id: int) -> None: ...
+
+    def on_change(self, index: int, listener: Callable[[], None]) -> None:
+        """Call ``listener`` whenever member ``index``'s Raft status changes (the runtime wakes
+        its leader loop so: node/cluster.py's RaftLeadership.on_change). Kept across restarts."""
+
+    def raise_term_above(self, index: int, term: int) -> None:
+        """Member ``index`` stands again in a term above ``term`` (its epoch was refused)."""
+
+    def transfer(self, index: int, done: Callable[[], None]) -> None:
+        """Member ``index`` hands its leadership over (a graceful stop); ``done`` when answered
+        (perhaps never: the caller bounds its wait)."""
 
     def start(self) -> None:
         """Begin (pysyncobj's clock and randomness are patched from here until close())."""
@@ -82,6 +96,7 @@ class ModelLeadership:
         self.cut: set[tuple[int, int]] = set()
         self._partitions: dict[int, list[tuple[int, int]]] = {}
         self.changes: list[tuple[int, int, int]] = []  # (time us, member, term) of each election
+        self._listeners: dict[int, list[Callable[[], None]]] = {}
         env.process(self._run())
 
     def _timeout(self) -> float:
@@ -98,7 +113,12 @@ class ModelLeadership:
         period = self.timing.heartbeat_s
         while True:
             yield self.env.timeout(period)
+            before = list(zip(self.leader, self.term, strict=True))
             self._step()
+            for i, was in enumerate(before):
+                if was != (self.leader[i], self.term[i]) and self._up(i):
+                    for listener in self._listeners.get(i, ()):
+                        listener()
 
     def _adopt(self, i: int, term: int) -> None:
         if term > self.term[i]:
@@ -160,8 +180,11 @@ class ModelLeadership:
         self.alive[index] = False
         self.leader[index] = False  # volatile; the term and vote are on disk
 
-    def restart(self, index: int) -> None:
+    def restart(self, index: int, fresh_state: bool) -> None:
         self.alive[index] = True
+        if fresh_state:
+            self.term[index] = 0
+            self.voted_in[index] = 0
         self.deadline[index] = self._timeout()
 
     def pause(self, index: int) -> None:
@@ -188,6 +211,25 @@ class ModelLeadership:
         self._partitions.pop(partition_id, None)
         self.cut = {link for cut in self._partitions.values() for link in cut}
 
+    def on_change(self, index: int, listener: Callable[[], None]) -> None:
+        self._listeners.setdefault(index, []).append(listener)
+
+    def raise_term_above(self, index: int, term: int) -> None:
+        if self.term[index] <= term:
+            self.term[index] = term
+            self.leader[index] = False
+            self.deadline[index] = self.env.now
+
+    def transfer(self, index: int, done: Callable[[], None]) -> None:
+        # Raft's TimeoutNow: the first up-to-date follower the leader reaches stands at once.
+        if not self.leader[index]:
+            return
+        for i in range(self.n):
+            if i != index and self._link(index, i) and self._link(i, index):
+                self.deadline[i] = self.env.now
+                done()
+                return
+
     def start(self) -> None:
         pass
 
@@ -208,9 +250,34 @@ class RaftLeadership:
 
     def __init__(self, cluster: Any) -> None:
         self.cluster = cluster
+        self._listeners: dict[int, list[Callable[[], None]]] = {}
 
     def start(self) -> None:
         self.cluster.start()
+        for index in range(len(self.cluster)):
+            self._subscribe(index)
+
+    def _subscribe(self, index: int) -> None:
+        member = self.cluster.member(index)
+        if member is not None:
+            member.on_status(lambda _status: self._changed(index))
+
+    def _changed(self, index: int) -> None:
+        for listener in self._listeners.get(index, ()):
+            listener()
+
+    def on_change(self, index: int, listener: Callable[[], None]) -> None:
+        self._listeners.setdefault(index, []).append(listener)
+
+    def raise_term_above(self, index: int, term: int) -> None:
+        member = self.cluster.member(index)
+        if member is not None:
+            member.raise_term_above(term)
+
+    def transfer(self, index: int, done: Callable[[], None]) -> None:
+        member = self.cluster.member(index)
+        if member is not None:
+            member.request_transfer_leadership(on_done=lambda _ok, _reason: done())
 
     def status(self, index: int) -> tuple[bool, int]:
         status = self.cluster.status(index)
@@ -221,9 +288,17 @@ class RaftLeadership:
     def crash(self, index: int) -> None:
         self.cluster.crash(index)
 
-    def restart(self, index: int) -> None:
-        if self.cluster.member(index) is None:
-            self.cluster.restart(index)
+    def restart(self, index: int, fresh_state: bool) -> None:
+        if self.cluster.member(index) is not None:
+            return
+        if fresh_state:
+            # SimRaftCluster keeps a crashed member's journal, as a disk would; node/cluster.py
+            # builds each RaftMember with a new in-memory journal. Start from an empty one.
+            from node.raft import RestartableMemoryJournal
+
+            self.cluster._hosts[index].journal = RestartableMemoryJournal()
+        self.cluster.restart(index)
+        self._subscribe(index)  # a new RaftMember: the node subscribes again as it starts
 
     def pause(self, index: int) -> None:
         self.cluster.pause(index)

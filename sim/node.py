@@ -40,7 +40,7 @@ from core.task import Outcome, RetryPolicy
 from core.worker import Assignment, Release, RunHandler, WorkerPool
 from sim.checker import TaskFacts
 from sim.net import UNAVAILABLE
-from sim.store import RegistryRequest, SubmitRefused, SubmitRequest, TakeRequest
+from sim.store import EpochRequest, RegistryRequest, SubmitRefused, SubmitRequest, TakeRequest
 
 if TYPE_CHECKING:
     from sim.load import Submission
@@ -54,8 +54,10 @@ STORE_RETRY_S = 0.2
 WORKER_TICK_MAX_S = 0.1
 # Submissions group-committed per store round trip (the API's batch limit).
 SUBMIT_BATCH_MAX = 1000
-# A graceful stop waits for running handlers this long past the pool's grace.
+# A graceful stop waits for running handlers this long past the pool's grace (NodeRuntime.stop),
+# then at most this long for the leadership transfer (node/cluster.py).
 STOP_EXTRA_S = 5.0
+TRANSFER_WAIT_S = 1.0
 
 ProcessGen = Generator[simpy.Event, Any, None]
 
@@ -110,6 +112,7 @@ class SimNode:
         self.up = False
         self.paused = False
         self.stopping = False
+        self.starting = False  # the process is up, waiting to start its Raft member
         self.incarnation = 0
         self._resumed: simpy.Event | None = None
         # Fault knobs: handler run times are multiplied by `slowness`; each run also fails with
@@ -219,9 +222,26 @@ class SimNode:
         deadline = self.env.now + grace_s + STOP_EXTRA_S
         while not self.pool.idle and self.env.now < deadline and self.incarnation == inc:
             yield self.env.timeout(0.02)
+        if self.incarnation != inc:
+            return  # crashed meanwhile
+        # The runtime's loops stop here; the Raft member lives on for the handover. Leadership
+        # is lost now, not when the stop began: the leader led through its grace.
+        self.world._lose_leader_if(self.index)
+        self.incarnation += 1
+        inc = self.incarnation
+        self._release_waiters()
+        leadership = self.world.leadership
+        if leadership.status(self.index)[0]:
+            # As node/cluster.py: a leader hands over before it stops (waiting at most 1 s).
+            answered = self.env.event()
+
+            def done() -> None:
+                if not answered.triggered:
+                    answered.succeed()
+
+            leadership.transfer(self.index, done)
+            yield answered | self.env.timeout(TRANSFER_WAIT_S)
         if self.incarnation == inc:
-            # Leadership is lost now, not when the stop began: the leader led through its grace.
-            self.world._lose_leader_if(self.index)
             self.crash()
 
     def _gate(self, inc: int) -> ProcessGen:
@@ -316,6 +336,15 @@ class SimNode:
                 yield env.timeout(STORE_RETRY_S)
                 if self.paused or self.incarnation != inc:
                     yield from self._gate(inc)
+            if self.stats.epoch_refused_term:
+                # As the runtime: our Raft term is below the stored epoch (terms restart when
+                # the whole cluster does, the epoch does not): stand again above it.
+                self.stats.epoch_refused_term = 0
+                try:
+                    epoch = yield from self.call(EpochRequest())
+                    leadership.raise_term_above(self.index, epoch)
+                except StoreUnavailable:
+                    pass
             if self.sched.role is not before:
                 self.world.trace.emit(
                     env.now, "role", self.id, self.sched.role.value, self.sched.term
@@ -471,8 +500,8 @@ class SimNode:
     def accept(self, sub: Submission, token: int) -> None:
         """A client's submission arrived (over its own connection)."""
         clients = self.world.clients
-        if not self.up:
-            clients.failed(sub, token)  # connection refused
+        if not self.up or self.stopping:
+            clients.failed(sub, token)  # connection refused, or 503 while stopping
             return
         if self.world.config.unsafe_ack_before_store:
             clients.acked(sub, token)  # UNSAFE: the client hears 201 before the store has it

@@ -81,6 +81,11 @@ class RegistryRequest:
     stamp_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class EpochRequest:
+    """Read the stored fencing epoch (RedisStore.epoch). Answer: int."""
+
+
 class UnfencedStoreModel(StoreModel):
     """UNSAFE, simulation only (--unsafe-no-fencing): the epoch check always passes."""
 
@@ -196,6 +201,8 @@ class SimStore:
                 self.checker.on_epoch_raised(request.term)
             self.trace.emit(self.env.now, "epoch", node, request.term, ok)
             answer(ok)
+        elif kind is EpochRequest:
+            answer(self.model.epoch)
         elif kind is LiveStatesRequest:
             answer(self.model.live_states(request.after_seq, request.count_max))
         elif kind is ReleaseRequest:
@@ -354,6 +361,7 @@ class SimStore:
 
 __all__ = [
     "STORE",
+    "EpochRequest",
     "RegistryRequest",
     "SimStore",
     "SubmitRefused",

@@ -99,6 +99,9 @@ class World:
             SimNode(self, i, skew_rng.randint(-config.skew_ms_max, config.skew_ms_max))
             for i in range(config.nodes)
         ]
+        for node in self.nodes:
+            # As the runtime: a Raft status change wakes the leader loop at once.
+            self.leadership.on_change(node.index, node.wake)
         self.clients = Clients(
             env,
             config.load,
@@ -262,13 +265,12 @@ class World:
             node = self.nodes[index]
             if node.up and node.stopping:
                 self._crash(index)  # still draining its handlers: cut it short
-            if node.up:
+            if node.up or node.starting:
                 return
             if index in self._crashed:
                 self._crashed.remove(index)
             self._close(f"down:{index}")
-            self.leadership.restart(index)
-            node.boot()
+            self.env.process(self._start(index))
         elif verb == "pause":
             index = self._node_ref(args[0])
             if index is None or not self.nodes[index].up or index in self._paused:
@@ -367,6 +369,18 @@ class World:
             self.leadership.crash(index)
             if index not in self._crashed:
                 self._crashed.append(index)
+
+    def _start(self, index: int) -> Any:
+        """A node process starts: it waits out an election timeout (node/cluster.py), then
+        starts its Raft member and its loops."""
+        node = self.nodes[index]
+        node.starting = True
+        yield self.env.timeout(self.config.raft_start_delay_s)
+        node.starting = False
+        if node.up:
+            return
+        self.leadership.restart(index, fresh_state=self.config.raft_journal == "memory")
+        node.boot()
 
     def _faults(self) -> Any:
         for step in self.plan:
