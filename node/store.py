@@ -154,6 +154,16 @@ def _translate(exc: BaseException) -> BaseException:
     return exc
 
 
+def _fresh(exc: BaseException) -> BaseException:
+    """An instance of its own for each waiter: raising one instance in many tasks would tangle
+    their tracebacks."""
+    if isinstance(exc, StoreUnavailable):
+        copy = StoreUnavailable(*exc.args)
+        copy.__cause__ = exc.__cause__
+        return copy
+    return exc
+
+
 @contextlib.contextmanager
 def _redis_errors() -> Iterator[None]:
     try:
@@ -203,14 +213,19 @@ def _record(flat: Sequence[str]) -> TaskRecord:
     )
 
 
+# Dict lookups, not Enum calls: a rebuild parses a million of these.
+_PRIORITY_OF: Final = {str(int(p)): p for p in Priority}
+_STATUS_OF: Final = {s.value: s for s in Status}
+
+
 def _state(v: Sequence[str]) -> TaskState:
     """A TaskState from the scripts' state() (HMGET of STATE_FIELDS in _lib.lua)."""
     return TaskState(
         id=v[0],
         type=v[1],
-        priority=Priority(int(v[2])),
+        priority=_PRIORITY_OF[v[2]],
         seq=int(v[3]),
-        status=Status(v[4]),
+        status=_STATUS_OF[v[4]],
         attempt=int(v[5]),
         run_at_ms=int(v[6]),
         depends_on=_deps(v[7]),
@@ -352,8 +367,8 @@ class _GroupCommit(Generic[T, R]):
                         if not future.done():
                             future.set_exception(StoreUnavailable("store closed"))
                     raise
-                except Exception as exc:  # every waiter must hear of it
-                    results = [_translate(exc)] * len(batch)
+                except Exception as exc:  # every waiter must hear of it, each its own error
+                    results = [_fresh(_translate(exc)) for _ in batch]
                 for (_, future), result in zip(batch, results, strict=True):
                     if future.done():
                         continue
@@ -423,10 +438,12 @@ class RedisStore:
             "decode_responses": True,
             "protocol": 2,
             "socket_connect_timeout": CONNECT_TIMEOUT_S,
-            "socket_keepalive": True,
             # No automatic retry: a write retried after a broken connection may run twice.
             "retry": Retry(NoBackoff(), 0),
         }
+        if not url.startswith("unix:"):
+            # TCP keepalive finds a peer that vanished without a word (host down, partition).
+            common["socket_keepalive"] = True
         # A bounded pool that makes callers wait for a connection, rather than fail, when many
         # requests arrive at once; group commit keeps the number in use small anyway.
         pool = aioredis.BlockingConnectionPool.from_url(
@@ -481,10 +498,13 @@ class RedisStore:
     # ------------------------------------------------------------------ scripts
     async def _load_scripts(self) -> None:
         with _redis_errors():
-            for name, source in SCRIPTS.items():
-                sha = await self._r.script_load(source)
-                if sha != _SHAS[name]:
-                    raise StoreError(f"SCRIPT LOAD of {name} answered {sha}, not {_SHAS[name]}")
+            async with self._r.pipeline(transaction=False) as pipe:
+                for source in SCRIPTS.values():
+                    pipe.script_load(source)
+                shas: list[str] = await pipe.execute()
+        for name, sha in zip(SCRIPTS, shas, strict=True):
+            if sha != _SHAS[name]:
+                raise StoreError(f"SCRIPT LOAD of {name} answered {sha}, not {_SHAS[name]}")
 
     async def _eval(self, name: str, *args: str | int, idempotent: bool = False) -> Any:
         """Run one script; after a NOSCRIPT (Redis restarted), reload all and run it again.

@@ -3,26 +3,34 @@
 -- ARGV: after_seq, count_max. Answers a list of states.
 local after, count_max = ARGV[1], tonumber(ARGV[2])
 local LIVE = { "pending", "queued", "running", "failed" }
--- Each status ZSET is scored by seq: take the first count_max of each, merge, keep count_max.
-local merged = {}
-for _, status in ipairs(LIVE) do
-  local flat
+-- Each status ZSET is scored by seq, so each answers its first count_max in seq order; a
+-- linear 4-way merge of those runs keeps the first count_max overall.
+local runs = {}
+for k, status in ipairs(LIVE) do
   if count_max >= 0 then
-    flat = redis.call("ZRANGEBYSCORE", skey(status), "(" .. after, "+inf", "WITHSCORES",
+    runs[k] = redis.call("ZRANGEBYSCORE", skey(status), "(" .. after, "+inf", "WITHSCORES",
       "LIMIT", 0, count_max)
   else
-    flat = redis.call("ZRANGEBYSCORE", skey(status), "(" .. after, "+inf", "WITHSCORES")
-  end
-  for i = 1, #flat, 2 do
-    merged[#merged + 1] = { tonumber(flat[i + 1]), flat[i] }
+    runs[k] = redis.call("ZRANGEBYSCORE", skey(status), "(" .. after, "+inf", "WITHSCORES")
   end
 end
-table.sort(merged, function(a, b) return a[1] < b[1] end)
+local heads = { 1, 1, 1, 1 }
 local out = {}
-for i, entry in ipairs(merged) do
-  if count_max >= 0 and i > count_max then
+while count_max < 0 or #out < count_max do
+  local best, best_seq = nil, nil
+  for k = 1, 4 do
+    local run, h = runs[k], heads[k]
+    if h <= #run then
+      local seq = tonumber(run[h + 1])
+      if best_seq == nil or seq < best_seq then
+        best, best_seq = k, seq
+      end
+    end
+  end
+  if best == nil then
     break
   end
-  out[i] = state(entry[2])
+  out[#out + 1] = state(runs[best][heads[best]])
+  heads[best] = heads[best] + 2
 end
 return out

@@ -48,6 +48,7 @@ end
 -- Writes.
 local out = { "ok" }
 local pushed = {}
+local queued = {}
 for _, it in ipairs(items) do
   local existing = it.key ~= "" and redis.call("HGET", K_IDEM, it.key)
   if existing then
@@ -71,7 +72,7 @@ for _, it in ipairs(items) do
     redis.call("ZADD", K_ALL, seq, it.id)
     redis.call("ZADD", skey(status), seq, it.id)
     if status == "queued" then
-      redis.call("HINCRBY", K_QN, it.priority, 1)
+      queued[it.priority] = (queued[it.priority] or 0) + 1
     end
     if it.key ~= "" then
       redis.call("HSET", K_IDEM, it.key, it.id)
@@ -79,6 +80,9 @@ for _, it in ipairs(items) do
     pushed[#pushed + 1] = it.id
     out[#out + 1] = { "+", seq, status }
   end
+end
+for priority, n in pairs(queued) do
+  redis.call("HINCRBY", K_QN, priority, n)
 end
 inbox_push(pushed)
 return out

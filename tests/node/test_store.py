@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -626,6 +627,38 @@ async def test_unreachable_redis_is_store_unavailable(redis_factory: RedisFactor
         with pytest.raises(StoreUnavailable):
             await store.take("n1", 0.5)
     finally:
+        await store.close()
+
+
+async def test_unix_socket_url(redis_factory: RedisFactory, tmp_path: Path) -> None:
+    sock = tmp_path / "redis.sock"
+    redis_factory(extra_args=("--unixsocket", str(sock), "--unixsocketperm", "700"))
+    store = await RedisStore.connect(f"unix://{sock}?db=0")
+    try:
+        await store.submit([new("a")], NOW)
+        assert await store.raise_epoch(1)
+        await store.apply([Lease(1, "a", "n1", NOW + 10, NOW)])
+        taken = await store.take("n1", 1.0)
+        assert taken is not None and taken.record.id == "a"
+    finally:
+        await store.close()
+
+
+async def test_subscriptions_fail_loudly_when_redis_goes(redis_factory: RedisFactory) -> None:
+    server = redis_factory()
+    store = await RedisStore.connect(server.url)
+    bell = store.bell()
+    try:
+        ring = asyncio.ensure_future(anext(bell))
+        for _ in range(500):
+            if (await store.redis.pubsub_numsub(store.key("bell")))[0][1]:
+                break
+            await asyncio.sleep(0.01)
+        server.kill()
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(ring, 10)
+    finally:
+        await bell.aclose()
         await store.close()
 
 
