@@ -42,61 +42,65 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # Every name carries the dsched_ prefix: no collision on a shared Prometheus.
         self.tasks_submitted = Counter(
-            "tasks_submitted_total",
+            "dsched_tasks_submitted_total",
             "Tasks created (idempotent repeats excluded)",
             TASK_LABELS,
             registry=r,
         )
         self.tasks_started = Counter(
-            "tasks_started_total",
+            "dsched_tasks_started_total",
             "Attempts started by this node's workers",
             TASK_LABELS,
             registry=r,
         )
         self.tasks_succeeded = Counter(
-            "tasks_succeeded_total", "Attempts that succeeded", TASK_LABELS, registry=r
+            "dsched_tasks_succeeded_total", "Attempts that succeeded", TASK_LABELS, registry=r
         )
         self.tasks_failed = Counter(
-            "tasks_failed_total",
+            "dsched_tasks_failed_total",
             "Attempts that failed (raised or timed out), whether retried or dead",
             TASK_LABELS,
             registry=r,
         )
         self.tasks_retried = Counter(
-            "tasks_retried_total",
+            "dsched_tasks_retried_total",
             "Retries: failed attempts scheduled again after backoff, and retries by hand",
             TASK_LABELS,
             registry=r,
         )
         self.tasks_dead = Counter(
-            "tasks_dead_total", "Attempts that left their task dead", TASK_LABELS, registry=r
+            "dsched_tasks_dead_total", "Attempts that left their task dead", TASK_LABELS, registry=r
         )
         self.fenced_writes = Counter(
-            "fenced_writes_total",
+            "dsched_fenced_writes_total",
             "Store writes refused because a newer leader's term fenced them",
             registry=r,
         )
         self.queue_depth = Gauge(
-            "queue_depth", "Queued tasks in the leader's ready heap", ("priority",), registry=r
+            "dsched_queue_depth",
+            "Queued tasks in the leader's ready heap",
+            ("priority",),
+            registry=r,
         )
-        self.workers_busy = Gauge("workers_busy", "Worker slots running a task", registry=r)
+        self.workers_busy = Gauge("dsched_workers_busy", "Worker slots running a task", registry=r)
         self.task_run_seconds = Histogram(
-            "task_run_seconds",
+            "dsched_task_run_seconds",
             "Handler run time of one attempt",
             ("type",),
             buckets=RUN_BUCKETS_S,
             registry=r,
         )
         self.task_submit_to_start_seconds = Histogram(
-            "task_submit_to_start_seconds",
+            "dsched_task_submit_to_start_seconds",
             "From submission to the start of an attempt",
             ("priority",),
             buckets=START_BUCKETS_S,
             registry=r,
         )
         self.http_request_seconds = Histogram(
-            "http_request_seconds",
+            "dsched_http_request_seconds",
             "HTTP request latency by route template (not raw path: bounded label values)",
             ("method", "route", "status"),
             buckets=HTTP_BUCKETS_S,

@@ -65,6 +65,8 @@ def http(method: str, url: str, body: Any = None, timeout_s: float = 5.0) -> tup
     try:
         with opener.open(req, timeout=timeout_s) as resp:
             raw = resp.read()
+            if "json" not in resp.headers.get("Content-Type", ""):
+                return resp.status, raw.decode(errors="replace")
             return resp.status, json.loads(raw) if raw else None
     except urllib.error.HTTPError as err:
         raw = err.read()

@@ -596,14 +596,14 @@ async def test_metrics_text(client: Client) -> None:
     assert resp.status == 200
     assert resp.headers["Content-Type"].startswith("text/plain")
     text = await resp.text()
-    assert 'tasks_submitted_total{priority="high",type="echo"} 2.0' in text
-    assert 'tasks_dead_total{priority="high",type="echo"} 1.0' in text
-    assert 'tasks_failed_total{priority="high",type="echo"} 1.0' in text
-    assert "fenced_writes_total 2.0" in text
+    assert 'dsched_tasks_submitted_total{priority="high",type="echo"} 2.0' in text
+    assert 'dsched_tasks_dead_total{priority="high",type="echo"} 1.0' in text
+    assert 'dsched_tasks_failed_total{priority="high",type="echo"} 1.0' in text
+    assert "dsched_fenced_writes_total 2.0" in text
     for name in ["tasks_started_total", "tasks_succeeded_total", "tasks_retried_total"]:
-        assert f"# TYPE {name} counter" in text
-    assert 'queue_depth{priority="low"} 0.0' in text
-    assert "workers_busy 0.0" in text
+        assert f"# TYPE dsched_{name} counter" in text
+    assert 'dsched_queue_depth{priority="low"} 0.0' in text
+    assert "dsched_workers_busy 0.0" in text
     # Route templates, not raw ids, label the latency histogram.
     assert 'route="/v1/tasks/{id}",status="404"' in text
     assert "0" * 32 not in text
