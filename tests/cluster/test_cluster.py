@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -96,7 +97,7 @@ class Cluster:
         reruns: dict[str, int] = {}
         for tid, runs in by_task.items():
             runs.sort(key=lambda e: e["attempt"])
-            for earlier, later in zip(runs, runs[1:], strict=False):
+            for earlier, later in itertools.pairwise(runs):
                 end = ends.get((tid, earlier["attempt"]))
                 overlapped = end is None or end > later["t"]
                 if overlapped:
@@ -194,7 +195,7 @@ def test_kill_9_leader_under_load(cluster: Cluster) -> None:
     cluster.killed_pids.add(victim.pid)
     victim.kill()
     survivors = cluster.live()
-    new_leader, new_term = cluster.wait_leader(survivors, above_term=term)
+    new_leader, _new_term = cluster.wait_leader(survivors, above_term=term)
     assert new_leader != leader
     # Submissions still go through while and after the leader changes.
     ids += cluster.submit_batch(survivors[0], 200, payload={"seconds": 0.003})
@@ -210,7 +211,7 @@ def test_paused_leader_is_fenced_when_it_resumes(cluster: Cluster) -> None:
     cluster.paused_pids.add(old.pid)
     old.signal(signal.SIGSTOP)
     others = [n for n in cluster.nodes if n is not old]
-    new_leader, new_term = cluster.wait_leader(others, above_term=term)
+    _new_leader, _new_term = cluster.wait_leader(others, above_term=term)
     ids += cluster.submit_batch(others[0], 300, payload={"seconds": 0.02})
     old.signal(signal.SIGCONT)
     cluster.paused_pids.discard(old.pid)
@@ -239,7 +240,7 @@ def test_partition_minority_leader_stops_majority_carries_on(cluster: Cluster) -
         [cluster.advertised[i]], [a for j, a in enumerate(cluster.advertised) if j != i]
     )
     majority = [n for n in cluster.nodes if n is not minority]
-    new_leader, new_term = cluster.wait_leader(majority, above_term=term)
+    new_leader, _new_term = cluster.wait_leader(majority, above_term=term)
     assert new_leader != leader
     # The old leader may still believe it leads for a moment; the fence makes that harmless.
     ids = cluster.submit_batch(majority[0], 200, payload={"seconds": 0.01})
