@@ -344,6 +344,29 @@ async def cluster(request: web.Request) -> web.Response:
     return _json_response(request.app[RUNTIME].cluster())
 
 
+def _raft_addr(value: Any) -> str:
+    if not isinstance(value, str):
+        raise RequestError("raft", "must be a string host:port")
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise RequestError("raft", "must be host:port with a port from 1 to 65535")
+    return value
+
+
+async def add_member(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    if not isinstance(body, dict) or set(body) != {"raft"}:
+        raise RequestError("raft", 'expected {"raft": "host:port"}')
+    status, answer = await request.app[RUNTIME].change_membership("add", _raft_addr(body["raft"]))
+    return _json_response(answer, status)
+
+
+async def remove_member(request: web.Request) -> web.Response:
+    addr = _raft_addr(request.match_info["raft"])
+    status, answer = await request.app[RUNTIME].change_membership("remove", addr)
+    return _json_response(answer, status)
+
+
 async def healthz(request: web.Request) -> web.Response:
     # Alive only: readiness (store, leader, dispatch) is /readyz, so that a Redis outage does
     # not get every node restarted by its supervisor.
@@ -373,6 +396,8 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/v1/tasks/{id}/retry", retry_task),
     ("GET", "/v1/queues", queues),
     ("GET", "/v1/cluster", cluster),
+    ("POST", "/v1/cluster/members", add_member),
+    ("DELETE", "/v1/cluster/members/{raft}", remove_member),
     ("GET", "/healthz", healthz),
     ("GET", "/readyz", readyz),
     ("GET", "/metrics", metrics),

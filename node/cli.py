@@ -24,7 +24,7 @@ from node.config import DEFAULT_HTTP_PORT, DEFAULT_REDIS_PORT, add_node_argument
 PRIORITIES = ("high", "medium", "low")
 STATUSES = ("pending", "queued", "running", "succeeded", "failed", "dead", "cancelled")
 WAIT_TIMEOUT_S_DEFAULT = 60.0
-CLIENT_COMMANDS = ("submit", "status", "tasks", "cancel", "retry", "wait")
+CLIENT_COMMANDS = ("submit", "status", "tasks", "cancel", "retry", "wait", "members")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("id")
     p.add_argument("--timeout-s", type=float, default=WAIT_TIMEOUT_S_DEFAULT)
+
+    p = sub.add_parser(
+        "members", parents=[client_opts], help="add or remove a Raft member of a running cluster"
+    )
+    p.add_argument("action", choices=["add", "remove"])
+    p.add_argument("raft", help="the member's Raft address, host:port (its --raft-advertise)")
 
     # ---- hooks into node/main.py (their implementation is the node's, not the client's)
     p = sub.add_parser("node", help="run a node (HTTP API, workers, Raft member)")
@@ -256,6 +262,16 @@ def _wait(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     return _finished_code(task)
 
 
+def _members(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    answer = client.change_member(args.action, args.raft)
+    if args.json:
+        _print_json(answer, out)
+    else:
+        done = "added" if args.action == "add" else "removed"
+        out.write(f"{args.raft} {done}\n")
+    return 0
+
+
 class UsageError(Exception):
     """A client command's argument that argparse cannot check (e.g. --payload is not JSON)."""
 
@@ -267,6 +283,7 @@ COMMANDS: dict[str, Callable[[Client, argparse.Namespace, TextIO], int]] = {
     "cancel": _cancel,
     "retry": _retry,
     "wait": _wait,
+    "members": _members,
 }
 
 

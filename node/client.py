@@ -13,6 +13,7 @@ import builtins
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -156,6 +157,24 @@ class Client:
     def cluster(self) -> Json:
         info: Json = self._request("GET", "/v1/cluster")
         return info
+
+    def change_member(self, action: str, raft_addr: str) -> Json:
+        """Add or remove a Raft member. Only the leader does it: a 421 names the leader's HTTP
+        address, and the request goes there once."""
+        quoted = urllib.parse.quote(raft_addr, safe="")
+        method, path, body = (
+            ("POST", "/v1/cluster/members", {"raft": raft_addr})
+            if action == "add"
+            else ("DELETE", f"/v1/cluster/members/{quoted}", None)
+        )
+        try:
+            answer: Json = self._request(method, path, body)
+        except ApiError as exc:
+            leader_http = (exc.body or {}).get("error", {}).get("leader_http")
+            if exc.status != 421 or not leader_http:
+                raise
+            answer = Client(f"http://{leader_http}", self.timeout_s)._request(method, path, body)
+        return answer
 
 
 class AsyncClient:

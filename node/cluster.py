@@ -19,7 +19,8 @@ class RaftLeadership:
 
     def __init__(self, config: NodeConfig, raft_config: RaftConfig | None = None) -> None:
         self.config = config
-        self.raft_config = raft_config or RaftConfig()
+        # Dynamic membership on, so that members can join and leave a running cluster.
+        self.raft_config = raft_config or RaftConfig(dynamic_membership=True)
         self.node_id = config.resolved_node_id()
         self.bind_addr = f"{config.raft_host}:{config.raft_port}"
         self.self_addr = config.raft_advertise or self.bind_addr
@@ -67,6 +68,35 @@ class RaftLeadership:
             {"id": node_id, "http": m.http_addr, "raft": m.raft_addr}
             for node_id, m in sorted(self.member.status.members.items())
         ]
+
+    async def change_membership(self, action: str, raft_addr: str, timeout_s: float = 10.0) -> str:
+        """On the leader: add or remove a member through the Raft log. Answers "" when done,
+        else the reason (not leader, timed out, refused)."""
+        member = self.member
+        if member is None or not member.status.is_leader:
+            return "not the leader"
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[str] = loop.create_future()
+
+        def done(ok: bool, reason: str) -> None:
+            def settle() -> None:
+                if not result.done():
+                    result.set_result("" if ok else reason or "refused")
+
+            loop.call_soon_threadsafe(settle)
+
+        if action == "add":
+            member.request_add_member(raft_addr, done)
+        else:
+            member.request_remove_member(raft_addr, done)
+        try:
+            return await asyncio.wait_for(result, timeout_s)
+        except TimeoutError:
+            # pysyncobj may lose the callback of a committed change: confirm from state.
+            addrs = member.status.cluster_raft_addrs
+            if (raft_addr in addrs) == (action == "add"):
+                return ""
+            return "timed out"
 
     def epoch_refused(self, stored_epoch: int) -> None:
         """Our term is below the epoch in Redis (e.g. the whole cluster restarted): stand again

@@ -31,6 +31,9 @@ class RuntimeView(Protocol):
     def accepting(self) -> bool:
         """False while shutting down: refuse new submissions with 503."""
 
+    async def change_membership(self, action: str, raft_addr: str) -> tuple[int, dict[str, Any]]:
+        """Add ("add") or remove ("remove") a Raft member; (HTTP status, JSON body)."""
+
 
 # Annotated rather than given a type argument: the store and metrics modules are only imported
 # for type checking (no import cycle), and a Protocol is not a concrete class that AppKey takes.

@@ -48,6 +48,7 @@ def _errors(*statuses: int) -> dict[str, Schema]:
         409: "the task is not in a state that allows this",
         413: "the body, a payload or the batch is over its limit",
         415: "the body is not application/json",
+        421: "this node is not the leader: the body names the leader and its HTTP address",
         422: "a field is invalid (the error names it)",
         503: "the node is not accepting work or the store is unreachable (see Retry-After)",
     }
@@ -170,6 +171,42 @@ def build_openapi(limits: Limits, task_types: list[str]) -> Schema:
             "get": {
                 "operationId": "cluster",
                 "responses": {"200": _json(ref("Cluster"), "leader, term and members")},
+            }
+        },
+        "/v1/cluster/members": {
+            "post": {
+                "operationId": "addMember",
+                "summary": "Add a Raft member (send to the leader; others answer 421)",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["raft"],
+                                "additionalProperties": False,
+                                "properties": {"raft": {"type": "string"}},
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json({"type": "object"}, "the member is in the configuration"),
+                    **_errors(400, 409, 421, 503),
+                },
+            }
+        },
+        "/v1/cluster/members/{raft}": {
+            "delete": {
+                "operationId": "removeMember",
+                "summary": "Remove a Raft member (send to the leader; others answer 421)",
+                "parameters": [
+                    {"name": "raft", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": _json({"type": "object"}, "the member left the configuration"),
+                    **_errors(400, 409, 421, 503),
+                },
             }
         },
         "/healthz": {

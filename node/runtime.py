@@ -218,6 +218,33 @@ class NodeRuntime:
             )
         return {"leader": leader, "term": term, "self": self.node_id, "members": members}
 
+    async def change_membership(self, action: str, raft_addr: str) -> tuple[int, dict[str, Any]]:
+        change = getattr(self.leadership, "change_membership", None)
+        if change is None:
+            return 409, {
+                "error": {
+                    "code": "not_clustered",
+                    "field": None,
+                    "message": "this node runs alone (no --raft-port)",
+                }
+            }
+        _, _, leader = self.leadership.snapshot()
+        if leader != self.node_id:
+            info = self._registry_info.get(leader or "", {})
+            return 421, {
+                "error": {
+                    "code": "not_leader",
+                    "field": None,
+                    "message": "membership changes go to the leader",
+                    "leader": leader,
+                    "leader_http": info.get("http"),
+                }
+            }
+        reason = await change(action, raft_addr)
+        if reason:
+            return 503, {"error": {"code": "membership", "field": "raft", "message": reason}}
+        return 200, {"action": action, "raft": raft_addr, "cluster": self.cluster()}
+
     # ------------------------------------------------------------------ registry
     def _own_info(self) -> dict[str, Any]:
         cfg = self.config

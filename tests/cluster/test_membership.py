@@ -1,0 +1,51 @@
+"""A node joins a running cluster through Raft's dynamic membership, and leaves it."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from node.cli import main as cli_main
+from tests.cluster.conftest import LEASE_MS, Cluster
+from tests.procs import NodeProc, free_ports, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_node_joins_and_leaves(cluster: Cluster, tmp_path: Path) -> None:
+    leader, term = cluster.wait_leader()
+    http_port, raft_port = free_ports(2)
+    addr = f"127.0.0.1:{raft_port}"
+    redis_url = cluster.nodes[0].args[cluster.nodes[0].args.index("--redis-url") + 1]
+    newcomer = NodeProc(
+        tmp_path,
+        "node4",
+        http_port,
+        redis_url,
+        raft_port=raft_port,
+        peers=cluster.advertised,
+        extra=["--lease-ms", str(LEASE_MS)],
+    ).start()
+    try:
+        # Not in the configuration yet: nobody answers its votes or sends it heartbeats.
+        wait_for(lambda: newcomer.get("/healthz")[0] == 200, 30, "newcomer up")
+        assert newcomer.get("/v1/cluster")[1]["leader"] is None
+        follower = next(n for n in cluster.nodes if n.name != leader)
+        out = io.StringIO()
+        # Sent to a follower on purpose: the client follows the 421 to the leader.
+        code = cli_main(["members", "add", addr, "--url", follower.url])
+        assert code == 0, out.getvalue()
+        newcomer.wait_ready()
+        assert newcomer.get("/v1/cluster")[1]["leader"] == leader
+        ids = {m["id"] for m in cluster.view(follower)["members"]}
+        assert "node4" in ids
+        code = cli_main(["members", "remove", addr, "--url", cluster.by_id(leader).url])
+        assert code == 0
+        # Out of the configuration, it hears from no leader any more.
+        wait_for(lambda: newcomer.get("/v1/cluster")[1]["leader"] is None, 15, "newcomer cut loose")
+        # The three carry on: one leader, no new election needed.
+        assert cluster.wait_leader() == (leader, term)
+    finally:
+        newcomer.kill()
