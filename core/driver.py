@@ -43,6 +43,7 @@ class StoreUnavailable(Exception):
 @dataclass(frozen=True, slots=True)
 class RaiseEpochRequest:
     term: int  # answer: bool
+    holder: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +158,7 @@ def feed(
             elif isinstance(effect, SetTimer):
                 stats.timer_at_ms = effect.at_ms
             elif isinstance(effect, RaiseEpoch):
-                ok = yield RaiseEpochRequest(effect.term)
+                ok = yield RaiseEpochRequest(effect.term, effect.holder)
                 if not ok:
                     stats.fenced_writes += 1
                     stats.epoch_refused_term = effect.term

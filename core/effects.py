@@ -18,6 +18,7 @@ class RaiseEpoch:
     """Store the fencing epoch ``term`` unless a newer one is stored; answer EpochRaised."""
 
     term: int
+    holder: str = ""  # the elected node: a second leader of the same term is refused
 
 
 @dataclass(frozen=True, slots=True)

@@ -132,7 +132,7 @@ class Scheduler:
                 node.alive = False
         elif isinstance(event, Elected):
             self._reset(Role.FENCING, event.term)
-            effects.append(RaiseEpoch(event.term))
+            effects.append(RaiseEpoch(event.term, self.node_id))
         elif isinstance(event, EpochRaised):
             if self.role is Role.FENCING and event.term == self.term:
                 if event.ok:

@@ -125,6 +125,7 @@ class StoreModel:
         self.idempotency: dict[str, str] = {}
         self.seq = 0
         self.epoch = 0
+        self.epoch_holder = ""
         self.inbox: deque[str] = deque()
         self.assignments: dict[str, deque[tuple[str, int]]] = {}
 
@@ -213,10 +214,17 @@ class StoreModel:
         return record
 
     # ------------------------------------------------------------------ leader (term-fenced)
-    def raise_epoch(self, term: int) -> bool:
+    def raise_epoch(self, term: int, holder: str = "") -> bool:
+        """Store ``term`` as the fencing epoch unless a newer one is stored, or the same term is
+        held by another leader. Raft state is in memory, so a member restarted fast enough can
+        vote twice in one term and two leaders can share it: the first to raise the epoch in
+        that term keeps it, the other is refused and steps down."""
         if term < self.epoch:
             return False
+        if term == self.epoch and self.epoch_holder and holder and holder != self.epoch_holder:
+            return False
         self.epoch = term
+        self.epoch_holder = holder
         return True
 
     def _fenced(self, term: int) -> bool:

@@ -374,7 +374,7 @@ class NodeRuntime:
         if isinstance(request, ApplyRequest):
             return await store.apply(list(request.ops))
         if isinstance(request, RaiseEpochRequest):
-            ok = await store.raise_epoch(request.term)
+            ok = await store.raise_epoch(request.term, request.holder)
             if not ok:
                 log.warning("term %d is older than the stored epoch: not leading", request.term)
             return ok

@@ -649,9 +649,10 @@ class RedisStore:
         value = await self._read(lambda: self._r.get(key))
         return int(value) if value else 0
 
-    async def raise_epoch(self, term: int) -> bool:
-        """Store ``term`` as the fencing epoch unless a newer one is stored."""
-        return bool(await self._eval("raise_epoch", term, idempotent=True))
+    async def raise_epoch(self, term: int, holder: str = "") -> bool:
+        """Store ``term`` as the fencing epoch unless a newer one is stored, or the same term
+        is held by another leader (see StoreModel.raise_epoch)."""
+        return bool(await self._eval("raise_epoch", term, holder, idempotent=True))
 
     async def drain(self, term: int, count_max: int) -> list[TaskState] | str:
         """Pop up to ``count_max`` inbox notifications; each task's current state once."""

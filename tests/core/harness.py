@@ -112,7 +112,7 @@ class Harness:
             for effect in todo:
                 answer: object = None
                 if isinstance(effect, RaiseEpoch):
-                    ok = self.store.raise_epoch(effect.term)
+                    ok = self.store.raise_epoch(effect.term, effect.holder)
                     effects += sched.step(EpochRaised(effect.term, ok, self.now_ms))
                 elif isinstance(effect, Rebuild):
                     states_all = tuple(self.store.live_states())

@@ -25,7 +25,7 @@ def state(tid: str, status: Status = Status.QUEUED, **kw: object) -> TaskState:
 
 def test_election_fences_before_anything_then_rebuilds() -> None:
     s = Scheduler("n1")
-    assert s.step(Elected(3, 0)) == [RaiseEpoch(3)]
+    assert s.step(Elected(3, 0)) == [RaiseEpoch(3, "n1")]
     assert s.role is Role.FENCING
     # Nothing is assigned while fencing, even with work and slots in sight.
     s.step(NodeSeen("n1", 2, None, 0))

@@ -276,6 +276,16 @@ async def test_retry_dead_or_cancelled_only(store: RedisStore) -> None:
 
 
 # ---------------------------------------------------------------------------- leader, fencing
+async def test_two_leaders_of_one_term_the_first_keeps_it(store: RedisStore) -> None:
+    # A member restarted fast enough can vote twice in a term (Raft state is in memory).
+    assert await store.raise_epoch(6, "n1")
+    assert await store.raise_epoch(6, "n1")  # the same leader again: fine
+    assert not await store.raise_epoch(6, "n2")
+    assert await store.raise_epoch(7, "n2")
+    assert not await store.raise_epoch(7, "n1")
+    assert await store.epoch() == 7
+
+
 async def test_raise_epoch_and_every_leader_op_is_fenced(store: RedisStore) -> None:
     await store.submit([new("a"), new("p", run_at_ms=NOW + 5)], NOW)
     assert await store.raise_epoch(5)

@@ -136,6 +136,7 @@ async def assert_same_state(model: StoreModel, store: RedisStore) -> None:
     assert idem == model.idempotency
     assert int(snap.get(f"{base}:seq", ("string", "0"))[1]) == model.seq
     assert int(snap.get(f"{base}:epoch", ("string", "0"))[1]) == model.epoch
+    assert snap.get(f"{base}:epoch:holder", ("string", ""))[1] == model.epoch_holder
     # The reads a new leader and the API rely on, over the whole state every time.
     assert answer(await store.live_states_after(0, None)) == answer(model.live_states())
     assert await store.counts() == model_counts(model)
@@ -318,7 +319,10 @@ async def test_store_matches_model(redis_server: EmbeddedRedis, data: st.DataObj
                 want, got = await both(store.retry(task_id, now), model.retry, task_id, now)
             elif op == "raise_epoch":
                 term = data.draw(term_st(model), label="term")
-                want, got = await both(store.raise_epoch(term), model.raise_epoch, term)
+                holder = data.draw(st.sampled_from(["", "n1", "n2"]), label="holder")
+                want, got = await both(
+                    store.raise_epoch(term, holder), model.raise_epoch, term, holder
+                )
             elif op == "drain":
                 term = data.draw(term_st(model), label="term")
                 count = data.draw(st.integers(0, 6), label="count")
