@@ -56,6 +56,8 @@ REGISTRY_PERIOD_S = 0.5
 # Upper bound on how long the leader loop sleeps with nothing to do: a lost pub/sub message
 # (Redis pub/sub is fire-and-forget) costs at most this much latency, never a stuck task.
 LEADER_IDLE_S = 0.05
+# How often the leader removes finished tasks past their retention (bounded work per call).
+SWEEP_PERIOD_S = 60.0
 # How long a slot's BLPOP waits before it re-checks for shutdown.
 TAKE_WAIT_S = 1.0
 
@@ -143,6 +145,7 @@ class NodeRuntime:
             asyncio.create_task(self._registry_loop(), name="dsched-registry"),
             asyncio.create_task(self._cancel_listener(), name="dsched-cancels"),
             asyncio.create_task(self._bell_listener(), name="dsched-bell"),
+            asyncio.create_task(self._sweep_loop(), name="dsched-sweep"),
         ]
 
     async def stop(self, grace_s: float | None = None) -> None:
@@ -352,6 +355,18 @@ class NodeRuntime:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
+
+    async def _sweep_loop(self) -> None:
+        """Retention: only the leader sweeps, so nodes do not all scan the same indexes."""
+        while not self._stopping:
+            await asyncio.sleep(SWEEP_PERIOD_S)
+            if self.scheduler.leading:
+                try:
+                    swept = await self.store.sweep(now_ms())
+                    if swept:
+                        log.info("swept %d finished tasks past retention", swept)
+                except StoreUnavailable:
+                    pass
 
     async def _serve(self, proc: Procedure) -> None:
         """Run a core procedure: carry out each request it yields, send the answer back in."""
