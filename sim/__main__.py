@@ -18,8 +18,8 @@ from sim.trace import format_line
 from sim.world import run_one
 
 # The default campaign: every scenario, this many seeds each, short runs.
-DEFAULT_SEEDS = 40
-DEFAULT_DURATION_S = 15.0
+DEFAULT_SEEDS = 30
+DEFAULT_DURATION_S = 12.0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -308,15 +308,18 @@ class Checker:
         tasks = model.tasks
         return sum(1 for t in self.lost if t in self.acked and t not in tasks)
 
-    def unfinished(self, model: StoreModel) -> list[str]:
-        """Acknowledged tasks that are not terminal in the store (lost ones excepted)."""
+    def unfinished(self, model: StoreModel, among: Iterable[str] | None = None) -> list[str]:
+        """Acknowledged tasks (of ``among``, default all) not terminal in the store. A task a
+        store restore lost is excepted, unless a client's retry created it again."""
         tasks = model.tasks
+        lost = self.lost
         out = []
-        for task_id in self.acked:
-            if task_id in self.lost:
-                continue
+        for task_id in self.acked if among is None else among:
             record = tasks.get(task_id)
-            if record is None or not record.status.terminal:
+            if record is None:
+                if task_id not in lost:
+                    out.append(task_id)
+            elif not record.status.terminal:
                 out.append(task_id)
         return out
 

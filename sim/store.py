@@ -140,6 +140,7 @@ class SimStore:
         self._ring: Callable[[str], None] = lambda _node: None
         self._snapshot: StoreModel | None = None
         self.requests = 0
+        self._restored = False
         env.process(self._expire_parked())
 
     def set_bell(self, ring: Callable[[str], None]) -> None:
@@ -163,6 +164,7 @@ class SimStore:
             self._snapshot = None
             self.trace.emit(self.env.now, "store-restored", self.model.seq, self.model.epoch)
             self.checker.on_store_restored(self.model)
+            self._restored = True
 
     def restart(self) -> None:
         self.up = True
@@ -353,6 +355,11 @@ class SimStore:
         self.checker.on_submit_applied(record.id for record, created in results if created)
         self._ring_bell()
         return [record.id for record, _created in results]
+
+    def restored_since_poll(self) -> bool:
+        """Whether a restore rolled the data back since the last call."""
+        restored, self._restored = self._restored, False
+        return restored
 
     # ------------------------------------------------------------------ inspection
     def record(self, task_id: str) -> TaskRecord | None:

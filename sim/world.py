@@ -439,10 +439,15 @@ class World:
             env.run(until=max(cfg.duration_s, end_of_faults))
             settle_from = max(env.now, self.last_heal_s)
             bound = settle_from + cfg.liveness_s
-            missing = self.checker.unfinished(self.store.model)
+            checker = self.checker
+            missing = checker.unfinished(self.store.model)
             while missing and env.now < bound:
+                acked = checker.counters.acked
                 env.run(until=min(bound, env.now + LIVENESS_POLL_S))
-                missing = self.checker.unfinished(self.store.model)
+                # Only what was missing can still be missing, unless new acknowledgements came
+                # in (a client's retry) or a store restore rolled tasks back: then look again.
+                recheck = acked != checker.counters.acked or self.store.restored_since_poll()
+                missing = checker.unfinished(self.store.model, None if recheck else missing)
             if not missing:
                 drain_s = env.now - settle_from
             leader = max(
