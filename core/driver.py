@@ -26,17 +26,14 @@ from core.events import (
     Event,
     Fenced,
     Rebuilt,
+    StoreLost,
     TasksChanged,
     Tick,
 )
 from core.scheduler import Scheduler
-from core.store_model import FENCED
+from core.store_model import FENCED, StoreUnavailable
 from core.task import Outcome, Status, TaskState
 from core.worker import Finish, Heartbeat, Interrupt, Release, WorkerEffect, WorkerPool
-
-
-class StoreUnavailable(Exception):
-    """The store did not answer (down, partitioned, timed out)."""
 
 
 # ---- requests the drivers serve -----------------------------------------------------------
@@ -124,7 +121,24 @@ def leader_round(
     stats: LeaderStats,
 ) -> Procedure:
     """One pass of the leader loop: elections, node registry, inbox, timers, and every effect
-    that follows, until the scheduler asks for nothing more."""
+    that follows, until the scheduler asks for nothing more. If the store stops answering
+    part way, the scheduler is told (it rebuilds from the store once it answers again) and
+    the StoreUnavailable goes on to the driver."""
+    try:
+        yield from _leader_round(sched, leads, term, node_events, now_ms, stats)
+    except StoreUnavailable:
+        sched.step(StoreLost(now_ms()))
+        raise
+
+
+def _leader_round(
+    sched: Scheduler,
+    leads: bool,
+    term: int,
+    node_events: list[Event],
+    now_ms: Callable[[], int],
+    stats: LeaderStats,
+) -> Procedure:
     if leads and term != sched.term and term > 0:
         yield from feed(sched, Elected(term, now_ms()), now_ms, stats)
     elif not leads and sched.fence_term:

@@ -48,6 +48,15 @@ class Fenced:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreLost:
+    """A store request got no answer (timeout, reset, restart): it may or may not have been
+    applied, and drained notifications may be gone. The cache can no longer be trusted:
+    fence again and rebuild from the store, still in this term."""
+
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class Rebuilt:
     """The driver finished feeding every live task of the store for ``term`` (see Rebuild)."""
 
@@ -89,5 +98,14 @@ class Tick:
 
 
 Event = (
-    Elected | Deposed | EpochRaised | Fenced | Rebuilt | TasksChanged | NodeSeen | NodeLeft | Tick
+    Elected
+    | Deposed
+    | EpochRaised
+    | Fenced
+    | StoreLost
+    | Rebuilt
+    | TasksChanged
+    | NodeSeen
+    | NodeLeft
+    | Tick
 )

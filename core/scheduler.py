@@ -28,6 +28,7 @@ from core.events import (
     NodeLeft,
     NodeSeen,
     Rebuilt,
+    StoreLost,
     TasksChanged,
     Tick,
 )
@@ -113,6 +114,7 @@ class Scheduler:
         # (due_ms, task_id): run_at of waiting tasks and lease deadlines (+grace). Entries go
         # stale when the task changes; they are checked against the current state when due.
         self._timers: list[tuple[int, str]] = []
+        self._epoch_asked = False  # a RaiseEpoch of this term is on the wire
         self.stats_assigned = 0
         self.stats_fenced = 0
 
@@ -132,9 +134,17 @@ class Scheduler:
                 node.alive = False
         elif isinstance(event, Elected):
             self._reset(Role.FENCING, event.term)
+            self._epoch_asked = True
             effects.append(RaiseEpoch(event.term, self.node_id))
+        elif isinstance(event, StoreLost):
+            if self.role is not Role.FOLLOWER:
+                # An answer went missing: start the term over from the store's truth. The
+                # RaiseEpoch goes out at the next tick, when the store may answer again.
+                self._reset(Role.FENCING, self.term)
+                self._epoch_asked = False
         elif isinstance(event, EpochRaised):
             if self.role is Role.FENCING and event.term == self.term:
+                self._epoch_asked = False
                 if event.ok:
                     self.role = Role.REBUILDING
                     effects.append(Rebuild(event.term))
@@ -278,6 +288,9 @@ class Scheduler:
             effects.append(Promote(self.term, task_id, now_ms))
 
     def _tick(self, now_ms: int, effects: list[Effect]) -> None:
+        if self.role is Role.FENCING and not self._epoch_asked:
+            self._epoch_asked = True
+            effects.append(RaiseEpoch(self.term, self.node_id))
         if self.role is not Role.LEADING:
             return
         cfg = self.config

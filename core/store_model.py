@@ -24,6 +24,11 @@ from core.task import AttemptEnd, ErrorKind, Status, TaskState
 FENCED: Final = "fenced"
 
 
+class StoreUnavailable(Exception):
+    """The store did not answer (down, partitioned, timed out): the request may or may not have
+    been applied. Drivers raise it; core reacts by rebuilding from the store."""
+
+
 class SubmitError(ValueError):
     """A submission refused as a whole; ``field`` names the offending input."""
 

@@ -102,7 +102,9 @@ class WorkerPool:
         self.lease_ms = lease_ms
         # A third of the lease: two heartbeats may be lost or late before the lease lapses.
         self.heartbeat_every_ms = max(1, lease_ms // 3)
-        self.running: dict[str, _Running] = {}
+        # Keyed by (task id, attempt): a node can hold a newer attempt of a task whose older
+        # attempt lost its lease but has not stopped yet (both occupy a slot until it does).
+        self.running: dict[tuple[str, int], _Running] = {}
         self.accepting = True
         self._shutdown_at_ms: int | None = None
         self._next_heartbeat_ms: int | None = None
@@ -120,23 +122,30 @@ class WorkerPool:
         """A slot took this assignment. Pull-when-free: the driver asks only while ``free``."""
         if self.free <= 0:
             raise RuntimeError("no free slot: the driver must not take assignments when full")
-        if assignment.task_id in self.running:
-            raise RuntimeError(f"{assignment.task_id} already runs here")
+        key = (assignment.task_id, assignment.attempt)
+        if key in self.running:
+            raise RuntimeError(f"{assignment.task_id} attempt {assignment.attempt} already runs")
+        effects: list[WorkerEffect] = []
+        for (task_id, attempt), run in sorted(self.running.items()):
+            if task_id == assignment.task_id and attempt < assignment.attempt and run.stop is None:
+                # The store granted a newer attempt, so this one's lease is gone: stop it.
+                run.stop = StopReason.LEASE_LOST
+                effects.append(Interrupt(task_id, attempt, StopReason.LEASE_LOST))
         timeout_at = now_ms + assignment.timeout_ms
-        self.running[assignment.task_id] = _Running(assignment, now_ms, timeout_at)
+        self.running[key] = _Running(assignment, now_ms, timeout_at)
         heapq.heappush(self._timeouts, (timeout_at, assignment.task_id, assignment.attempt))
         if self._next_heartbeat_ms is None:
             self._next_heartbeat_ms = now_ms + self.heartbeat_every_ms
-        return [RunHandler(assignment)]
+        effects.append(RunHandler(assignment))
+        return effects
 
     def handler_ended(
         self, task_id: str, attempt: int, outcome: Outcome, now_ms: int, rng: random.Random
     ) -> list[WorkerEffect]:
         """The handler returned, raised, or stopped after an Interrupt."""
-        run = self.running.get(task_id)
-        if run is None or run.assignment.attempt != attempt:
+        run = self.running.pop((task_id, attempt), None)
+        if run is None:
             return []  # already settled (e.g. reported twice): nothing to write
-        del self.running[task_id]
         a = run.assignment
         if run.stop is StopReason.TIMEOUT:
             outcome = Outcome.timeout(a.timeout_ms)
@@ -150,8 +159,8 @@ class WorkerPool:
 
     def lease_refused(self, task_id: str, attempt: int, cancelled: bool) -> list[WorkerEffect]:
         """The store refused a heartbeat: the task was cancelled or another attempt owns it."""
-        run = self.running.get(task_id)
-        if run is None or run.assignment.attempt != attempt or run.stop is not None:
+        run = self.running.get((task_id, attempt))
+        if run is None or run.stop is not None:
             return []
         run.stop = StopReason.CANCELLED if cancelled else StopReason.LEASE_LOST
         return [Interrupt(task_id, attempt, run.stop)]
@@ -176,27 +185,33 @@ class WorkerPool:
         effects: list[WorkerEffect] = []
         while self._timeouts and self._timeouts[0][0] <= now_ms:
             _, task_id, attempt = heapq.heappop(self._timeouts)
-            run = self.running.get(task_id)
-            if run is not None and run.assignment.attempt == attempt and run.stop is None:
+            run = self.running.get((task_id, attempt))
+            if run is not None and run.stop is None:
                 run.stop = StopReason.TIMEOUT
                 effects.append(Interrupt(task_id, attempt, StopReason.TIMEOUT))
         if self._shutdown_at_ms is not None and now_ms >= self._shutdown_at_ms:
-            for task_id, run in sorted(self.running.items()):
+            for (task_id, attempt), run in sorted(self.running.items()):
                 if run.stop is None:
                     run.stop = StopReason.SHUTDOWN
-                    effects.append(Interrupt(task_id, run.assignment.attempt, run.stop))
+                    effects.append(Interrupt(task_id, attempt, run.stop))
         if self._next_heartbeat_ms is not None and now_ms >= self._next_heartbeat_ms:
             deadline = now_ms + self.lease_ms
-            for task_id, run in sorted(self.running.items()):
+            for (task_id, attempt), run in sorted(self.running.items()):
                 if run.stop is None or run.stop is StopReason.SHUTDOWN:
-                    a = run.assignment
-                    effects.append(Heartbeat(task_id, a.attempt, self.node_id, deadline, now_ms))
+                    effects.append(Heartbeat(task_id, attempt, self.node_id, deadline, now_ms))
             self._next_heartbeat_ms = now_ms + self.heartbeat_every_ms if self.running else None
         return effects
 
     def check_invariants(self) -> None:
         if len(self.running) > self.slots:
             raise RuntimeError(f"{len(self.running)} tasks run on {self.slots} slots")
-        for task_id, run in self.running.items():
-            if run.assignment.task_id != task_id or run.assignment.attempt < 1:
-                raise RuntimeError(f"bad running record for {task_id}")
+        for (task_id, attempt), run in self.running.items():
+            a = run.assignment
+            if a.task_id != task_id or a.attempt != attempt or attempt < 1:
+                raise RuntimeError(f"bad running record for {task_id} attempt {attempt}")
+        live: set[str] = set()
+        for (task_id, _), run in self.running.items():
+            if run.stop is None:
+                if task_id in live:
+                    raise RuntimeError(f"two live attempts of {task_id} on one node")
+                live.add(task_id)

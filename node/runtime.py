@@ -447,7 +447,9 @@ class NodeRuntime:
                 Priority(record.priority).label,
                 max(0.0, (now - record.created_ms) / 1000),
             )
-            for effect in self.pool.start(assignment, now):
+            started = self.pool.start(assignment, now)
+            await self._carry_out([e for e in started if not isinstance(e, RunHandler)])
+            for effect in started:
                 if isinstance(effect, RunHandler):
                     key = (record.id, taken.attempt)
                     self._handlers_running[key] = asyncio.create_task(

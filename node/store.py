@@ -47,6 +47,7 @@ from redis.backoff import NoBackoff
 from core.effects import Expire, Lease, Promote
 from core.priority import Priority
 from core.store_model import FENCED, NewTask, SubmitError, Taken, TaskRecord
+from core.store_model import StoreUnavailable as _CoreStoreUnavailable
 from core.task import Status, TaskState
 from core.worker import Finish, Heartbeat, Release
 
@@ -128,11 +129,9 @@ _UNAVAILABLE_PREFIXES = (
 )
 
 
-class StoreUnavailable(Exception):
-    """Redis did not answer, or cannot take writes now (the API turns this into 503).
-
-    Not a subclass of core.driver.StoreUnavailable: importing core.driver pulls in the scheduler
-    and its heap, which the store does not need. Drivers catch this one by name."""
+class StoreUnavailable(_CoreStoreUnavailable):
+    """Redis did not answer, or cannot take writes now (the API turns this into 503). A kind of
+    core's StoreUnavailable, so the core procedures react to it (rebuild from the store)."""
 
 
 class StoreError(RuntimeError):

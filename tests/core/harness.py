@@ -180,19 +180,17 @@ class Harness:
                     r.lease_deadline_ms,
                 )
                 for effect in pool.start(a, self.now_ms):
-                    assert isinstance(effect, RunHandler)
-                    self.started.append((r.id, got.attempt, node))
-                    taken.append(r.id)
+                    if isinstance(effect, RunHandler):
+                        self.started.append((r.id, got.attempt, node))
+                        taken.append(r.id)
         return taken
 
     def complete(self, node: str, task_id: str, outcome: Outcome) -> bool:
         pool = self.pools[node]
-        run = pool.running.get(task_id)
-        if run is None:
+        attempts = [a for (t, a) in pool.running if t == task_id]
+        if not attempts:
             return False
-        effects = pool.handler_ended(
-            task_id, run.assignment.attempt, outcome, self.now_ms, self.rng
-        )
+        effects = pool.handler_ended(task_id, max(attempts), outcome, self.now_ms, self.rng)
         for effect in effects:
             if isinstance(effect, Finish):
                 self.store.finish(

@@ -220,7 +220,7 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     @rule(data=st.data(), ok=st.booleans())
     def a_handler_ends(self, data: st.DataObject, ok: bool) -> None:
-        running = [(n, t) for n, p in sorted(self.h.pools.items()) for t in sorted(p.running)]
+        running = [(n, t) for n, p in sorted(self.h.pools.items()) for t, _ in sorted(p.running)]
         if running:
             node, tid = data.draw(st.sampled_from(running))
             self.h.complete(node, tid, Outcome.success() if ok else Outcome.error("E", "x"))
@@ -244,7 +244,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         # No two live executions of a task: the workers holding it agree on a single attempt.
         holders: dict[str, set[int]] = {}
         for pool in self.h.pools.values():
-            for tid, run in pool.running.items():
+            for (tid, _), run in pool.running.items():
                 if run.stop is None:
                     holders.setdefault(tid, set()).add(run.assignment.attempt)
         for tid, attempts in holders.items():
@@ -270,7 +270,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         h = self.h
         for _ in range(400):
             for node, pool in sorted(h.pools.items()):
-                for tid in sorted(pool.running):
+                for tid, _ in sorted(pool.running):
                     h.complete(node, tid, Outcome.success())
             h.cycle(100)
             if all(r.status in TERMINAL for r in h.store.tasks.values()):
@@ -297,8 +297,43 @@ def test_leases_never_skip_a_better_priority(prios: list[Priority]) -> None:
         h.submit(p)
     for _ in range(len(prios) + 2):
         h.cycle()
-        for tid in list(h.pools["n1"].running):
+        for tid, _ in list(h.pools["n1"].running):
             h.complete("n1", tid, Outcome.success())
     # Every lease took the best priority queued at that moment.
     for tid, best in h.lease_log:
         assert int(h.store.tasks[tid].priority) <= best
+
+
+def test_newer_attempt_on_the_same_node_stops_the_older_one() -> None:
+    """Found by the simulation (core-B): a node whose attempt lost its lease may be handed the
+    next attempt of the same task before the old handler has stopped."""
+    from core.worker import Assignment, Interrupt, RunHandler, StopReason, WorkerPool
+
+    pool = WorkerPool("n1", slots=2, lease_ms=1000)
+    policy = RetryPolicy()
+    old = Assignment("t", 1, "x", 5000, policy, 0, 1000)
+    new = Assignment("t", 2, "x", 5000, policy, 0, 3000)
+    assert pool.start(old, 0) == [RunHandler(old)]
+    effects = pool.start(new, 2000)
+    assert effects == [Interrupt("t", 1, StopReason.LEASE_LOST), RunHandler(new)]
+    pool.check_invariants()
+    # The old handler ends late: nothing is written for it, and the new attempt still runs.
+    assert pool.handler_ended("t", 1, Outcome.success(), 2500, random.Random(0)) == []
+    assert list(pool.running) == [("t", 2)]
+
+
+def test_a_lost_store_answer_makes_the_leader_rebuild() -> None:
+    """Found by the simulation (core-A): a drain whose answer is lost took its notifications
+    with it; the task would wait in the store forever unless the leader rebuilds."""
+    from core.events import StoreLost, Tick
+
+    h = Harness(nodes=["n1"], slots=1)
+    sched = h.elect()
+    tid = h.submit()
+    assert h.store.drain(sched.term, 100)  # applied by the store, answer lost on the way back
+    h.feed(StoreLost(h.now_ms))
+    assert sched.role is Role.FENCING and not sched.queue
+    h.feed(Tick(h.now_ms))  # the store answers again: fence, rebuild, dispatch
+    assert sched.role is Role.LEADING
+    h.take_all()
+    assert [s[0] for s in h.started] == [tid]
