@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="pysyncobj",
         help="real pysyncobj under simulated time, or the election model",
     )
+    p.add_argument(
+        "--raft-journal",
+        choices=["memory", "disk"],
+        default="memory",
+        help="Raft state across a restart: memory (as the node ships) or disk (kept)",
+    )
     p.add_argument("--jobs", type=int, default=default_jobs(), help="processes")
     p.add_argument("--out", help="write summary.json and charts (PNG) here")
     p.add_argument("--trace", action="store_true", help="print the full event trace (--seed)")
@@ -74,6 +80,7 @@ def base_config(args: argparse.Namespace) -> SimConfig:
         fsync=args.fsync,
         lease_ms=args.lease_ms,
         raft=args.raft,
+        raft_journal=args.raft_journal,
         load=LoadConfig(rate_per_s=args.rate),
         unsafe_no_fencing=args.unsafe_no_fencing,
         unsafe_ack_before_store=args.unsafe_ack_before_store,

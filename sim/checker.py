@@ -39,9 +39,13 @@ INVARIANTS = {
 
 class ViolationFound(Exception):
     def __init__(self, invariant: int, message: str) -> None:
-        super().__init__(f"invariant {invariant}: {message}")
+        # Both in args: SimPy re-raises a failed process's exception as type(e)(*e.args).
+        super().__init__(invariant, message)
         self.invariant = invariant
         self.message = message
+
+    def __str__(self) -> str:
+        return f"invariant {self.invariant}: {self.message}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,7 +294,8 @@ class Checker:
         # Every task the store had applied and no longer has is lost, acknowledged or not yet:
         # an answer already on the wire may still acknowledge it after the restore.
         self.lost |= {task_id for task_id in self.applied if task_id not in tasks}
-        self.succeeded = {t for t, r in tasks.items() if r.status is Status.SUCCEEDED}
+        # `succeeded` stays as it was: a success the restore forgot did happen (its dependants may
+        # have started on it), and the task runs again (an at-least-once duplicate).
         self.terminal = {t for t, r in tasks.items() if r.status.terminal}
         self.lease_of = {
             t: (r.attempt, r.lease_node if r.status is Status.RUNNING else "")
@@ -317,7 +322,8 @@ class Checker:
         for task_id in self.acked if among is None else among:
             record = tasks.get(task_id)
             if record is None:
-                if task_id not in lost:
+                # Gone: lost by a restore (counted apart), or swept after it ended (finished).
+                if task_id not in lost and task_id not in self._counted:
                     out.append(task_id)
             elif not record.status.terminal:
                 out.append(task_id)

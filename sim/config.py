@@ -84,6 +84,9 @@ class SimConfig:
     # Lease length (workers heartbeat at a third of it). Shorter than the node's 10 s default so
     # that lost leases expire, and tasks re-run, within a short run.
     lease_ms: int = 3000
+    # Finished tasks are forgotten this long after they end (the node's --retention default);
+    # the leader sweeps once a minute.
+    retention_s: int = 7 * 24 * 3600
     # Each node's clock is off by up to this much (uniform, fixed per node per run).
     skew_ms_max: int = 40
     # How long a restarted store stays down, and how long a crashed node stays down (ranges).

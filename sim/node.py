@@ -40,7 +40,14 @@ from core.task import Outcome, RetryPolicy
 from core.worker import Assignment, Release, RunHandler, WorkerPool
 from sim.checker import TaskFacts
 from sim.net import UNAVAILABLE
-from sim.store import EpochRequest, RegistryRequest, SubmitRefused, SubmitRequest, TakeRequest
+from sim.store import (
+    EpochRequest,
+    RegistryRequest,
+    SubmitRefused,
+    SubmitRequest,
+    SweepRequest,
+    TakeRequest,
+)
 
 if TYPE_CHECKING:
     from sim.load import Submission
@@ -50,6 +57,7 @@ if TYPE_CHECKING:
 REGISTRY_PERIOD_S = 0.5
 LEADER_IDLE_S = 0.05
 TAKE_WAIT_S = 1.0
+SWEEP_PERIOD_S = 60.0
 STORE_RETRY_S = 0.2
 WORKER_TICK_MAX_S = 0.1
 # Submissions group-committed per store round trip (the API's batch limit).
@@ -165,6 +173,7 @@ class SimNode:
             self._worker_ticks,
             self._registry_loop,
             self._submit_loop,
+            self._sweep_loop,
         ):
             env.process(self._guard(loop(inc)))
 
@@ -391,16 +400,18 @@ class SimNode:
                 continue
             if taken is None:
                 continue
-            self._start(taken, inc)
+            yield from self._start(taken, inc)
 
-    def _start(self, taken: Taken, inc: int) -> None:
+    def _start(self, taken: Taken, inc: int) -> ProcessGen:
+        """As the runtime's take loop: start the handler of what a slot took."""
         record = taken.record
         pool = self.pool
         now = self.now_ms()
         if not pool.accepting:
             # Taken just as we began to stop: give it straight back.
             release = Release(record.id, taken.attempt, self.id, now)
-            self.env.process(self._guard(self._release(release)))
+            with contextlib.suppress(StoreUnavailable):
+                yield from self.call(ReleaseRequest(release))
             return
         assignment = Assignment(
             task_id=record.id,
@@ -413,15 +424,16 @@ class SimNode:
         )
         effects = pool.start(assignment, now)
         pool.check_invariants()
+        # An older attempt of this task still running here lost its lease: stop it first.
+        others = [e for e in effects if type(e) is not RunHandler]
+        if others:
+            with contextlib.suppress(StoreUnavailable):
+                yield from self.serve(worker_effects(pool, others))
         for effect in effects:
             if type(effect) is RunHandler:
                 key = (record.id, taken.attempt)
                 handler = self._guard(self._run_handler(assignment, inc))
                 self.handlers[key] = self.env.process(handler)
-
-    def _release(self, release: Release) -> ProcessGen:
-        with contextlib.suppress(StoreUnavailable):
-            yield from self.call(ReleaseRequest(release))
 
     def _run_handler(self, a: Assignment, inc: int) -> ProcessGen:
         world = self.world
@@ -495,6 +507,16 @@ class SimNode:
                 pass
             self.wake()
             yield env.timeout(REGISTRY_PERIOD_S)
+
+    def _sweep_loop(self, inc: int) -> ProcessGen:
+        """Retention, as the runtime: only the leader sweeps, once a minute."""
+        while True:
+            yield self.env.timeout(SWEEP_PERIOD_S)
+            if self.paused or self.incarnation != inc:
+                yield from self._gate(inc)
+            if self.sched.leading:
+                with contextlib.suppress(StoreUnavailable):
+                    yield from self.call(SweepRequest(self.now_ms()))
 
     # ------------------------------------------------------------------ clients
     def accept(self, sub: Submission, token: int) -> None:

@@ -100,6 +100,8 @@ def replay_command(config: SimConfig) -> str:
         ("--fsync", "fsync"),
         ("--lease-ms", "lease_ms"),
         ("--raft", "raft"),
+        ("--raft-journal", "raft_journal"),
+        ("--liveness", "liveness_s"),
     ):
         value = getattr(config, name)
         if value != getattr(default, name):

@@ -82,6 +82,13 @@ class RegistryRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class SweepRequest:
+    """Forget terminal tasks past the retention (RedisStore.sweep). Answer: how many went."""
+
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class EpochRequest:
     """Read the stored fencing epoch (RedisStore.epoch). Answer: int."""
 
@@ -89,8 +96,9 @@ class EpochRequest:
 class UnfencedStoreModel(StoreModel):
     """UNSAFE, simulation only (--unsafe-no-fencing): the epoch check always passes."""
 
-    def raise_epoch(self, term: int) -> bool:
-        self.epoch = max(self.epoch, term)
+    def raise_epoch(self, term: int, holder: str = "") -> bool:
+        if term >= self.epoch:
+            self.epoch, self.epoch_holder = term, holder
         return True
 
     def _fenced(self, term: int) -> bool:
@@ -127,11 +135,13 @@ class SimStore:
         trace: Trace,
         *,
         no_fencing: bool = False,
+        retention_ms: int = 7 * 24 * 3600 * 1000,
     ) -> None:
         self.env = env
         self.checker = checker
         self.trace = trace
-        self.model: StoreModel = UnfencedStoreModel() if no_fencing else StoreModel()
+        model_class = UnfencedStoreModel if no_fencing else StoreModel
+        self.model: StoreModel = model_class(retention_ms)
         self.up = True
         self.registry: dict[str, tuple[int, int]] = {}
         self._saved_registry: dict[str, tuple[int, int]] = {}
@@ -198,13 +208,18 @@ class SimStore:
             self.registry[request.node_id] = (request.slots, request.stamp_ms)
             answer(dict(self.registry))
         elif kind is RaiseEpochRequest:
-            ok = self.model.raise_epoch(request.term)
+            ok = self.model.raise_epoch(request.term, request.holder)
             if ok:
                 self.checker.on_epoch_raised(request.term)
-            self.trace.emit(self.env.now, "epoch", node, request.term, ok)
+            self.trace.emit(self.env.now, "epoch", node, request.term, request.holder, ok)
             answer(ok)
         elif kind is EpochRequest:
             answer(self.model.epoch)
+        elif kind is SweepRequest:
+            swept = self.model.sweep(request.now_ms)
+            if swept:
+                self.trace.emit(self.env.now, "swept", node, swept)
+            answer(swept)
         elif kind is LiveStatesRequest:
             answer(self.model.live_states(request.after_seq, request.count_max))
         elif kind is ReleaseRequest:
@@ -373,6 +388,7 @@ __all__ = [
     "SimStore",
     "SubmitRefused",
     "SubmitRequest",
+    "SweepRequest",
     "TakeRequest",
     "UnfencedStoreModel",
 ]

@@ -89,7 +89,13 @@ class World:
         self.checker = Checker(self.facts, config.skew_ms_max, lambda: env.now)
         self.net = Network(env, config.net, random.Random(f"{seed}:net"))
         self.caller = Caller(env, self.net)
-        self.store = SimStore(env, self.checker, self.trace, no_fencing=config.unsafe_no_fencing)
+        self.store = SimStore(
+            env,
+            self.checker,
+            self.trace,
+            no_fencing=config.unsafe_no_fencing,
+            retention_ms=config.retention_s * 1000,
+        )
         self.store.set_bell(self._ring)
         self.leadership: Leadership = make_leadership(
             config.raft, env, config.nodes, seed, random.Random(f"{seed}:raft")
@@ -166,10 +172,6 @@ class World:
             if leads and (best is None or term > best[0]):
                 best = (term, node.index)
         return None if best is None else best[1]
-
-    def leader_term(self) -> int:
-        index = self.leader_index()
-        return 0 if index is None else self.leadership.status(index)[1]
 
     # ------------------------------------------------------------------ faults
     def _node_ref(self, ref: str) -> int | None:
@@ -357,6 +359,10 @@ class World:
 
     def _crash(self, index: int) -> None:
         node = self.nodes[index]
+        if index in self._paused:  # a frozen process can be killed too
+            self._paused.remove(index)
+            self._close(f"pause:{index}")
+            self.leadership.resume(index)
         node.crash()
         self.leadership.crash(index)
         if index not in self._crashed:

@@ -1,8 +1,7 @@
 """Scripted scenarios (tests/scenarios/*.txt) replay to their golden outcome, exactly.
 
 Regenerate the goldens after an intended change: DSCHED_UPDATE_GOLDENS=1 python -m pytest
-tests/sim/test_sim_scripted.py (then review the diff). A script whose first lines say
-``# known-bug: core-X ...`` shows that core bug: it xfails while the bug is there.
+tests/sim/test_sim_scripted.py (then review the diff).
 """
 
 from __future__ import annotations
@@ -21,15 +20,6 @@ from sim.scripted import (
     write_golden,
 )
 from sim.world import run_one
-from tests.sim.known_bugs import BUGS, xfail_known
-
-
-def known_bug(script: str) -> str | None:
-    with open(script, encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("# known-bug:"):
-                return BUGS[line.split(":", 1)[1].split()[0]]
-    return None
 
 
 @pytest.mark.parametrize("script", script_paths(), ids=os.path.basename)
@@ -39,7 +29,6 @@ def test_script_replays_to_its_golden(script: str) -> None:
     got = figures(result)
     if os.environ.get(UPDATE_ENV):
         write_golden(script, got)
-    xfail_known(result, known_bug(script), os.path.basename(script))
     assert result.violation is None, format_violation(result, config)
     want = read_golden(script)
     assert want is not None, f"no golden for {script}: run with {UPDATE_ENV}=1"
