@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict
 from typing import Any
 
@@ -125,10 +126,18 @@ def format_violation(result: RunResult, config: SimConfig, events: int = 40) -> 
         f"  {v.message}",
         "  fault plan:",
         *("    " + line for line in (result.plan or "(none)").splitlines()),
-        f"  the last {min(events, len(v.events))} events:",
-        *("    " + format_line(line) for line in v.events[-events:]),
-        f"  replay: {replay_command(config)} --trace",
     ]
+    # The events of the tasks the message names (as far back as the kept ring goes), then the
+    # last few events of all.
+    named = list(dict.fromkeys(re.findall(r"\bt\d{6}\b", v.message)))[:3]
+    if named:
+        pattern = re.compile(r"\b(" + "|".join(named) + r")\b| fault | role | epoch ")
+        related = [line for line in v.events if pattern.search(line)][-events:]
+        lines.append(f"  events of {', '.join(named)} (and faults, roles, epochs):")
+        lines += ["    " + format_line(line) for line in related]
+    lines.append(f"  the last {min(events, len(v.events))} events:")
+    lines += ["    " + format_line(line) for line in v.events[-events:]]
+    lines.append(f"  replay: {replay_command(config)} --trace")
     return "\n".join(lines)
 
 

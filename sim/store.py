@@ -112,6 +112,12 @@ class _Parked:
     done: bool = False
 
 
+def _effect(before: Status | None) -> str:
+    """What a leader's write found, for the violation report: every accepted write of a stale
+    term breaks the fence, whether or not the task's compare-and-set made it a no-op."""
+    return "task was " + (before.value if before is not None else "unknown")
+
+
 def _snapshot(model: StoreModel) -> StoreModel:
     """A deep copy of the store's data (what an fsync point makes durable)."""
     copy = model.__class__(model.retention_ms)
@@ -276,7 +282,9 @@ class SimStore:
     def _drain(self, node: str, request: DrainRequest) -> list[TaskState] | str:
         drained = self.model.drain(request.term, request.count_max)
         if drained != FENCED:
-            self.checker.on_leader_write(request.term, f"drain by {node}")
+            self.checker.on_leader_write(
+                request.term, f"drain by {node} (took {len(drained)} notifications)"
+            )
             self._bell_armed[node] = True
         return drained
 
@@ -293,7 +301,9 @@ class SimStore:
             if type(op) is Lease:
                 answer = model.lease(op.term, op.task_id, op.node_id, op.deadline_ms, op.now_ms)
                 if answer != FENCED:
-                    checker.on_leader_write(op.term, f"lease of {op.task_id}")
+                    checker.on_leader_write(
+                        op.term, f"lease of {op.task_id} to {op.node_id} ({_effect(before)})"
+                    )
                     if before is Status.QUEUED:
                         assert isinstance(answer, TaskState)
                         self.trace.emit(
@@ -307,7 +317,9 @@ class SimStore:
             elif type(op) is Expire:
                 answer = model.expire(op.term, op.task_id, op.attempt, op.now_ms, op.target)
                 if answer != FENCED:
-                    checker.on_leader_write(op.term, f"expiry of {op.task_id}")
+                    checker.on_leader_write(
+                        op.term, f"expiry of {op.task_id} attempt {op.attempt} ({_effect(before)})"
+                    )
                     if (
                         before is Status.RUNNING
                         and isinstance(answer, TaskState)
@@ -318,7 +330,9 @@ class SimStore:
             else:
                 answer = model.promote(op.term, op.task_id, op.now_ms)
                 if answer != FENCED:
-                    checker.on_leader_write(op.term, f"promotion of {op.task_id}")
+                    checker.on_leader_write(
+                        op.term, f"promotion of {op.task_id} ({_effect(before)})"
+                    )
                     if isinstance(answer, TaskState) and answer.status is not before:
                         self.trace.emit(now, "promote", op.task_id, answer.status.value)
                         if answer.status.terminal:

@@ -469,7 +469,7 @@ class World:
             )
             self.leadership.check()
         except ViolationFound as exc:
-            violation = Violation(exc.invariant, exc.message, env.now, self.trace.recent(80))
+            violation = Violation(exc.invariant, exc.message, env.now, self.trace.recent())
         except Exception as exc:  # a core invariant, or a driver crash: both are findings
             # SimPy re-raises a process's exception from env.run: report the original one.
             root: BaseException = exc
@@ -482,7 +482,7 @@ class World:
                 invariant,
                 f"{type(root).__name__}: {root}\n" + "".join(frames).rstrip(),
                 env.now,
-                self.trace.recent(80),
+                self.trace.recent(),
             )
         finally:
             self.leadership.close()
