@@ -348,7 +348,7 @@ class Checker:
         missing = sorted(missing)
         if not missing:
             return
-        lines = []
+        lines: list[str] = []
         out_of_sync = 0
         blocked = 0  # waiting on a dependency that is itself unfinished
         absent = 0  # acknowledged, yet the store never had it (or lost it unnoticed)

@@ -27,7 +27,6 @@ from core.driver import (
     LeaderStats,
     Procedure,
     ReleaseRequest,
-    StoreUnavailable,
     handler_ended,
     leader_round,
     worker_effects,
@@ -35,7 +34,7 @@ from core.driver import (
 from core.effects import Effect, Lease
 from core.events import Event, NodeSeen
 from core.scheduler import Role, Scheduler, SchedulerConfig
-from core.store_model import Taken
+from core.store_model import StoreUnavailable, Taken
 from core.task import Outcome, RetryPolicy
 from core.worker import Assignment, Release, RunHandler, WorkerPool
 from sim.checker import TaskFacts

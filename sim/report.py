@@ -250,7 +250,9 @@ def _timeline(plt: Any, r: RunResult, out_dir: str) -> str:
         ax.set_ylim(bottom=0, top=max(1.0, ax.get_ylim()[1]))
         ax.grid(alpha=0.3)
     kinds = sorted({w[2].split()[0] for w in r.fault_windows})
-    handles = [Patch(color=FAULT_COLORS.get(k, "#7f7f7f"), alpha=0.3, label=k) for k in kinds]
+    handles: list[Any] = [
+        Patch(color=FAULT_COLORS.get(k, "#7f7f7f"), alpha=0.3, label=k) for k in kinds
+    ]
     handles.append(Line2D([], [], color="black", ls="--", lw=0.8, label="load stops"))
     axes[2].legend(handles=handles, loc="upper right", fontsize=8, title="faults")
     name = os.path.basename(r.scenario).replace(".txt", "")
