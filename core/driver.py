@@ -124,6 +124,9 @@ def leader_round(
     that follows, until the scheduler asks for nothing more. If the store stops answering
     part way, the scheduler is told (it rebuilds from the store once it answers again) and
     the StoreUnavailable goes on to the driver."""
+    # The scheduler names its next due time afresh every round; a stale one would keep the
+    # driver waking in a tight loop once nothing is due (say, after it was deposed).
+    stats.timer_at_ms = None
     try:
         yield from _leader_round(sched, leads, term, node_events, now_ms, stats)
     except StoreUnavailable:

@@ -330,10 +330,6 @@ class SimNode:
             leads, term = leadership.status(self.index)
             if leads:
                 checker.on_leader_claim(self.id, term)
-            # core.driver never clears timer_at_ms, so a timer that has fired would make every
-            # later wait 0 s (a spin in node/runtime.py; reported). Each round re-derives it: the
-            # scheduler emits SetTimer at the end of every step while it has timers.
-            self.stats.timer_at_ms = None
             before = self.sched.role
             proc = leader_round(
                 self.sched, leads, term, self._node_events(self.now_ms()), self.now_ms, self.stats
