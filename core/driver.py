@@ -142,12 +142,14 @@ def _leader_round(
     now_ms: Callable[[], int],
     stats: LeaderStats,
 ) -> Procedure:
+    # Node events first: an election rebuilds and dispatches at once, and must not hand work
+    # to a node just reported gone (the leader that was deposed, say).
+    for event in node_events:
+        yield from feed(sched, event, now_ms, stats)
     if leads and term != sched.term and term > 0:
         yield from feed(sched, Elected(term, now_ms()), now_ms, stats)
     elif not leads and sched.fence_term:
         yield from feed(sched, Deposed(now_ms()), now_ms, stats)
-    for event in node_events:
-        yield from feed(sched, event, now_ms, stats)
     while sched.leading:
         drained = yield DrainRequest(sched.term, DRAIN_BATCH_MAX)
         if drained == FENCED:

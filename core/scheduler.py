@@ -12,6 +12,7 @@ cache costs a refused write, not a lost or doubled task.
 from __future__ import annotations
 
 import heapq
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -257,7 +258,8 @@ class Scheduler:
         status = state.status
         if status is Status.QUEUED:
             self.queue.push(tid, int(state.priority), state.seq)
-            self.queued_types[tid] = state.type
+            # One string object per type, not one per task: a million queued tasks share a few.
+            self.queued_types[tid] = sys.intern(state.type)
         elif status is Status.RUNNING:
             self.leases[tid] = state
             self._take_slot(state.lease_node)

@@ -38,7 +38,7 @@ from core.driver import (
     leader_round,
     worker_effects,
 )
-from core.events import Event, NodeSeen
+from core.events import Event, NodeLeft, NodeSeen
 from core.priority import Priority
 from core.scheduler import Scheduler, SchedulerConfig
 from core.store_model import TaskRecord
@@ -60,6 +60,10 @@ LEADER_IDLE_S = 0.05
 SWEEP_PERIOD_S = 60.0
 # How long a slot's BLPOP waits before it re-checks for shutdown.
 TAKE_WAIT_S = 1.0
+# Concurrent take loops per node: one per TAKE_LOOP_SLOTS worker slots, at most TAKE_LOOPS_MAX
+# (each holds at most one BLPOP connection while idle).
+TAKE_LOOPS_MAX = 8
+TAKE_LOOP_SLOTS = 6
 
 
 def now_ms() -> int:
@@ -131,6 +135,8 @@ class NodeRuntime:
         self._registry_info: dict[str, dict[str, Any]] = {}
         self._store_ok = True
         self._loop_alive_ms = now_ms()
+        self._seen_leader: str | None = None
+        self._taking = 0
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -140,7 +146,13 @@ class NodeRuntime:
         await self._register()
         self._tasks = [
             asyncio.create_task(self._leader_loop(), name="dsched-leader"),
-            asyncio.create_task(self._take_loop(), name="dsched-take"),
+            # Several pullers on a large pool: one take is one Redis round trip, so one puller
+            # caps a node at one start per round trip whatever its worker count. A small pool
+            # is bound by its slots' turnaround instead, and extra pullers only cost CPU there.
+            *(
+                asyncio.create_task(self._take_loop(), name=f"dsched-take-{i}")
+                for i in range(max(1, min(TAKE_LOOPS_MAX, self.config.workers // TAKE_LOOP_SLOTS)))
+            ),
             asyncio.create_task(self._worker_ticks(), name="dsched-worker-ticks"),
             asyncio.create_task(self._registry_loop(), name="dsched-registry"),
             asyncio.create_task(self._cancel_listener(), name="dsched-cancels"),
@@ -320,10 +332,18 @@ class NodeRuntime:
     async def _leader_loop(self) -> None:
         while not self._stopping:
             self._loop_alive_ms = now_ms()
-            leads, term, _ = self.leadership.snapshot()
-            proc = leader_round(
-                self.scheduler, leads, term, self._node_events(now_ms()), now_ms, self.leader_stats
-            )
+            leads, term, leader = self.leadership.snapshot()
+            events = self._node_events(now_ms())
+            previous = self._seen_leader
+            if leads and term != self.scheduler.term and previous not in (None, self.node_id):
+                # The leader we followed is gone or cut off: assign it nothing until its registry
+                # entry is refreshed (NodeSeen), or the tie-break by node id may hand it the first
+                # task, which then waits out a whole lease. leader_round feeds node events
+                # before the election, which rebuilds and dispatches within the same round.
+                events.append(NodeLeft(previous, now_ms()))
+            if leader is not None:
+                self._seen_leader = leader
+            proc = leader_round(self.scheduler, leads, term, events, now_ms, self.leader_stats)
             try:
                 await self._serve(proc)
                 self._store_ok = True
@@ -414,15 +434,18 @@ class NodeRuntime:
     async def _take_loop(self) -> None:
         """Pull when a slot is free: a slot takes an assignment only when it can start it."""
         while not self._stopping:
-            if self.pool.free <= 0:
+            if self.pool.free - self._taking <= 0:
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue
+            self._taking += 1
             try:
                 taken = await self.store.take(self.node_id, TAKE_WAIT_S)
             except StoreUnavailable:
                 await asyncio.sleep(0.2)
                 continue
+            finally:
+                self._taking -= 1
             if taken is None:
                 continue
             record = taken.record

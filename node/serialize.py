@@ -6,6 +6,7 @@ back the same way; times are RFC 3339 UTC strings with milliseconds, or null whe
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -14,12 +15,17 @@ from core.priority import Priority
 from core.store_model import TaskRecord
 
 
+@functools.lru_cache(maxsize=4096)
 def rfc3339_ms(ms: int) -> str | None:
     """Epoch milliseconds -> ``2030-01-01T12:00:00.000Z``; 0 (the store's "unset") -> None."""
     if ms <= 0:
         return None
     stamp = datetime.fromtimestamp(ms / 1000, tz=UTC)
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+# Dict lookups, not Enum calls: a batch answer renders a thousand of these.
+_LABELS: dict[int, str] = {p: p.label for p in Priority}
 
 
 def _seconds(ms: int) -> float | int:
@@ -32,7 +38,7 @@ def task_json(record: TaskRecord) -> dict[str, Any]:
         "id": record.id,
         "type": record.type,
         "status": record.status.value,
-        "priority": Priority(record.priority).label,
+        "priority": _LABELS[record.priority],
         "payload": json.loads(record.payload_json),
         "seq": record.seq,
         "attempt": record.attempt,

@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import sys
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from importlib import resources
@@ -221,7 +222,7 @@ def _state(v: Sequence[str]) -> TaskState:
     """A TaskState from the scripts' state() (HMGET of STATE_FIELDS in _lib.lua)."""
     return TaskState(
         id=v[0],
-        type=v[1],
+        type=sys.intern(v[1]),  # one str per type, not one per queued task
         priority=_PRIORITY_OF[v[2]],
         seq=int(v[3]),
         status=_STATUS_OF[v[4]],

@@ -195,8 +195,14 @@ def _parse_payload(value: Any, field: str, intake: Intake) -> str:
     return text
 
 
+_PRIORITY_BY_LABEL: dict[str, Priority] = {p.label: p for p in Priority}
+
+
 def _parse_priority(value: Any, field: str, intake: Intake) -> Priority:
-    labels = [p.label for p in Priority]
+    found = _PRIORITY_BY_LABEL.get(value) if isinstance(value, str) else None
+    if found is not None:
+        return found
+    labels = list(_PRIORITY_BY_LABEL)
     if not isinstance(value, str) or value not in labels:
         # Only the exact lowercase names: one spelling per value keeps clients honest.
         shown = repr(value) if isinstance(value, str) else _kind(value)
