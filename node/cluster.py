@@ -98,6 +98,10 @@ class RaftLeadership:
                 return ""
             return "timed out"
 
+    def configuration(self) -> list[str]:
+        """The Raft addresses in the cluster configuration, as this member knows it."""
+        return sorted(self.member.status.cluster_raft_addrs) if self.member else []
+
     def epoch_refused(self, stored_epoch: int) -> None:
         """Our term is below the epoch in Redis (e.g. the whole cluster restarted): stand again
         in a higher term, or no election could ever pass the fence."""

@@ -292,6 +292,11 @@ def build_openapi(limits: Limits, task_types: list[str]) -> Schema:
                 "term": {"type": "integer"},
                 "self": {"type": "string"},
                 "members": {"type": "array", "items": {"type": "object"}},
+                "configuration": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "Raft addresses in the cluster configuration",
+                },
             },
         },
         "Readiness": {

@@ -231,7 +231,15 @@ class NodeRuntime:
                     "leases": info.get("leases", 0),
                 }
             )
-        return {"leader": leader, "term": term, "self": self.node_id, "members": members}
+        configuration = getattr(self.leadership, "configuration", None)
+        return {
+            "leader": leader,
+            "term": term,
+            "self": self.node_id,
+            "members": members,
+            # Raft's own member list (addresses), which joins and leaves change.
+            "configuration": configuration() if configuration else [],
+        }
 
     async def change_membership(self, action: str, raft_addr: str) -> tuple[int, dict[str, Any]]:
         change = getattr(self.leadership, "change_membership", None)
