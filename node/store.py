@@ -40,6 +40,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from importlib import resources
 from typing import Any, Final, Generic, TypeVar, cast
 
+import orjson
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
 from redis.asyncio.retry import Retry
@@ -51,6 +52,7 @@ from core.store_model import FENCED, NewTask, SubmitError, Taken, TaskRecord
 from core.store_model import StoreUnavailable as _CoreStoreUnavailable
 from core.task import Status, TaskState
 from core.worker import Finish, Heartbeat, Release
+from node.rows import SubmitRow, row_of
 
 __all__ = [
     "FENCED",
@@ -237,60 +239,57 @@ def _state(v: Sequence[str]) -> TaskState:
     )
 
 
-def _submit_args(batch: Sequence[NewTask], now_ms: int) -> list[str | int]:
-    args: list[str | int] = [now_ms, len(batch)]
-    for t in batch:
-        args += [
-            t.id,
-            t.type,
-            t.payload_json,
-            int(t.priority),
-            t.max_retries,
-            t.backoff_base_ms,
-            t.backoff_cap_ms,
-            t.timeout_ms,
-            t.run_at_ms,
-            t.idempotency_key,
-            # Raw UTF-8, not \u escapes: Lua's cjson then decodes any id byte for byte.
-            json.dumps(list(t.depends_on), ensure_ascii=False),
-            len(t.depends_on),
-            *t.depends_on,
-        ]
-    return args
+# What submit.lua answers per task: (seq, status) for a task it created, or the earlier task an
+# idempotency key matched.
+SubmitAnswer = tuple[int, Status] | TaskRecord
+_CREATED_STATUS: Final = {"q": Status.QUEUED, "p": Status.PENDING}
 
 
-def _submit_answer(
-    batch: Sequence[NewTask], now_ms: int, reply: list[Any]
-) -> list[tuple[TaskRecord, bool]] | SubmitError:
+def _submit_args(calls: Sequence[tuple[Sequence[SubmitRow], int]]) -> str:
+    """One flush of submit calls -> submit.lua's single JSON argument (raw UTF-8)."""
+    return orjson.dumps([[now_ms, rows] for rows, now_ms in calls]).decode()
+
+
+def _submit_answer(rows: Sequence[SubmitRow], reply: list[Any]) -> list[SubmitAnswer] | SubmitError:
+    """One call's reply (see submit.lua) -> one answer per row, or the call's refusal."""
     if reply[0] == "!":
         _, field_name, index, value = reply
         if field_name == "id":
             return SubmitError("id", f"task id {value!r} already exists", int(index))
         return SubmitError("depends_on", f"dependency {value!r} does not exist", int(index))
-    out: list[tuple[TaskRecord, bool]] = []
-    for new, item in zip(batch, reply[1:], strict=True):
-        if item[0] == "=":
-            out.append((_record(item[1:]), False))
-            continue
-        record = TaskRecord(
-            id=new.id,
-            type=new.type,
-            payload_json=new.payload_json,
-            priority=Priority(new.priority),
-            seq=int(item[1]),
-            status=Status(item[2]),
-            max_retries=new.max_retries,
-            backoff_base_ms=new.backoff_base_ms,
-            backoff_cap_ms=new.backoff_cap_ms,
-            timeout_ms=new.timeout_ms,
-            run_at_ms=new.run_at_ms,
-            depends_on=tuple(new.depends_on),
-            idempotency_key=new.idempotency_key,
-            created_ms=now_ms,
-            updated_ms=now_ms,
-        )
-        out.append((record, True))
+    seq = int(reply[1])
+    codes: str = reply[2]
+    if len(codes) != len(rows):
+        raise StoreError(f"submit answered {len(codes)} tasks for {len(rows)}")
+    matched = iter(reply[3:])
+    out: list[SubmitAnswer] = []
+    for code in codes:
+        if code == "=":
+            out.append(_record(next(matched)))
+        else:
+            out.append((seq, _CREATED_STATUS[code]))
+            seq += 1
     return out
+
+
+def _created_record(new: NewTask, seq: int, status: Status, now_ms: int) -> TaskRecord:
+    return TaskRecord(
+        id=new.id,
+        type=new.type,
+        payload_json=new.payload_json,
+        priority=Priority(new.priority),
+        seq=seq,
+        status=status,
+        max_retries=new.max_retries,
+        backoff_base_ms=new.backoff_base_ms,
+        backoff_cap_ms=new.backoff_cap_ms,
+        timeout_ms=new.timeout_ms,
+        run_at_ms=new.run_at_ms,
+        depends_on=tuple(new.depends_on),
+        idempotency_key=new.idempotency_key,
+        created_ms=now_ms,
+        updated_ms=now_ms,
+    )
 
 
 def _finish_args(f: Finish) -> list[str | int]:
@@ -416,8 +415,8 @@ class RedisStore:
         self.prefix = prefix
         self.base = "{" + prefix + "}"
         self.retention_ms = retention_ms
-        self._submits: _GroupCommit[tuple[list[NewTask], int], list[tuple[TaskRecord, bool]]] = (
-            _GroupCommit(self._flush_submits, lambda call: max(1, len(call[0])), group_commit_max)
+        self._submits: _GroupCommit[tuple[list[SubmitRow], int], list[SubmitAnswer]] = _GroupCommit(
+            self._flush_submits, lambda call: max(1, len(call[0])), group_commit_max
         )
         self._finishes: _GroupCommit[list[Finish], list[bool | BaseException]] = _GroupCommit(
             self._flush_finishes, lambda call: max(1, len(call)), group_commit_max
@@ -561,21 +560,32 @@ class RedisStore:
         """Create every task of ``batch`` or none (SubmitError names the first offender).
         Returns (record, created) per input; created is False where an idempotency key matched.
         Concurrent calls are group-committed; each batch stays all-or-none on its own."""
-        if not batch:
+        answers = await self.submit_rows([row_of(new) for new in batch], now_ms)
+        return [
+            (answer, False)
+            if isinstance(answer, TaskRecord)
+            else (_created_record(new, answer[0], answer[1], now_ms), True)
+            for new, answer in zip(batch, answers, strict=True)
+        ]
+
+    async def submit_rows(self, rows: list[SubmitRow], now_ms: int) -> list[SubmitAnswer]:
+        """:meth:`submit` for rows (node/rows.py), answering per row (seq, status) for a created
+        task or the earlier TaskRecord its idempotency key matched: the API renders its answer
+        from these without building a record per created task."""
+        if not rows:
             return []
-        return await self._submits((list(batch), now_ms))
+        return await self._submits((rows, now_ms))
 
     async def _flush_submits(
-        self, calls: list[tuple[list[NewTask], int]]
-    ) -> list[list[tuple[TaskRecord, bool]] | BaseException]:
-        replies = await self._eval_many("submit", [_submit_args(b, now) for b, now in calls])
-        out: list[list[tuple[TaskRecord, bool]] | BaseException] = []
-        for (batch, now), reply in zip(calls, replies, strict=True):
-            if isinstance(reply, BaseException):
-                out.append(_translate(reply))
-            else:
-                out.append(_submit_answer(batch, now, reply))
-        return out
+        self, calls: list[tuple[list[SubmitRow], int]]
+    ) -> list[list[SubmitAnswer] | BaseException]:
+        # One script call for the whole flush: the calls run in it one after the other, each
+        # all-or-none on its own, so this is what a pipeline of one script per call did, in one
+        # EVALSHA with one argument.
+        replies = await self._eval("submit", _submit_args(calls))
+        if len(replies) != len(calls):
+            raise StoreError(f"submit answered {len(replies)} calls for {len(calls)}")
+        return [_submit_answer(rows, r) for (rows, _), r in zip(calls, replies, strict=True)]
 
     async def cancel(self, task_id: str, now_ms: int) -> TaskRecord | None:
         """Any non-terminal task -> cancelled; the node running it is told on its cancel

@@ -1,88 +1,206 @@
--- submit: create every task of one batch, or none (StoreModel.submit).
--- ARGV: now_ms, n, then per task: id, type, payload_json, priority, max_retries,
---   backoff_base_ms, backoff_cap_ms, timeout_ms, run_at_ms, idempotency_key, depends_on_json,
---   ndeps, dep_1 .. dep_ndeps
--- Answers {"!", field, index0, value} for a refused batch (nothing written), else
--- {"ok", item...} with item {"+", seq, status} for a created task and {"=", HGETALL...} where an
--- idempotency key matched an earlier task.
-local now = ARGV[1]
-local n = tonumber(ARGV[2])
-local items = {}
-local pos = 3
-for i = 1, n do
-  local ndeps = tonumber(ARGV[pos + 11])
-  local deps = {}
-  for d = 1, ndeps do
-    deps[d] = ARGV[pos + 11 + d]
+-- submit: one or more calls (a group commit), each creating every task of its batch or none
+-- (StoreModel.submit). The calls run in order, each as if it were its own script: a later call
+-- sees what an earlier one wrote (its idempotency keys, its tasks), and a refused call writes
+-- nothing and leaves the others be.
+--
+-- ARGV[1]: JSON [[now_ms, [task, ...]], ...] with task = [id, type, payload_json, priority,
+--   max_retries, backoff_base_ms, backoff_cap_ms, timeout_ms, run_at_ms, idempotency_key,
+--   depends_on_json]. One argument per flush rather than a dozen per task: packing thousands of
+--   arguments was the costliest part of a batch on the node, and cjson decodes in C. Numbers are
+--   integers below 2^53 (validation bounds them), which cjson keeps exact and redis.call formats
+--   as plain digits; depends_on_json is stored as sent ("[]" when empty).
+--
+-- Answers one reply per call, in order: {"!", field, index0, value} for a refused call (nothing
+-- of it written), else {"ok", first_seq, codes, HGETALL...}: codes has one letter per task, "q"
+-- (created queued), "p" (created pending) or "=" (its idempotency key matched an earlier task,
+-- whose HGETALL follows, in order); created tasks take the sequence numbers first_seq,
+-- first_seq + 1, ... in order.
+local calls = cjson.decode(ARGV[1])
+local EMPTY = {}
+local K_IDEM_CHUNK = UNPACK_MAX
+
+-- HMGET and EXISTS over any number of arguments, in slices unpack() can take.
+local function hmget_all(key, fields)
+  local out = {}
+  for i = 1, #fields, UNPACK_MAX do
+    local got = redis.call("HMGET", key, unpack(fields, i, math.min(i + UNPACK_MAX - 1, #fields)))
+    for j = 1, #got do
+      out[#out + 1] = got[j]
+    end
   end
-  items[i] = {
-    id = ARGV[pos], type = ARGV[pos + 1], payload_json = ARGV[pos + 2],
-    priority = ARGV[pos + 3], max_retries = ARGV[pos + 4], backoff_base_ms = ARGV[pos + 5],
-    backoff_cap_ms = ARGV[pos + 6], timeout_ms = ARGV[pos + 7], run_at_ms = ARGV[pos + 8],
-    key = ARGV[pos + 9], depends_on = ARGV[pos + 10], deps = deps,
-  }
-  pos = pos + 12 + ndeps
+  return out
 end
 
--- Checks, in the model's order: the first offending task names the error.
-local batch_ids = {}
-local batch_keys = {}
-for i, it in ipairs(items) do
-  local known = it.key ~= "" and (batch_keys[it.key] or redis.call("HEXISTS", K_IDEM, it.key) == 1)
-  if not known then
-    if batch_ids[it.id] or redis.call("EXISTS", tkey(it.id)) == 1 then
-      return { "!", "id", i - 1, it.id }
-    end
-    for _, dep in ipairs(it.deps) do
-      if not batch_ids[dep] and redis.call("EXISTS", tkey(dep)) == 0 then
-        return { "!", "depends_on", i - 1, dep }
+local function exists_count(keys)
+  local n = 0
+  for i = 1, #keys, UNPACK_MAX do
+    n = n + redis.call("EXISTS", unpack(keys, i, math.min(i + UNPACK_MAX - 1, #keys)))
+  end
+  return n
+end
+
+-- The model's checks, item by item in order: the first offender names the error. Only run when
+-- the bulk checks below found something to name (or could not rule it out).
+local function first_offender(tasks, idem)
+  local batch_ids = {}
+  local batch_keys = {}
+  for i, t in ipairs(tasks) do
+    local id, key = t[1], t[10]
+    local known = key ~= "" and (batch_keys[key] or idem[key])
+    if not known then
+      if batch_ids[id] or redis.call("EXISTS", tkey(id)) == 1 then
+        return { "!", "id", i - 1, id }
+      end
+      for _, dep in ipairs(t.deps) do
+        if not batch_ids[dep] and redis.call("EXISTS", tkey(dep)) == 0 then
+          return { "!", "depends_on", i - 1, dep }
+        end
+      end
+      batch_ids[id] = true
+      if key ~= "" then
+        batch_keys[key] = true
       end
     end
-    batch_ids[it.id] = true
-    if it.key ~= "" then
-      batch_keys[it.key] = true
+  end
+  return nil
+end
+
+local queued = {}
+local pushed = {}
+local out = {}
+
+for c, call in ipairs(calls) do
+  local now, tasks = call[1], call[2]
+  local n = #tasks
+
+  -- Idempotency keys already stored, one HMGET for the whole call.
+  local keys = {}
+  for _, t in ipairs(tasks) do
+    if t[10] ~= "" then
+      keys[#keys + 1] = t[10]
     end
+  end
+  local idem = {}
+  if #keys > 0 then
+    local ids = hmget_all(K_IDEM, keys)
+    for i, key in ipairs(keys) do
+      if ids[i] then
+        idem[key] = ids[i]
+      end
+    end
+  end
+
+  -- Checks (all before any write of this call). Bulk first: the ids of the tasks to create
+  -- must not exist, every dependency not made earlier in this call must exist. Anything
+  -- else (a repeated id, a count that does not add up) goes to the exact item-by-item pass.
+  local batch_ids = {}
+  local batch_keys = {}
+  local new_keys = {}
+  local dep_keys = {}
+  local doubt = false
+  local created = 0
+  for _, t in ipairs(tasks) do
+    local id, key = t[1], t[10]
+    t.deps = t[11] == "[]" and EMPTY or cjson.decode(t[11])
+    local known = key ~= "" and (batch_keys[key] or idem[key])
+    if not known then
+      if batch_ids[id] then
+        doubt = true
+      end
+      new_keys[#new_keys + 1] = tkey(id)
+      for _, dep in ipairs(t.deps) do
+        if not batch_ids[dep] then
+          dep_keys[#dep_keys + 1] = tkey(dep)
+        end
+      end
+      batch_ids[id] = true
+      if key ~= "" then
+        batch_keys[key] = true
+      end
+      created = created + 1
+    end
+  end
+  local refused = nil
+  if doubt or exists_count(new_keys) ~= 0 or exists_count(dep_keys) ~= #dep_keys then
+    refused = first_offender(tasks, idem)
+  end
+
+  if refused then
+    out[c] = refused
+  else
+    -- Writes.
+    local seq = 0
+    if created > 0 then
+      seq = redis.call("INCRBY", K_SEQ, created) - created
+    end
+    local first_seq = seq + 1
+    local codes = {}
+    local answer = { "ok", first_seq, "" }
+    local all = {}
+    local by_status = { queued = {}, pending = {} }
+    local idem_new = {}
+    local made = {}
+    for i, t in ipairs(tasks) do
+      local id, key = t[1], t[10]
+      local existing = key ~= "" and (idem[key] or made[key])
+      if existing then
+        codes[i] = "="
+        answer[#answer + 1] = redis.call("HGETALL", tkey(existing))
+      else
+        seq = seq + 1
+        local status = "pending"
+        if tonumber(t[9]) <= tonumber(now) and deps_succeeded(t.deps) then
+          status = "queued"
+        end
+        local priority = t[4]
+        redis.call("HSET", tkey(id),
+          "id", id, "type", t[2], "payload_json", t[3],
+          "priority", priority, "seq", seq, "status", status,
+          "max_retries", t[5], "backoff_base_ms", t[6],
+          "backoff_cap_ms", t[7], "timeout_ms", t[8],
+          "run_at_ms", t[9], "depends_on", t[11],
+          "idempotency_key", key, "created_ms", now, "updated_ms", now,
+          "attempt", 0, "failures", 0, "lease_expiries", 0, "started_ms", 0, "finished_ms", 0,
+          "lease_node", "", "lease_deadline_ms", 0, "result_json", "", "error", "{}",
+          "version", 1)
+        all[#all + 1] = seq
+        all[#all + 1] = id
+        local list = by_status[status]
+        list[#list + 1] = seq
+        list[#list + 1] = id
+        if status == "queued" then
+          queued[priority] = (queued[priority] or 0) + 1
+          codes[i] = "q"
+        else
+          codes[i] = "p"
+        end
+        if key ~= "" then
+          made[key] = id
+          idem_new[#idem_new + 1] = key
+          idem_new[#idem_new + 1] = id
+        end
+        pushed[#pushed + 1] = id
+      end
+    end
+    -- Index entries in bulk (pairs: slices of an even length).
+    for i = 1, #all, UNPACK_MAX do
+      redis.call("ZADD", K_ALL, unpack(all, i, math.min(i + UNPACK_MAX - 1, #all)))
+    end
+    for status, list in pairs(by_status) do
+      for i = 1, #list, UNPACK_MAX do
+        redis.call("ZADD", skey(status), unpack(list, i, math.min(i + UNPACK_MAX - 1, #list)))
+      end
+    end
+    for i = 1, #idem_new, K_IDEM_CHUNK do
+      redis.call("HSET", K_IDEM, unpack(idem_new, i, math.min(i + K_IDEM_CHUNK - 1, #idem_new)))
+    end
+    answer[3] = table.concat(codes)
+    out[c] = answer
   end
 end
 
--- Writes.
-local out = { "ok" }
-local pushed = {}
-local queued = {}
-for _, it in ipairs(items) do
-  local existing = it.key ~= "" and redis.call("HGET", K_IDEM, it.key)
-  if existing then
-    out[#out + 1] = { "=", unpack(redis.call("HGETALL", tkey(existing))) }
-  else
-    local seq = redis.call("INCR", K_SEQ)
-    local status = "pending"
-    if tonumber(it.run_at_ms) <= tonumber(now) and deps_succeeded(it.deps) then
-      status = "queued"
-    end
-    redis.call("HSET", tkey(it.id),
-      "id", it.id, "type", it.type, "payload_json", it.payload_json,
-      "priority", it.priority, "seq", seq, "status", status,
-      "max_retries", it.max_retries, "backoff_base_ms", it.backoff_base_ms,
-      "backoff_cap_ms", it.backoff_cap_ms, "timeout_ms", it.timeout_ms,
-      "run_at_ms", it.run_at_ms, "depends_on", it.depends_on,
-      "idempotency_key", it.key, "created_ms", now, "updated_ms", now,
-      "attempt", 0, "failures", 0, "lease_expiries", 0, "started_ms", 0, "finished_ms", 0,
-      "lease_node", "", "lease_deadline_ms", 0, "result_json", "", "error", "{}",
-      "version", 1)
-    redis.call("ZADD", K_ALL, seq, it.id)
-    redis.call("ZADD", skey(status), seq, it.id)
-    if status == "queued" then
-      queued[it.priority] = (queued[it.priority] or 0) + 1
-    end
-    if it.key ~= "" then
-      redis.call("HSET", K_IDEM, it.key, it.id)
-    end
-    pushed[#pushed + 1] = it.id
-    out[#out + 1] = { "+", seq, status }
-  end
-end
-for priority, n in pairs(queued) do
-  redis.call("HINCRBY", K_QN, priority, n)
+for priority, count in pairs(queued) do
+  redis.call("HINCRBY", K_QN, priority, count)
 end
 inbox_push(pushed)
 return out

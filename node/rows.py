@@ -1,0 +1,56 @@
+"""A validated submission as the submit script reads it: one flat tuple per task.
+
+The API's fast path builds these straight from request JSON (node/validation.py) and renders its
+answer from them (node/serialize.py), so a batch of a thousand tasks makes no NewTask and no
+TaskRecord objects; the store sends them to Redis as one JSON argument (node/lua/submit.lua).
+``NewTask`` remains the store's typed interface: :func:`row_of` converts.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Final
+
+from core.store_model import NewTask
+
+# (id, type, payload_json, priority, max_retries, backoff_base_ms, backoff_cap_ms, timeout_ms,
+#  run_at_ms, idempotency_key, depends_on_json): the order submit.lua reads.
+SubmitRow = tuple[str, str, str, int, int, int, int, int, int, str, str]
+
+ID: Final = 0
+TYPE: Final = 1
+PAYLOAD_JSON: Final = 2
+PRIORITY: Final = 3
+MAX_RETRIES: Final = 4
+BACKOFF_BASE_MS: Final = 5
+BACKOFF_CAP_MS: Final = 6
+TIMEOUT_MS: Final = 7
+RUN_AT_MS: Final = 8
+IDEMPOTENCY_KEY: Final = 9
+DEPENDS_ON_JSON: Final = 10
+
+NO_DEPS_JSON: Final = "[]"
+
+
+def deps_json(depends_on: tuple[str, ...] | list[str]) -> str:
+    """The stored form of depends_on: "[]" when empty (readers test for it), else a JSON array
+    with raw UTF-8 (Lua's cjson then decodes any id byte for byte)."""
+    if not depends_on:
+        return NO_DEPS_JSON
+    return json.dumps(list(depends_on), ensure_ascii=False)
+
+
+def row_of(new: NewTask) -> SubmitRow:
+    return (
+        new.id,
+        new.type,
+        new.payload_json,
+        int(new.priority),
+        new.max_retries,
+        new.backoff_base_ms,
+        new.backoff_cap_ms,
+        new.timeout_ms,
+        new.run_at_ms,
+        new.idempotency_key,
+        deps_json(new.depends_on),
+    )
