@@ -12,8 +12,8 @@ logged 500 (never a crash, never a traceback to the client) for anything unexpec
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -27,9 +27,16 @@ from core.task import Status
 from node import tasks as task_registry
 from node.keys import CONFIG, METRICS, RUNTIME, STORE
 from node.openapi import build_openapi
-from node.serialize import task_json
+from node.rows import ID, PRIORITY, TYPE, SubmitRow, created_record
+from node.serialize import created_json, dumps, rfc3339_ms, task_json
 from node.store import StoreUnavailable
-from node.validation import Intake, RequestError, parse_json, validate_batch, validate_task
+from node.validation import (
+    Intake,
+    RequestError,
+    parse_json,
+    validate_batch_rows,
+    validate_task_row,
+)
 
 log = logging.getLogger("dsched.api")
 
@@ -42,6 +49,10 @@ CURSOR_DIGITS_MAX = 20
 LIST_PARAMS = ("status", "type", "priority", "cursor", "limit")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+JSON_TYPE = "application/json"
+# Task ids: uuid4 hex, made from one os.urandom call per this many (uuid.uuid4() per task was a
+# syscall and a UUID object each, a tenth of a batch's validation).
+ID_BLOCK = 1024
 
 # Status codes of errors aiohttp raises itself (router, body size), mapped to our error codes.
 _HTTP_CODES = {
@@ -63,11 +74,15 @@ def _limits(request: web.Request) -> Limits:
 
 
 def _json_response(data: Any, status: int = 200, **headers: str) -> web.Response:
-    return web.json_response(data, status=status, headers=headers or None)
+    return web.Response(
+        body=dumps(data), status=status, headers=headers or None, content_type=JSON_TYPE
+    )
 
 
 def _error_response(exc: RequestError, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response(exc.body(), status=exc.status, headers=headers)
+    return web.Response(
+        body=dumps(exc.body()), status=exc.status, headers=headers, content_type=JSON_TYPE
+    )
 
 
 def _unavailable(message: str) -> RequestError:
@@ -151,12 +166,33 @@ async def read_json(request: web.Request) -> Any:
     return parse_json(body)
 
 
+def uuid4_hex_many(n: int) -> list[str]:
+    """``n`` random ids in uuid4's hex form (version 4, RFC 4122 variant), from one urandom."""
+    raw = bytearray(os.urandom(16 * n))
+    raw[6::16] = bytes(b & 0x0F | 0x40 for b in raw[6::16])
+    raw[8::16] = bytes(b & 0x3F | 0x80 for b in raw[8::16])
+    text = raw.hex()
+    return [text[i : i + 32] for i in range(0, 32 * n, 32)]
+
+
+_id_pool: list[str] = []
+# A forked child must not hand out its parent's ids.
+os.register_at_fork(after_in_child=_id_pool.clear)
+
+
+def new_id() -> str:
+    if not _id_pool:
+        _id_pool.extend(uuid4_hex_many(ID_BLOCK))
+    return _id_pool.pop()
+
+
 def _intake(request: web.Request) -> Intake:
     return Intake(
         limits=_limits(request),
         task_types=frozenset(task_registry.registered()),
         now_ms=now_ms(),
-        new_id=lambda: uuid.uuid4().hex,
+        new_id=new_id,
+        new_ids=uuid4_hex_many,
     )
 
 
@@ -179,11 +215,14 @@ def _conflict(record: TaskRecord, message: str) -> web.Response:
     return _json_response({**error.body(), "task": task_json(record)}, 409)
 
 
-def _count_submitted(request: web.Request, records: list[TaskRecord]) -> None:
+_LABELS: dict[int, str] = {p: p.label for p in Priority}
+
+
+def _count_submitted(request: web.Request, rows: list[SubmitRow]) -> None:
     metrics = request.app[METRICS]
-    by_label = Counter((r.type, Priority(r.priority).label) for r in records)
-    for (type_name, label), n in sorted(by_label.items()):
-        metrics.submitted(type_name, label, n)
+    by_label = Counter((row[TYPE], row[PRIORITY]) for row in rows)
+    for (type_name, priority), n in sorted(by_label.items()):
+        metrics.submitted(type_name, _LABELS[priority], n)
 
 
 # ---------------------------------------------------------------------------- handlers
@@ -191,33 +230,47 @@ def _count_submitted(request: web.Request, records: list[TaskRecord]) -> None:
 
 async def submit_task(request: web.Request) -> web.Response:
     _check_accepting(request)
-    new = validate_task(await read_json(request), _intake(request))
+    row = validate_task_row(await read_json(request), _intake(request))
+    now = now_ms()
     try:
-        [(record, created)] = await request.app[STORE].submit([new], now_ms())
+        [answer] = await request.app[STORE].submit_rows([row], now)
     except SubmitError as exc:
         raise RequestError(exc.field, str(exc)) from None
-    if not created:
+    if isinstance(answer, TaskRecord):
         # The idempotency key matched: the first task, unchanged, and nothing new to wake for.
-        return _json_response(task_json(record), 200)
-    _count_submitted(request, [record])
-    request.app[RUNTIME].notify_changed([record])
-    return _json_response(task_json(record), 201, Location=f"/v1/tasks/{record.id}")
+        return _json_response(task_json(answer), 200)
+    seq, status = answer
+    _count_submitted(request, [row])
+    request.app[RUNTIME].notify_changed([created_record(row, seq, status, now)])
+    body = created_json(row, seq, status, rfc3339_ms(now))
+    return _json_response(body, 201, Location=f"/v1/tasks/{row[ID]}")
 
 
 async def submit_batch(request: web.Request) -> web.Response:
     _check_accepting(request)
-    batch = validate_batch(await read_json(request), _intake(request))
+    rows = validate_batch_rows(await read_json(request), _intake(request))
+    now = now_ms()
     try:
-        results = await request.app[STORE].submit(batch, now_ms())
+        answers = await request.app[STORE].submit_rows(rows, now)
     except SubmitError as exc:
         field = exc.field if exc.index is None else f"tasks[{exc.index}].{exc.field}"
         raise RequestError(field, str(exc)) from None
-    created = [record for record, was_created in results if was_created]
+    stamp = rfc3339_ms(now)
+    tasks: list[dict[str, Any]] = []
+    created: list[SubmitRow] = []
+    records: list[TaskRecord] = []
+    for row, answer in zip(rows, answers, strict=True):
+        if isinstance(answer, TaskRecord):
+            tasks.append(task_json(answer))
+        else:
+            seq, status = answer
+            created.append(row)
+            records.append(created_record(row, seq, status, now))
+            tasks.append(created_json(row, seq, status, stamp))
     if created:
         _count_submitted(request, created)
-        request.app[RUNTIME].notify_changed(created)
-    body = {"tasks": [task_json(record) for record, _ in results]}
-    return _json_response(body, 201 if created else 200)
+        request.app[RUNTIME].notify_changed(records)
+    return _json_response({"tasks": tasks}, 201 if created else 200)
 
 
 async def get_task(request: web.Request) -> web.Response:

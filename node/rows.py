@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 from typing import Final
 
-from core.store_model import NewTask
+from core.priority import Priority
+from core.store_model import NewTask, TaskRecord
+from core.task import Status
 
 # (id, type, payload_json, priority, max_retries, backoff_base_ms, backoff_cap_ms, timeout_ms,
 #  run_at_ms, idempotency_key, depends_on_json): the order submit.lua reads.
@@ -38,6 +40,31 @@ def deps_json(depends_on: tuple[str, ...] | list[str]) -> str:
     if not depends_on:
         return NO_DEPS_JSON
     return json.dumps(list(depends_on), ensure_ascii=False)
+
+
+_PRIORITIES: Final = {int(p): p for p in Priority}
+
+
+def created_record(row: SubmitRow, seq: int, status: Status, now_ms: int) -> TaskRecord:
+    """The record the store made from ``row`` (its seq and status from the store's answer)."""
+    deps_text = row[DEPENDS_ON_JSON]
+    return TaskRecord(
+        row[ID],
+        row[TYPE],
+        row[PAYLOAD_JSON],
+        _PRIORITIES[row[PRIORITY]],
+        seq,
+        status,
+        row[MAX_RETRIES],
+        row[BACKOFF_BASE_MS],
+        row[BACKOFF_CAP_MS],
+        row[TIMEOUT_MS],
+        row[RUN_AT_MS],
+        () if deps_text == NO_DEPS_JSON else tuple(json.loads(deps_text)),
+        row[IDEMPOTENCY_KEY],
+        now_ms,
+        now_ms,
+    )
 
 
 def row_of(new: NewTask) -> SubmitRow:

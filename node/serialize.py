@@ -9,10 +9,14 @@ from __future__ import annotations
 import functools
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
+
+import orjson
 
 from core.priority import Priority
 from core.store_model import TaskRecord
+from core.task import Status
+from node.rows import NO_DEPS_JSON, SubmitRow
 
 
 @functools.lru_cache(maxsize=4096)
@@ -59,6 +63,50 @@ def task_json(record: TaskRecord) -> dict[str, Any]:
         "result": json.loads(record.result_json) if record.result_json else None,
         "error": dict(record.error) or None,
     }
+
+
+_NO_DEPS: Final = orjson.Fragment(NO_DEPS_JSON)
+
+
+def created_json(row: SubmitRow, seq: int, status: Status, stamp: str | None) -> dict[str, Any]:
+    """task_json of the record the store made from ``row`` (seq and status from its answer,
+    created and updated at ``stamp``), built from the row: a batch answer renders a thousand of
+    these. The payload and depends_on go out as the JSON text already made (orjson Fragments);
+    tests/node/test_serialize.py checks that both paths render the same."""
+    return {
+        "id": row[0],
+        "type": row[1],
+        "status": status.value,
+        "priority": _LABELS[row[3]],
+        "payload": orjson.Fragment(row[2]),
+        "seq": seq,
+        "attempt": 0,
+        "failures": 0,
+        "max_retries": row[4],
+        "timeout_s": _seconds(row[7]),
+        "backoff_base_s": _seconds(row[5]),
+        "backoff_cap_s": _seconds(row[6]),
+        "run_at": rfc3339_ms(row[8]),
+        "depends_on": _NO_DEPS if row[10] == NO_DEPS_JSON else orjson.Fragment(row[10]),
+        "idempotency_key": row[9] or None,
+        "created_at": stamp,
+        "updated_at": stamp,
+        "started_at": None,
+        "finished_at": None,
+        "node": None,
+        "lease_expiries": 0,
+        "result": None,
+        "error": None,
+    }
+
+
+def dumps(data: Any) -> bytes:
+    """JSON for a response body: orjson (compact, UTF-8), or the standard library for what
+    orjson does not take (integers beyond 64 bits, non-string keys)."""
+    try:
+        return orjson.dumps(data)
+    except TypeError:
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 # The response schema of a task, published in /openapi.json; a test checks that its properties

@@ -11,6 +11,7 @@ here leaves nothing behind. Errors name the field (``tasks[3].priority`` inside 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -22,6 +23,7 @@ from typing import Any
 from core.limits import Limits
 from core.priority import Priority
 from core.store_model import NewTask
+from node.rows import SubmitRow, row_of
 
 # Ids are server-made uuid4 hex (32 characters); this bound only keeps an absurd string from
 # reaching the store's scripts. A well-formed id that does not exist is the store's refusal.
@@ -67,6 +69,8 @@ class Intake:
     task_types: frozenset[str]
     now_ms: int
     new_id: Callable[[], str]
+    # ``n`` ids at once, for a batch; without it, new_id is called n times.
+    new_ids: Callable[[int], list[str]] | None = None
 
 
 # ---------------------------------------------------------------------------- JSON bodies
@@ -175,9 +179,13 @@ def _parse_type(value: Any, field: str, intake: Intake) -> str:
     return name
 
 
+# What json.dumps(separators=(",", ":"), ensure_ascii=False, allow_nan=False) builds per call.
+_PAYLOAD_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def _parse_payload(value: Any, field: str, intake: Intake) -> str:
     try:
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _PAYLOAD_ENCODER.encode(value)
         size = len(text.encode("utf-8"))
     except ValueError:  # 1e999 parses as inf, which JSON cannot carry back out
         raise RequestError(field, "numbers must be finite") from None
@@ -444,10 +452,11 @@ def _joined(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-def validate_task(obj: Any, intake: Intake, where: str = "") -> NewTask:
+def validate_task(obj: Any, intake: Intake, where: str = "", task_id: str | None = None) -> NewTask:
     """One submission -> NewTask, or RequestError naming the first offending field.
 
-    ``where`` prefixes field names (``tasks[3]``) so that a batch error points at its item.
+    ``where`` prefixes field names (``tasks[3]``) so that a batch error points at its item;
+    ``task_id`` is the id to give it (else a new one from the intake).
     """
     if not isinstance(obj, dict):
         raise RequestError(where or None, f"must be a JSON object, not {_kind(obj)}")
@@ -473,11 +482,17 @@ def validate_task(obj: Any, intake: Intake, where: str = "") -> NewTask:
     else:
         # A long base alone should lengthen the cap, not be refused over a default.
         values["backoff_cap_ms"] = max(base_ms, _NEW_TASK_DEFAULTS["backoff_cap_ms"])
-    return NewTask(id=intake.new_id(), **values)
+    return NewTask(id=intake.new_id() if task_id is None else task_id, **values)
 
 
 def validate_batch(obj: Any, intake: Intake) -> list[NewTask]:
     """``{"tasks": [...]}`` -> NewTasks in order; one bad item refuses the whole batch."""
+    items = _batch_items(obj, intake)
+    return [validate_task(item, intake, f"tasks[{i}]") for i, item in enumerate(items)]
+
+
+def _batch_items(obj: Any, intake: Intake) -> list[Any]:
+    """The items of a batch body, checked as a whole (not yet one by one)."""
     if not isinstance(obj, dict):
         raise RequestError(None, f"the body must be a JSON object, not {_kind(obj)}")
     for key in obj:
@@ -495,4 +510,160 @@ def validate_batch(obj: Any, intake: Intake) -> list[NewTask]:
         raise RequestError(
             "tasks", f"has {len(items)} tasks; at most {batch_max} per batch", 413, "too_large"
         )
-    return [validate_task(item, intake, f"tasks[{i}]") for i, item in enumerate(items)]
+    return items
+
+
+# ---------------------------------------------------------------------------- the fast path
+# The generic path above (one FieldSpec at a time, every field name formatted, a NewTask per
+# task) cost about 10 us per task, a fifth of the node's time on a batch. The fast path below
+# accepts only what the generic path accepts, with the very values it would produce, and hands
+# every doubt to it (a value of a less common form, anything it would refuse): errors therefore
+# come from one place, word for word, and tests/node/test_validation.py checks that the paths
+# agree on every input they draw.
+
+_MISSING: Any = object()
+_ROW_DEFAULTS = row_of(NewTask(id="", type=""))
+_PRIORITY_VALUES: dict[str, int] = {p.label: int(p) for p in Priority}
+# Fields the fast path takes as they come; any other field sends the task to the generic path.
+_FAST_FIELDS = frozenset(
+    {"type", "payload", "priority", "max_retries", "timeout_s", "delay_s", "idempotency_key"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    """The limits and task types of a request, in the shape the fast path tests them."""
+
+    types: frozenset[str]
+    payload_bytes_max: int
+    max_retries_max: int
+    timeout_s_max: int
+    delay_s_max: int
+    key_chars_max: int
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(limits: Limits, task_types: frozenset[str]) -> _Compiled:
+    return _Compiled(
+        # Only names the generic path accepts: non-empty, within the limit, encodable.
+        types=frozenset(
+            t for t in task_types if 0 < len(t) <= limits.task_type_chars_max and _utf8(t)
+        ),
+        payload_bytes_max=limits.payload_bytes_max,
+        max_retries_max=limits.max_retries_max,
+        timeout_s_max=limits.timeout_s_max,
+        delay_s_max=limits.delay_s_max,
+        key_chars_max=limits.idempotency_key_chars_max,
+    )
+
+
+def _utf8(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _fast_row(obj: Any, c: _Compiled, now_ms: int, task_id: str) -> SubmitRow | None:
+    """The row of a submission of the common form, or None: then the generic path decides."""
+    if type(obj) is not dict or not obj.keys() <= _FAST_FIELDS:
+        return None
+    type_name = obj.get("type")
+    if type(type_name) is not str or type_name not in c.types:
+        return None
+    _, _, payload_json, priority, max_retries, base_ms, cap_ms, timeout_ms, run_at_ms, key, deps = (
+        _ROW_DEFAULTS
+    )
+    payload = obj.get("payload")
+    if payload is not None:
+        try:
+            payload_json = _PAYLOAD_ENCODER.encode(payload)
+        except (ValueError, RecursionError):
+            return None
+        if payload_json.isascii():
+            size = len(payload_json)
+        else:
+            try:
+                size = len(payload_json.encode("utf-8"))
+            except UnicodeEncodeError:
+                return None
+        if size > c.payload_bytes_max:
+            return None
+    value = obj.get("priority", _MISSING)
+    if value is not _MISSING:
+        if type(value) is not str or value not in _PRIORITY_VALUES:
+            return None
+        priority = _PRIORITY_VALUES[value]
+    value = obj.get("max_retries", _MISSING)
+    if value is not _MISSING:
+        if type(value) is not int or not 0 <= value <= c.max_retries_max:
+            return None
+        max_retries = value
+    value = obj.get("timeout_s", _MISSING)
+    if value is not _MISSING:
+        # NaN fails every comparison and infinity the upper bound: both go to the generic path.
+        if (type(value) is not int and type(value) is not float) or not (
+            0 < value <= c.timeout_s_max
+        ):
+            return None
+        timeout_ms = math.ceil(value * 1000)
+    value = obj.get("delay_s", _MISSING)
+    if value is not _MISSING:
+        if (type(value) is not int and type(value) is not float) or not (
+            0 <= value <= c.delay_s_max
+        ):
+            return None
+        delay_ms = round(value * 1000)
+        run_at_ms = now_ms + delay_ms if delay_ms else 0
+    value = obj.get("idempotency_key", _MISSING)
+    if value is not _MISSING:
+        if type(value) is not str or not 0 < len(value) <= c.key_chars_max or not _utf8(value):
+            return None
+        key = value
+    return (
+        task_id,
+        type_name,
+        payload_json,
+        priority,
+        max_retries,
+        base_ms,
+        cap_ms,
+        timeout_ms,
+        run_at_ms,
+        key,
+        deps,
+    )
+
+
+def _ids(intake: Intake, n: int) -> list[str]:
+    if intake.new_ids is not None:
+        return intake.new_ids(n)
+    return [intake.new_id() for _ in range(n)]
+
+
+def validate_task_row(obj: Any, intake: Intake) -> SubmitRow:
+    """:func:`validate_task` as the store's row (node/rows.py): the same acceptance, values and
+    errors, through the fast path where the submission allows."""
+    task_id = intake.new_id()
+    row = _fast_row(obj, _compiled(intake.limits, intake.task_types), intake.now_ms, task_id)
+    if row is None:
+        row = row_of(validate_task(obj, intake, task_id=task_id))
+    return row
+
+
+def validate_batch_rows(obj: Any, intake: Intake) -> list[SubmitRow]:
+    """:func:`validate_batch` as rows: the same acceptance, values, ids (in order) and errors."""
+    items = _batch_items(obj, intake)
+    ids = _ids(intake, len(items))
+    c = _compiled(intake.limits, intake.task_types)
+    now = intake.now_ms
+    rows: list[SubmitRow] = []
+    for i, item in enumerate(items):
+        row = _fast_row(item, c, now, ids[i])
+        if row is None:
+            row = row_of(validate_task(item, intake, f"tasks[{i}]", task_id=ids[i]))
+        rows.append(row)
+    return rows

@@ -304,8 +304,11 @@ async def test_store_unavailable_is_503_with_retry_after(
         raise StoreUnavailable("connection refused")
 
     monkeypatch.setattr(store, "submit", down)
+    monkeypatch.setattr(store, "submit_rows", down)  # what the API's submissions call
     monkeypatch.setattr(store, "get", down)
     resp = await client.post("/v1/tasks", json={"type": "echo"})
+    assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+    resp = await client.post("/v1/tasks/batch", json={"tasks": [{"type": "echo"}]})
     assert resp.status == 503 and resp.headers["Retry-After"] == "1"
     resp = await client.get("/v1/tasks/abc")
     assert resp.status == 503

@@ -28,7 +28,9 @@ def model_answers(calls: list[list[NewTask]]) -> list[object]:
     out: list[object] = []
     for batch in calls:
         try:
-            out.append([(r.id, r.seq, r.status, created) for r, created in model.submit(batch, NOW)])
+            out.append(
+                [(r.id, r.seq, r.status, created) for r, created in model.submit(batch, NOW)]
+            )
         except SubmitError as exc:
             out.append(("refused", exc.field, exc.index, str(exc)))
     return out
