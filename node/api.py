@@ -28,7 +28,7 @@ from node import tasks as task_registry
 from node.keys import CONFIG, METRICS, RUNTIME, STORE
 from node.openapi import build_openapi
 from node.rows import ID, PRIORITY, TYPE, SubmitRow, created_record
-from node.serialize import created_json, dumps, rfc3339_ms, task_json
+from node.serialize import CreatedJson, dumps, task_json
 from node.store import StoreUnavailable
 from node.validation import (
     Intake,
@@ -74,9 +74,12 @@ def _limits(request: web.Request) -> Limits:
 
 
 def _json_response(data: Any, status: int = 200, **headers: str) -> web.Response:
-    return web.Response(
-        body=dumps(data), status=status, headers=headers or None, content_type=JSON_TYPE
-    )
+    return _body_response(dumps(data), status, **headers)
+
+
+def _body_response(body: bytes, status: int, **headers: str) -> web.Response:
+    """A response of JSON text already encoded."""
+    return web.Response(body=body, status=status, headers=headers or None, content_type=JSON_TYPE)
 
 
 def _error_response(exc: RequestError, headers: dict[str, str] | None = None) -> web.Response:
@@ -242,8 +245,8 @@ async def submit_task(request: web.Request) -> web.Response:
     seq, status = answer
     _count_submitted(request, [row])
     request.app[RUNTIME].notify_changed([created_record(row, seq, status, now)])
-    body = created_json(row, seq, status, rfc3339_ms(now))
-    return _json_response(body, 201, Location=f"/v1/tasks/{row[ID]}")
+    body = CreatedJson(now)(row, seq, status).encode()
+    return _body_response(body, 201, Location=f"/v1/tasks/{row[ID]}")
 
 
 async def submit_batch(request: web.Request) -> web.Response:
@@ -255,22 +258,23 @@ async def submit_batch(request: web.Request) -> web.Response:
     except SubmitError as exc:
         field = exc.field if exc.index is None else f"tasks[{exc.index}].{exc.field}"
         raise RequestError(field, str(exc)) from None
-    stamp = rfc3339_ms(now)
-    tasks: list[dict[str, Any]] = []
+    render = CreatedJson(now)
+    tasks: list[str] = []
     created: list[SubmitRow] = []
     records: list[TaskRecord] = []
     for row, answer in zip(rows, answers, strict=True):
         if isinstance(answer, TaskRecord):
-            tasks.append(task_json(answer))
+            tasks.append(dumps(task_json(answer)).decode())
         else:
             seq, status = answer
             created.append(row)
             records.append(created_record(row, seq, status, now))
-            tasks.append(created_json(row, seq, status, stamp))
+            tasks.append(render(row, seq, status))
     if created:
         _count_submitted(request, created)
         request.app[RUNTIME].notify_changed(records)
-    return _json_response({"tasks": tasks}, 201 if created else 200)
+    body = ('{"tasks":[' + ",".join(tasks) + "]}").encode()
+    return _body_response(body, 201 if created else 200)
 
 
 async def get_task(request: web.Request) -> web.Response:

@@ -3,7 +3,7 @@
 * validation: validate_task_row / validate_batch_rows (precompiled checks, rows) against
   validate_task / validate_batch (the FieldSpec table, NewTasks): the same acceptance, the same
   values and ids, the same RequestError (field, status, code, message) on every drawn input;
-* rendering: created_json (from a row and the store's answer) against task_json of the record;
+* rendering: CreatedJson (from a row and the store's answer) against task_json of the record;
 * ids: uuid4 hex, version 4, RFC 4122 variant, distinct.
 """
 
@@ -23,7 +23,7 @@ from core.limits import Limits
 from core.task import Status
 from node.api import new_id, uuid4_hex_many
 from node.rows import created_record, row_of
-from node.serialize import created_json, rfc3339_ms, task_json
+from node.serialize import CreatedJson, task_json
 from node.validation import (
     Intake,
     RequestError,
@@ -137,7 +137,7 @@ def test_batch_shape_errors_are_the_same(body: Any) -> None:
     seq=st.integers(1, 2**40),
     status=st.sampled_from([Status.QUEUED, Status.PENDING]),
 )
-def test_created_json_renders_what_task_json_does(
+def test_created_json_renders_what_task_json_does_to_the_record(
     body: dict[str, Any], seq: int, status: Status
 ) -> None:
     try:
@@ -145,7 +145,7 @@ def test_created_json_renders_what_task_json_does(
     except RequestError:
         return  # e.g. delay_s and run_at together
     record = created_record(row, seq, status, NOW_MS)
-    fast = orjson.loads(orjson.dumps(created_json(row, seq, status, rfc3339_ms(NOW_MS))))
+    fast = orjson.loads(CreatedJson(NOW_MS)(row, seq, status))
     assert fast == json.loads(json.dumps(task_json(record)))
 
 
