@@ -243,7 +243,7 @@ async def submit_task(request: web.Request) -> web.Response:
         # The idempotency key matched: the first task, unchanged, and nothing new to wake for.
         return _json_response(task_json(answer), 200)
     seq, status = answer
-    _count_submitted(request, [row])
+    request.app[METRICS].submitted(row[TYPE], _LABELS[row[PRIORITY]], 1)
     request.app[RUNTIME].notify_changed([created_record(row, seq, status, now)])
     body = CreatedJson(now)(row, seq, status).encode()
     return _body_response(body, 201, Location=f"/v1/tasks/{row[ID]}")

@@ -92,6 +92,15 @@ def _time_text(ms: int) -> str:
     return "null" if stamp is None else f'"{stamp}"'
 
 
+@functools.lru_cache(maxsize=64)
+def _created_tail(now_ms: int) -> str:
+    stamp = _time_text(now_ms)
+    return (
+        f',"created_at":{stamp},"updated_at":{stamp},"started_at":null,'
+        '"finished_at":null,"node":null,"lease_expiries":0,"result":null,"error":null}'
+    )
+
+
 class CreatedJson:
     """Renders a task the store just created from ``row`` (seq and status from its answer) as
     the JSON text task_json of its record would give, straight from the row: a batch answer
@@ -102,11 +111,7 @@ class CreatedJson:
     __slots__ = ("_tail",)
 
     def __init__(self, now_ms: int) -> None:
-        stamp = _time_text(now_ms)
-        self._tail = (
-            f',"created_at":{stamp},"updated_at":{stamp},"started_at":null,'
-            '"finished_at":null,"node":null,"lease_expiries":0,"result":null,"error":null}'
-        )
+        self._tail = _created_tail(now_ms)
 
     def __call__(self, row: SubmitRow, seq: int, status: Status) -> str:
         task_id = row[0]

@@ -52,13 +52,15 @@ local function exists_count(keys)
 end
 
 -- The model's checks, item by item in order: the first offender names the error. Only run when
--- the bulk checks below found something to name (or could not rule it out).
+-- the bulk checks below found something to name (or could not rule it out). ``idem`` answers
+-- the task id an idempotency key already stands for (stored before this script or made by an
+-- earlier call in it); existence is read from Redis, which holds the earlier calls' writes.
 local function first_offender(tasks, idem)
   local batch_ids = {}
   local batch_keys = {}
   for i, t in ipairs(tasks) do
     local id, key = t[1], t[10]
-    local known = key ~= "" and (batch_keys[key] or idem[key])
+    local known = key ~= "" and (batch_keys[key] or idem(key))
     if not known then
       if batch_ids[id] or redis.call("EXISTS", tkey(id)) == 1 then
         return { "!", "id", i - 1, id }
@@ -77,49 +79,71 @@ local function first_offender(tasks, idem)
   return nil
 end
 
+-- Once for the whole flush, before any write: whether any task id of any call already exists
+-- (ids are made by the server, so this is almost always none, and then only this script's own
+-- calls can have made an id since), and which idempotency keys are stored.
+local all_ids = {}
+local all_keys = {}
+local tasks_total = 0
+for _, call in ipairs(calls) do
+  tasks_total = tasks_total + #call[2]
+  for _, t in ipairs(call[2]) do
+    all_ids[#all_ids + 1] = tkey(t[1])
+    if t[10] ~= "" then
+      all_keys[#all_keys + 1] = t[10]
+    end
+  end
+end
+local ids_existed = exists_count(all_ids) ~= 0
+local stored_idem = {}
+if #all_keys > 0 then
+  local ids = hmget_all(K_IDEM, all_keys)
+  for i, key in ipairs(all_keys) do
+    if ids[i] then
+      stored_idem[key] = ids[i]
+    end
+  end
+end
+-- Sequence numbers: the first call that creates anything reserves one per task of the flush
+-- (one INCRBY rather than one per call), and the unused rest is given back at the end. Should
+-- the script fail in between, the counter is ahead (gaps), never behind (duplicates).
+local seq_next = nil
+local seq_reserved_last = nil
+
+-- What this script's calls made so far: key -> id, and id -> true.
+local made_keys = {}
+local made_ids = {}
+local function idem(key)
+  return stored_idem[key] or made_keys[key]
+end
+
+-- Index writes, gathered over every call and sent at the end (no check reads them).
 local queued = {}
 local pushed = {}
+local all = {}
+local by_status = { queued = {}, pending = {} }
+local idem_new = {}
 local out = {}
 
 for c, call in ipairs(calls) do
   local now, tasks = text(call[1]), call[2]
-  local n = #tasks
 
-  -- Idempotency keys already stored, one HMGET for the whole call.
-  local keys = {}
-  for _, t in ipairs(tasks) do
-    if t[10] ~= "" then
-      keys[#keys + 1] = t[10]
-    end
-  end
-  local idem = {}
-  if #keys > 0 then
-    local ids = hmget_all(K_IDEM, keys)
-    for i, key in ipairs(keys) do
-      if ids[i] then
-        idem[key] = ids[i]
-      end
-    end
-  end
-
-  -- Checks (all before any write of this call). Bulk first: the ids of the tasks to create
-  -- must not exist, every dependency not made earlier in this call must exist. Anything
-  -- else (a repeated id, a count that does not add up) goes to the exact item-by-item pass.
+  -- Checks (all before any write of this call): the ids of the tasks to create must not
+  -- exist, every dependency not made earlier in this call must exist. Anything the bulk
+  -- answers cannot settle goes to the exact item-by-item pass.
   local batch_ids = {}
   local batch_keys = {}
-  local new_keys = {}
   local dep_keys = {}
-  local doubt = false
+  local doubt = ids_existed
   local created = 0
   for _, t in ipairs(tasks) do
     local id, key = t[1], t[10]
     t.deps = t[11] == "[]" and EMPTY or cjson.decode(t[11])
-    local known = key ~= "" and (batch_keys[key] or idem[key])
+    local known = key ~= "" and (batch_keys[key] or idem(key))
     if not known then
-      if batch_ids[id] then
+      if batch_ids[id] or made_ids[id] then
         doubt = true
       end
-      new_keys[#new_keys + 1] = tkey(id)
       for _, dep in ipairs(t.deps) do
         if not batch_ids[dep] then
           dep_keys[#dep_keys + 1] = tkey(dep)
@@ -133,7 +157,7 @@ for c, call in ipairs(calls) do
     end
   end
   local refused = nil
-  if doubt or exists_count(new_keys) ~= 0 or exists_count(dep_keys) ~= #dep_keys then
+  if doubt or exists_count(dep_keys) ~= #dep_keys then
     refused = first_offender(tasks, idem)
   end
 
@@ -141,20 +165,16 @@ for c, call in ipairs(calls) do
     out[c] = refused
   else
     -- Writes.
-    local seq = 0
-    if created > 0 then
-      seq = redis.call("INCRBY", K_SEQ, created) - created
+    if created > 0 and not seq_next then
+      seq_reserved_last = redis.call("INCRBY", K_SEQ, tasks_total)
+      seq_next = seq_reserved_last - tasks_total
     end
-    local first_seq = seq + 1
+    local seq = seq_next or 0
     local codes = {}
-    local answer = { "ok", first_seq, "" }
-    local all = {}
-    local by_status = { queued = {}, pending = {} }
-    local idem_new = {}
-    local made = {}
+    local answer = { "ok", seq + 1, "" }
     for i, t in ipairs(tasks) do
       local id, key = t[1], t[10]
-      local existing = key ~= "" and (idem[key] or made[key])
+      local existing = key ~= "" and idem(key)
       if existing then
         codes[i] = "="
         answer[#answer + 1] = redis.call("HGETALL", tkey(existing))
@@ -176,6 +196,7 @@ for c, call in ipairs(calls) do
           "attempt", "0", "failures", "0", "lease_expiries", "0", "started_ms", "0",
           "finished_ms", "0", "lease_node", "", "lease_deadline_ms", "0", "result_json", "",
           "error", "{}", "version", "1")
+        made_ids[id] = true
         all[#all + 1] = seq_text
         all[#all + 1] = id
         local list = by_status[status]
@@ -188,30 +209,35 @@ for c, call in ipairs(calls) do
           codes[i] = "p"
         end
         if key ~= "" then
-          made[key] = id
+          made_keys[key] = id
           idem_new[#idem_new + 1] = key
           idem_new[#idem_new + 1] = id
         end
         pushed[#pushed + 1] = id
       end
     end
-    -- Index entries in bulk (pairs: slices of an even length).
-    for i = 1, #all, UNPACK_MAX do
-      redis.call("ZADD", K_ALL, unpack(all, i, math.min(i + UNPACK_MAX - 1, #all)))
-    end
-    for status, list in pairs(by_status) do
-      for i = 1, #list, UNPACK_MAX do
-        redis.call("ZADD", skey(status), unpack(list, i, math.min(i + UNPACK_MAX - 1, #list)))
-      end
-    end
-    for i = 1, #idem_new, UNPACK_MAX do
-      redis.call("HSET", K_IDEM, unpack(idem_new, i, math.min(i + UNPACK_MAX - 1, #idem_new)))
-    end
+    seq_next = seq_next and seq
     answer[3] = table.concat(codes)
     out[c] = answer
   end
 end
 
+if seq_next and seq_next < seq_reserved_last then
+  redis.call("DECRBY", K_SEQ, seq_reserved_last - seq_next)
+end
+
+-- Index entries in bulk (pairs: slices of an even length).
+for i = 1, #all, UNPACK_MAX do
+  redis.call("ZADD", K_ALL, unpack(all, i, math.min(i + UNPACK_MAX - 1, #all)))
+end
+for status, list in pairs(by_status) do
+  for i = 1, #list, UNPACK_MAX do
+    redis.call("ZADD", skey(status), unpack(list, i, math.min(i + UNPACK_MAX - 1, #list)))
+  end
+end
+for i = 1, #idem_new, UNPACK_MAX do
+  redis.call("HSET", K_IDEM, unpack(idem_new, i, math.min(i + UNPACK_MAX - 1, #idem_new)))
+end
 for priority, count in pairs(queued) do
   redis.call("HINCRBY", K_QN, priority, count)
 end
