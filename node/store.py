@@ -67,6 +67,10 @@ RETENTION_MS_DEFAULT: Final = 7 * 24 * 3600 * 1000
 # Most tasks one group commit sends in one round trip: bounds the pipeline's memory and the time
 # Redis spends on it before it answers anyone else. A single larger batch still goes alone.
 GROUP_COMMIT_TASKS_MAX: Final = 5000
+# Most tasks one submit script call writes (a single larger batch still goes alone): Redis runs
+# nothing else while a script runs, so a flush of several big batches goes as several script
+# calls, pipelined, that other clients' commands can come between.
+SUBMIT_SCRIPT_TASKS_MAX: Final = 1000
 # Terminal tasks one sweep script removes: a backlog is swept in steps, never in one long block.
 SWEEP_CHUNK_MAX: Final = 1000
 # Index entries one list_tasks call scans, whatever its filters match: bounds a sparse query.
@@ -579,13 +583,30 @@ class RedisStore:
     async def _flush_submits(
         self, calls: list[tuple[list[SubmitRow], int]]
     ) -> list[list[SubmitAnswer] | BaseException]:
-        # One script call for the whole flush: the calls run in it one after the other, each
-        # all-or-none on its own, so this is what a pipeline of one script per call did, in one
-        # EVALSHA with one argument.
-        replies = await self._eval("submit", _submit_args(calls))
-        if len(replies) != len(calls):
-            raise StoreError(f"submit answered {len(replies)} calls for {len(calls)}")
-        return [_submit_answer(rows, r) for (rows, _), r in zip(calls, replies, strict=True)]
+        # One script call per chunk of calls: the calls run in it one after the other, each
+        # all-or-none on its own, which is what one script per call did, in one EVALSHA with
+        # one argument. Several chunks go in one pipeline, so still one round trip.
+        chunks: list[list[tuple[list[SubmitRow], int]]] = [[]]
+        tasks = 0
+        for call in calls:
+            if chunks[-1] and tasks + len(call[0]) > SUBMIT_SCRIPT_TASKS_MAX:
+                chunks.append([])
+                tasks = 0
+            chunks[-1].append(call)
+            tasks += len(call[0])
+        if len(chunks) == 1:
+            replies = [await self._eval("submit", _submit_args(calls))]
+        else:
+            replies = await self._eval_many("submit", [[_submit_args(c)] for c in chunks])
+        out: list[list[SubmitAnswer] | BaseException] = []
+        for chunk, reply in zip(chunks, replies, strict=True):
+            if isinstance(reply, BaseException):
+                out += [_fresh(_translate(reply)) for _ in chunk]
+                continue
+            if len(reply) != len(chunk):
+                raise StoreError(f"submit answered {len(reply)} calls for {len(chunk)}")
+            out += [_submit_answer(rows, r) for (rows, _), r in zip(chunk, reply, strict=True)]
+        return out
 
     async def cancel(self, task_id: str, now_ms: int) -> TaskRecord | None:
         """Any non-terminal task -> cancelled; the node running it is told on its cancel

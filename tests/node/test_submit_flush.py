@@ -101,3 +101,22 @@ async def test_a_flush_of_a_thousand_single_calls(store: RedisStore) -> None:
         assert record.id == f"s{i % 700}"
     assert await store.redis.zcard(store.key("s", "queued")) == 700
     check_indexes(await snapshot(store.redis, store.base), store.base)
+
+
+async def test_a_flush_over_the_script_bound_goes_as_several_scripts_in_order(
+    store: RedisStore,
+) -> None:
+    # 2,500 tasks in one flush: three script calls in one pipeline, answered in order, a bad
+    # call in the middle refused alone, seq consecutive over all of them.
+    calls = [[new(f"big{c}-{i}") for i in range(400)] for c in range(6)]
+    calls.insert(3, [new("bad", depends_on=("missing",))])
+    calls.append([new("big0-0")])
+    results = await asyncio.gather(
+        *(store.submit(batch, NOW) for batch in calls), return_exceptions=True
+    )
+    assert isinstance(results[3], SubmitError) and results[3].field == "depends_on"
+    assert isinstance(results[-1], SubmitError) and results[-1].field == "id"
+    seqs = [r.seq for result in results if not isinstance(result, BaseException) for r, _ in result]
+    assert seqs == list(range(1, 2401))
+    assert await store.get("bad") is None
+    check_indexes(await snapshot(store.redis, store.base), store.base)
