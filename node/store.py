@@ -585,7 +585,9 @@ class RedisStore:
     ) -> list[list[SubmitAnswer] | BaseException]:
         # One script call per chunk of calls: the calls run in it one after the other, each
         # all-or-none on its own, which is what one script per call did, in one EVALSHA with
-        # one argument. Several chunks go in one pipeline, so still one round trip.
+        # one argument. Several chunks go in one pipeline, so still one round trip, and only the
+        # last rings the leader's bell (a bell per script cost the leader a drain round each;
+        # should the last fail, the leader's timed drain still finds the others' tasks).
         chunks: list[list[tuple[list[SubmitRow], int]]] = [[]]
         tasks = 0
         for call in calls:
@@ -597,7 +599,11 @@ class RedisStore:
         if len(chunks) == 1:
             replies = [await self._eval("submit", _submit_args(calls))]
         else:
-            replies = await self._eval_many("submit", [[_submit_args(c)] for c in chunks])
+            last = len(chunks) - 1
+            replies = await self._eval_many(
+                "submit",
+                [[_submit_args(c), "" if i == last else "quiet"] for i, c in enumerate(chunks)],
+            )
         out: list[list[SubmitAnswer] | BaseException] = []
         for chunk, reply in zip(chunks, replies, strict=True):
             if isinstance(reply, BaseException):

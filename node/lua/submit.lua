@@ -5,10 +5,13 @@
 --
 -- ARGV[1]: JSON [[now_ms, [task, ...]], ...] with task = [id, type, payload_json, priority,
 --   max_retries, backoff_base_ms, backoff_cap_ms, timeout_ms, run_at_ms, idempotency_key,
---   depends_on_json]. One argument per flush rather than a dozen per task: packing thousands of
---   arguments was the costliest part of a batch on the node, and cjson decodes in C. Numbers are
---   integers below 2^53 (validation bounds them), which cjson keeps exact and redis.call formats
---   as plain digits; depends_on_json is stored as sent ("[]" when empty).
+--   depends_on_json]. One argument per script rather than a dozen per task: packing thousands
+--   of arguments was the costliest part of a batch on the node, and cjson decodes in C. Numbers
+--   are integers below 2^53 (validation bounds them), which cjson keeps exact; text() below
+--   writes them as digits. depends_on_json is stored as sent ("[]" when empty).
+--
+-- ARGV[2]: "quiet" to push to the inbox without ringing the bell (store.py sends it on every
+--   script of a pipelined flush but the last).
 --
 -- Answers one reply per call, in order: {"!", field, index0, value} for a refused call (nothing
 -- of it written), else {"ok", first_seq, codes, HGETALL...}: codes has one letter per task, "q"
@@ -241,5 +244,13 @@ end
 for priority, count in pairs(queued) do
   redis.call("HINCRBY", K_QN, priority, count)
 end
-inbox_push(pushed)
+if ARGV[2] == "quiet" then
+  -- A later script of the same pipeline rings the bell for this one's tasks too: one leader
+  -- wake-up per flush, not per script. (inbox_push without its PUBLISH.)
+  for i = 1, #pushed, UNPACK_MAX do
+    redis.call("RPUSH", K_INBOX, unpack(pushed, i, math.min(i + UNPACK_MAX - 1, #pushed)))
+  end
+else
+  inbox_push(pushed)
+end
 return out

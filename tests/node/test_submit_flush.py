@@ -120,3 +120,22 @@ async def test_a_flush_over_the_script_bound_goes_as_several_scripts_in_order(
     assert seqs == list(range(1, 2401))
     assert await store.get("bad") is None
     check_indexes(await snapshot(store.redis, store.base), store.base)
+
+
+async def test_a_pipelined_flush_rings_the_bell_once(store: RedisStore) -> None:
+    pubsub = store.redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(store.key("bell"))
+    try:
+        calls = [[new(f"r{c}-{i}") for i in range(600)] for c in range(3)]  # three scripts
+        await asyncio.gather(*(store.submit(batch, NOW) for batch in calls))
+        assert await store.redis.llen(store.key("inbox")) == 1800
+        rings = []
+        deadline = asyncio.get_running_loop().time() + 1.0
+        while asyncio.get_running_loop().time() < deadline:
+            # None also for the (ignored) subscribe confirmation: read until the deadline.
+            message = await pubsub.get_message(timeout=0.1)
+            if message is not None:
+                rings.append(message["data"])
+        assert len(rings) == 1
+    finally:
+        await pubsub.aclose()
