@@ -346,6 +346,20 @@ class StoreModel:
                 return Taken(replace(record), attempt)
         return None
 
+    def take_many(self, node_id: str, count_max: int) -> list[Taken]:
+        """Up to ``count_max`` of this node's next current assignments, in order: what that
+        many takes in a row would answer, as one atomic step (one round trip for a node
+        whose slots came free together)."""
+        if count_max < 1:
+            raise ValueError("count_max must be >= 1")
+        out: list[Taken] = []
+        while len(out) < count_max:
+            taken = self.take(node_id)
+            if taken is None:
+                break
+            out.append(taken)
+        return out
+
     def _holds(self, record: TaskRecord | None, attempt: int, node_id: str) -> bool:
         return (
             record is not None

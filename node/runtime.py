@@ -38,10 +38,11 @@ from core.driver import (
     leader_round,
     worker_effects,
 )
+from core.effects import Lease
 from core.events import Event, NodeLeft, NodeSeen
 from core.priority import Priority
 from core.scheduler import Scheduler, SchedulerConfig
-from core.store_model import TaskRecord
+from core.store_model import Taken, TaskRecord
 from core.task import Outcome, RetryPolicy
 from core.worker import Assignment, Finish, Release, RunHandler, WorkerEffect, WorkerPool
 from node.config import NodeConfig
@@ -58,12 +59,11 @@ REGISTRY_PERIOD_S = 0.5
 LEADER_IDLE_S = 0.05
 # How often the leader removes finished tasks past their retention (bounded work per call).
 SWEEP_PERIOD_S = 60.0
-# How long a slot's BLPOP waits before it re-checks for shutdown.
+# How long a follower's BLPOP waits before it re-checks for shutdown and leadership.
 TAKE_WAIT_S = 1.0
-# Concurrent take loops per node: one per TAKE_LOOP_SLOTS worker slots, at most TAKE_LOOPS_MAX
-# (each holds at most one BLPOP connection while idle).
-TAKE_LOOPS_MAX = 8
-TAKE_LOOP_SLOTS = 6
+# How long the leader's own take loop waits for an in-process "leased to you" before it looks
+# at its assignment list anyway (a lease another leader made, say, just before a handover).
+TAKE_LOCAL_WAIT_S = 0.05
 
 
 def now_ms() -> int:
@@ -124,6 +124,9 @@ class NodeRuntime:
         )
         self._wake = asyncio.Event()
         self._slot_free = asyncio.Event()
+        # Set when this node's own leader driver leased tasks to this node: its take loop then
+        # pops them in one round trip, rather than a BLPOP wake-up and a check per task.
+        self._assigned = asyncio.Event()
         self.leader_stats = LeaderStats()
         self._fenced_reported = 0
         self._handlers_running: dict[tuple[str, int], asyncio.Task[None]] = {}
@@ -146,13 +149,7 @@ class NodeRuntime:
         await self._register()
         self._tasks = [
             asyncio.create_task(self._leader_loop(), name="dsched-leader"),
-            # Several pullers on a large pool: one take is one Redis round trip, so one puller
-            # caps a node at one start per round trip whatever its worker count. A small pool
-            # is bound by its slots' turnaround instead, and extra pullers only cost CPU there.
-            *(
-                asyncio.create_task(self._take_loop(), name=f"dsched-take-{i}")
-                for i in range(max(1, min(TAKE_LOOPS_MAX, self.config.workers // TAKE_LOOP_SLOTS)))
-            ),
+            asyncio.create_task(self._take_loop(), name="dsched-take"),
             asyncio.create_task(self._worker_ticks(), name="dsched-worker-ticks"),
             asyncio.create_task(self._registry_loop(), name="dsched-registry"),
             asyncio.create_task(self._cancel_listener(), name="dsched-cancels"),
@@ -175,6 +172,7 @@ class NodeRuntime:
         self._stopping = True
         self._wake.set()
         self._slot_free.set()
+        self._assigned.set()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -415,7 +413,11 @@ class NodeRuntime:
         if isinstance(request, DrainRequest):
             return await store.drain(request.term, request.count_max)
         if isinstance(request, ApplyRequest):
-            return await store.apply(list(request.ops))
+            answers = await store.apply(list(request.ops))
+            me = self.node_id
+            if any(isinstance(op, Lease) and op.node_id == me for op in request.ops):
+                self._assigned.set()
+            return answers
         if isinstance(request, RaiseEpochRequest):
             ok = await store.raise_epoch(request.term, request.holder)
             if not ok:
@@ -426,7 +428,12 @@ class NodeRuntime:
         if isinstance(request, HeartbeatRequest):
             return await store.heartbeat_many(list(request.beats))
         if isinstance(request, FinishRequest):
-            [ok] = await store.finish_many([request.finish])
+            # Our own leader needs no bell (a message to every subscriber): it is woken here.
+            # Should leadership move meanwhile, the new leader's periodic drain finds the task.
+            leading = self.scheduler.leading
+            [ok] = await store.finish_many([request.finish], ring=not leading)
+            if leading:
+                self._wake.set()
             return ok
         if isinstance(request, ReleaseRequest):
             return await store.release(request.release)
@@ -440,54 +447,64 @@ class NodeRuntime:
 
     # ------------------------------------------------------------------ worker driver
     async def _take_loop(self) -> None:
-        """Pull when a slot is free: a slot takes an assignment only when it can start it."""
+        """Pull when slots are free: a slot takes an assignment only when it can start it (no
+        prefetch). All free slots are filled in one round trip. On the leader, its own
+        dispatch says when something was leased here; a follower waits in BLPOP."""
         while not self._stopping:
-            if self.pool.free - self._taking <= 0:
+            free = self.pool.free - self._taking
+            if free <= 0:
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue
-            self._taking += 1
+            self._taking += free
             try:
-                taken = await self.store.take(self.node_id, TAKE_WAIT_S)
+                leading = self.scheduler.leading
+                if leading:
+                    self._assigned.clear()
+                taken = await self.store.take_many(self.node_id, free)
+                if not taken:
+                    if leading:
+                        with contextlib.suppress(asyncio.TimeoutError):
+                            await asyncio.wait_for(self._assigned.wait(), TAKE_LOCAL_WAIT_S)
+                        continue
+                    one = await self.store.take(self.node_id, TAKE_WAIT_S)
+                    taken = [] if one is None else [one]
             except StoreUnavailable:
                 await asyncio.sleep(0.2)
                 continue
             finally:
-                self._taking -= 1
-            if taken is None:
-                continue
-            record = taken.record
-            if not self.pool.accepting:
-                # Taken just as we began to stop: give it straight back.
-                await self.store.release(Release(record.id, taken.attempt, self.node_id, now_ms()))
-                continue
-            assignment = Assignment(
-                task_id=record.id,
-                attempt=taken.attempt,
-                type=record.type,
-                timeout_ms=record.timeout_ms,
-                policy=RetryPolicy(
-                    record.max_retries, record.backoff_base_ms, record.backoff_cap_ms
-                ),
-                failures=record.failures,
-                lease_deadline_ms=record.lease_deadline_ms,
-            )
-            now = now_ms()
-            self.metrics.started(
-                record.type,
-                Priority(record.priority).label,
-                max(0.0, (now - record.created_ms) / 1000),
-            )
-            started = self.pool.start(assignment, now)
-            await self._carry_out([e for e in started if not isinstance(e, RunHandler)])
-            for effect in started:
-                if isinstance(effect, RunHandler):
-                    key = (record.id, taken.attempt)
-                    self._handlers_running[key] = asyncio.create_task(
-                        self._run_handler(
-                            assignment, record.payload_json, Priority(record.priority).label
-                        )
-                    )
+                self._taking -= free
+            for item in taken:
+                await self._start_taken(item)
+
+    async def _start_taken(self, taken: Taken) -> None:
+        record = taken.record
+        if not self.pool.accepting:
+            # Taken just as we began to stop: give it straight back.
+            await self.store.release(Release(record.id, taken.attempt, self.node_id, now_ms()))
+            return
+        assignment = Assignment(
+            task_id=record.id,
+            attempt=taken.attempt,
+            type=record.type,
+            timeout_ms=record.timeout_ms,
+            policy=RetryPolicy(record.max_retries, record.backoff_base_ms, record.backoff_cap_ms),
+            failures=record.failures,
+            lease_deadline_ms=record.lease_deadline_ms,
+        )
+        now = now_ms()
+        priority = Priority(record.priority).label
+        self.metrics.started(record.type, priority, max(0.0, (now - record.created_ms) / 1000))
+        started = self.pool.start(assignment, now)
+        others: list[WorkerEffect] = [e for e in started if not isinstance(e, RunHandler)]
+        if others:
+            await self._carry_out(others)
+        for effect in started:
+            if isinstance(effect, RunHandler):
+                key = (record.id, taken.attempt)
+                self._handlers_running[key] = asyncio.create_task(
+                    self._run_handler(assignment, record.payload_json, priority)
+                )
 
     async def _run_handler(self, a: Assignment, payload_json: str, priority: str) -> None:
         started = time.monotonic()

@@ -51,6 +51,7 @@ from core.store_model import FENCED, NewTask, SubmitError, Taken, TaskRecord
 from core.store_model import StoreUnavailable as _CoreStoreUnavailable
 from core.task import Status, TaskState
 from core.worker import Finish, Heartbeat, Release
+from node.resp import FastRedis, fast_url_supported
 
 __all__ = [
     "FENCED",
@@ -404,6 +405,7 @@ class RedisStore:
         prefix: str,
         retention_ms: int,
         group_commit_max: int,
+        fast: FastRedis | None = None,
     ) -> None:
         if not prefix or any(c in prefix for c in "{}"):
             raise ValueError("prefix must be non-empty and contain no braces")
@@ -413,14 +415,16 @@ class RedisStore:
         # BLPOP and pub/sub hold a connection for seconds: their own pool, no socket timeout
         # (they are bounded by their own timeouts), so they never starve or break ordinary calls.
         self._blocking = blocking
+        # Scripts (every state change) go through the lean client where the URL allows it.
+        self._fast = fast
         self.prefix = prefix
         self.base = "{" + prefix + "}"
         self.retention_ms = retention_ms
         self._submits: _GroupCommit[tuple[list[NewTask], int], list[tuple[TaskRecord, bool]]] = (
             _GroupCommit(self._flush_submits, lambda call: max(1, len(call[0])), group_commit_max)
         )
-        self._finishes: _GroupCommit[list[Finish], list[bool | BaseException]] = _GroupCommit(
-            self._flush_finishes, lambda call: max(1, len(call)), group_commit_max
+        self._finishes: _GroupCommit[tuple[list[Finish], bool], list[bool | BaseException]] = (
+            _GroupCommit(self._flush_finishes, lambda call: max(1, len(call[0])), group_commit_max)
         )
 
     @classmethod
@@ -461,12 +465,18 @@ class RedisStore:
             max_connections=BLOCKING_CONNECTIONS_MAX,
             **common,
         )
+        fast = None
+        if fast_url_supported(url):
+            fast = FastRedis(
+                url, command_timeout_s=COMMAND_TIMEOUT_S, connect_timeout_s=CONNECT_TIMEOUT_S
+            )
         store = cls(
             client,
             blocking,
             prefix=prefix,
             retention_ms=retention_ms,
             group_commit_max=group_commit_max,
+            fast=fast,
         )
         try:
             await store.ping()
@@ -479,6 +489,8 @@ class RedisStore:
     async def close(self) -> None:
         await self._submits.close()
         await self._finishes.close()
+        if self._fast is not None:
+            await self._fast.aclose()
         await self._r.aclose(close_connection_pool=True)
         await self._blocking.aclose(close_connection_pool=True)
 
@@ -521,10 +533,15 @@ class RedisStore:
                 return await self._evalsha(name, args)
 
     async def _evalsha(self, name: str, args: tuple[str | int, ...]) -> Any:
+        fast = self._fast
         try:
+            if fast is not None:
+                return await fast.evalsha(_SHAS[name], (self.base,), args)
             return await self._r.evalsha(_SHAS[name], 1, self.base, *args)
         except rexc.NoScriptError:
             await self._load_scripts()
+            if fast is not None:
+                return await fast.evalsha(_SHAS[name], (self.base,), args)
             return await self._r.evalsha(_SHAS[name], 1, self.base, *args)
 
     async def _read(self, call: Callable[[], Awaitable[Any]]) -> Any:
@@ -550,6 +567,11 @@ class RedisStore:
         return replies
 
     async def _pipeline(self, name: str, argvs: list[list[str | int]]) -> list[Any]:
+        if self._fast is not None:
+            sha = _SHAS[name]
+            return await self._fast.pipeline(
+                [("EVALSHA", sha, 1, self.base, *args) for args in argvs]
+            )
         async with self._r.pipeline(transaction=False) as pipe:
             for args in argvs:
                 pipe.evalsha(_SHAS[name], 1, self.base, *args)
@@ -724,9 +746,9 @@ class RedisStore:
         deadline = loop.time() + timeout_s
         assignments = self.key("a", node_id)
         while True:
-            got = await self._eval("take", node_id)
-            if got:
-                return Taken(_record(got[1:]), int(got[0]))
+            taken = await self.take_many(node_id, 1)
+            if taken:
+                return taken[0]
             remaining = deadline - loop.time()
             # BLPOP's timeout 0 means forever: never send anything that rounds to it.
             if remaining < 0.001:
@@ -742,6 +764,14 @@ class RedisStore:
             if got:
                 return Taken(_record(got[1:]), int(got[0]))
 
+    async def take_many(self, node_id: str, count_max: int) -> list[Taken]:
+        """Up to ``count_max`` of this node's next current assignments, in one round trip,
+        without waiting: for slots that came free together. Stale entries are dropped."""
+        if count_max < 1:
+            raise ValueError("count_max must be >= 1")
+        reply = await self._eval("take", node_id, count_max)
+        return [Taken(_record(got[1:]), int(got[0])) for got in reply]
+
     async def heartbeat_many(self, beats: Sequence[Heartbeat]) -> list[tuple[bool, Status | None]]:
         """Extend each attempt's lease if it still holds it: (held, current status) per beat."""
         if not beats:
@@ -756,14 +786,16 @@ class RedisStore:
         [answer] = await self.heartbeat_many([beat])
         return answer
 
-    async def finish_many(self, finishes: Sequence[Finish]) -> list[bool]:
+    async def finish_many(self, finishes: Sequence[Finish], ring: bool = True) -> list[bool]:
         """Write each attempt's end if that attempt still holds its task: True if written.
         Concurrent calls are group-committed. A finish whose status no attempt can end with
         raises ValueError if its attempt holds the task (as the model does); the other
-        finishes are written all the same."""
+        finishes are written all the same. ``ring=False``: the caller's own node leads and
+        wakes its leader itself, so the bell is not rung for these (unless another call in the
+        same group commit asks for it)."""
         if not finishes:
             return []
-        answers = await self._finishes(list(finishes))
+        answers = await self._finishes((list(finishes), ring))
         for answer in answers:
             if isinstance(answer, BaseException):
                 raise answer
@@ -774,16 +806,17 @@ class RedisStore:
         return ok
 
     async def _flush_finishes(
-        self, calls: list[list[Finish]]
+        self, calls: list[tuple[list[Finish], bool]]
     ) -> list[list[bool | BaseException] | BaseException]:
-        items = [f for call in calls for f in call]
-        args: list[str | int] = [len(items)]
+        items = [f for call, _ in calls for f in call]
+        ring = any(r for _, r in calls)
+        args: list[str | int] = [len(items), 1 if ring else 0]
         for f in items:
             args += _finish_args(f)
         reply = await self._eval("finish", *args)
         out: list[list[bool | BaseException] | BaseException] = []
         i = 0
-        for call in calls:
+        for call, _ in calls:
             answers: list[bool | BaseException] = []
             for f in call:
                 answer = reply[i]

@@ -129,7 +129,9 @@ end
 -- Lua's unpack() is bounded by the C stack (~8000 values): push in slices.
 local UNPACK_MAX = 1000
 
-local function inbox_push(ids)
+-- quiet: the caller is the leader's own node and wakes its leader in-process, so the bell
+-- (one message to every subscriber) would only cost a wake-up.
+local function inbox_push(ids, quiet)
   if #ids == 0 then
     return
   end
@@ -137,5 +139,7 @@ local function inbox_push(ids)
     redis.call("RPUSH", K_INBOX, unpack(ids, i, math.min(i + UNPACK_MAX - 1, #ids)))
   end
   -- One ring per script: the leader drains everything pending when woken.
-  redis.call("PUBLISH", K_BELL, #ids)
+  if not quiet then
+    redis.call("PUBLISH", K_BELL, #ids)
+  end
 end

@@ -422,6 +422,20 @@ async def test_take_skips_stale_entries_and_waits(store: RedisStore, wait_until:
     assert await asyncio.wait_for(waiting, 10) is None
 
 
+async def test_take_many_pops_current_entries_in_order(store: RedisStore) -> None:
+    await store.submit([new("a"), new("b"), new("c"), new("d")], NOW)
+    attempts = {t: await leased(store, t) for t in "abcd"}
+    await store.cancel("b", NOW)  # a stale entry between two current ones
+    taken = await store.take_many("n1", 2)
+    assert [(t.record.id, t.attempt) for t in taken] == [("a", attempts["a"]), ("c", 1)]
+    assert all(t.record.status is Status.RUNNING for t in taken)
+    assert [t.record.id for t in await store.take_many("n1", 5)] == ["d"]
+    assert await store.take_many("n1", 5) == []
+    assert await store.take_many("n2", 1) == []
+    with pytest.raises(ValueError):
+        await store.take_many("n1", 0)
+
+
 async def _blocked_clients(store: RedisStore) -> bool:
     return int((await store.redis.info("clients"))["blocked_clients"]) > 0
 
@@ -601,6 +615,32 @@ async def test_bell_rings_on_inbox_writes(store: RedisStore) -> None:
     await store.submit([new("a"), new("b")], NOW)
     assert await asyncio.wait_for(ring, 5) == 2
     await bell.aclose()
+
+
+async def test_a_quiet_finish_does_not_ring_the_bell(store: RedisStore) -> None:
+    await store.submit([new("q"), new("r"), new("s")], NOW)
+    attempts = {t: await leased(store, t) for t in "qrs"}
+    pubsub = store.redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(store.key("bell"))
+    try:
+        quiet = finish("q", attempts["q"], "n1", Status.SUCCEEDED, failures=0)
+        assert await store.finish_many([quiet], ring=False) == [True]
+        loud = [finish(t, attempts[t], "n1", Status.SUCCEEDED, failures=0) for t in "rs"]
+        assert await store.finish_many(loud) == [True, True]
+        # Redis delivers in order: a ring from the quiet finish ("1") would come first.
+        rings: list[str] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while not rings and loop.time() < deadline:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            if message is not None:
+                rings.append(message["data"])
+        assert rings == ["2"]
+        # All are in the inbox all the same: the leader's drain still sees them.
+        drained = await store.drain(1, 10)
+        assert isinstance(drained, list) and {x.id for x in drained} == {"q", "r", "s"}
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
 async def test_prefixes_keep_two_clusters_apart(redis_url: str) -> None:
