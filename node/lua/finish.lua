@@ -19,10 +19,11 @@ for i = 1, n do
     out[i] = "!status"
   else
     local now = ARGV[p + 8]
-    redis.call("HSET", tkey(id), "failures", ARGV[p + 4], "result_json", ARGV[p + 6],
-      "error", ARGV[p + 7])
+    put(rec, "failures", ARGV[p + 4])
+    put(rec, "result_json", ARGV[p + 6])
+    put(rec, "error", ARGV[p + 7])
     if status == "failed" then
-      redis.call("HSET", tkey(id), "run_at_ms", ARGV[p + 5])
+      put(rec, "run_at_ms", ARGV[p + 5])
     end
     end_as(id, rec, status, now)
     pushed[#pushed + 1] = id
