@@ -147,3 +147,17 @@ async def test_password_and_db_from_the_url(tmp_path: Path) -> None:
         await wrong.aclose()
     finally:
         server.stop()
+
+
+def test_on_uvloop(redis_url: str) -> None:
+    """uvloop's transports are not asyncio.Transport subclasses; the client must not care."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> list[object]:
+        c = client(redis_url)
+        try:
+            return list(await asyncio.gather(*(c.execute("ECHO", f"u{i}") for i in range(50))))
+        finally:
+            await c.aclose()
+
+    assert uvloop.run(main()) == [f"u{i}" for i in range(50)]
