@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final
 
+from core.effects import Expire, Lease, Promote
 from core.priority import Priority
 from core.task import AttemptEnd, ErrorKind, Status, TaskState
 
@@ -261,8 +263,17 @@ class StoreModel:
         return [r.state() for r in live]
 
     def lease(
-        self, term: int, task_id: str, node_id: str, deadline_ms: int, now_ms: int
+        self,
+        term: int,
+        task_id: str,
+        node_id: str,
+        deadline_ms: int,
+        now_ms: int,
+        direct: bool = False,
     ) -> TaskState | str | None:
+        """queued -> running, leased to ``node_id``; the assignment goes on the node's list for
+        its take, or, ``direct``, to the caller itself (the leader leasing to its own node's
+        slots), which :meth:`apply` hands back as a Taken."""
         if self._fenced(term):
             return FENCED
         record = self.tasks.get(task_id)
@@ -275,8 +286,34 @@ class StoreModel:
             record.lease_deadline_ms = deadline_ms
             record.started_ms = now_ms
             record.touch(now_ms)
-            self.assignments.setdefault(node_id, deque()).append((task_id, record.attempt))
+            if not direct:
+                self.assignments.setdefault(node_id, deque()).append((task_id, record.attempt))
         return record.state()
+
+    def apply(
+        self, ops: Sequence[Lease | Expire | Promote], direct_node: str = ""
+    ) -> tuple[list[TaskState | str | None], list[Taken]]:
+        """The leader's batch in order: each op's answer, and a Taken for each lease to
+        ``direct_node`` that took effect (its assignment skips the node's list: the caller
+        starts it). A bad Expire target raises after the ops before it, as expire() does."""
+        answers: list[TaskState | str | None] = []
+        taken: list[Taken] = []
+        for op in ops:
+            if isinstance(op, Lease):
+                record = self.tasks.get(op.task_id)
+                was_queued = record is not None and record.status is Status.QUEUED
+                direct = bool(direct_node) and op.node_id == direct_node
+                answer = self.lease(
+                    op.term, op.task_id, op.node_id, op.deadline_ms, op.now_ms, direct
+                )
+                answers.append(answer)
+                if direct and was_queued and record is not None and isinstance(answer, TaskState):
+                    taken.append(Taken(replace(record), record.attempt))
+            elif isinstance(op, Expire):
+                answers.append(self.expire(op.term, op.task_id, op.attempt, op.now_ms, op.target))
+            else:
+                answers.append(self.promote(op.term, op.task_id, op.now_ms))
+        return answers, taken
 
     def expire(
         self, term: int, task_id: str, attempt: int, now_ms: int, target: Status

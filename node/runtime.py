@@ -20,6 +20,8 @@ import os
 import random
 import time
 import traceback
+from collections import deque
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -38,7 +40,6 @@ from core.driver import (
     leader_round,
     worker_effects,
 )
-from core.effects import Lease
 from core.events import Event, NodeLeft, NodeSeen
 from core.priority import Priority
 from core.scheduler import Scheduler, SchedulerConfig
@@ -61,9 +62,9 @@ LEADER_IDLE_S = 0.05
 SWEEP_PERIOD_S = 60.0
 # How long a follower's BLPOP waits before it re-checks for shutdown and leadership.
 TAKE_WAIT_S = 1.0
-# How long the leader's own take loop waits for an in-process "leased to you" before it looks
-# at its assignment list anyway (a lease another leader made, say, just before a handover).
-TAKE_LOCAL_WAIT_S = 0.05
+# How often the leader's own take loop looks at its assignment list, where its own leases do
+# not go (they come back from the apply script) but an earlier leader's may have.
+TAKE_LIST_CHECK_S = 0.1
 
 
 def now_ms() -> int:
@@ -124,9 +125,13 @@ class NodeRuntime:
         )
         self._wake = asyncio.Event()
         self._slot_free = asyncio.Event()
-        # Set when this node's own leader driver leased tasks to this node: its take loop then
-        # pops them in one round trip, rather than a BLPOP wake-up and a check per task.
+        # Leases this node's own leader made to this node come back from the apply script
+        # itself (StoreModel.apply's direct node): no assignment list, no take round trip. They
+        # wait here for a free slot; _assigned wakes the take loop.
+        self._direct: deque[Taken] = deque()
+        self._background_tasks: set[asyncio.Task[None]] = set()
         self._assigned = asyncio.Event()
+        self._list_check_at = 0.0
         self.leader_stats = LeaderStats()
         self._fenced_reported = 0
         self._handlers_running: dict[tuple[str, int], asyncio.Task[None]] = {}
@@ -165,6 +170,12 @@ class NodeRuntime:
         self._accepting = False
         grace_ms = int(1000 * (self.config.shutdown_grace_s if grace_s is None else grace_s))
         await self._carry_out(self.pool.shutdown(now_ms(), grace_ms))
+        while self._direct:  # leased here but not started: give them back to run elsewhere
+            item = self._direct.popleft()
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.release(
+                    Release(item.record.id, item.attempt, self.node_id, now_ms())
+                )
         deadline = time.monotonic() + grace_ms / 1000 + 5.0
         while not self.pool.idle and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
@@ -413,9 +424,12 @@ class NodeRuntime:
         if isinstance(request, DrainRequest):
             return await store.drain(request.term, request.count_max)
         if isinstance(request, ApplyRequest):
-            answers = await store.apply(list(request.ops))
-            me = self.node_id
-            if any(isinstance(op, Lease) and op.node_id == me for op in request.ops):
+            answers, taken = await store.apply_direct(request.ops, self.node_id)
+            if taken:
+                self._direct.extend(taken)
+                rest = self._start_direct()
+                if rest:  # interrupts of older attempts, say: not the leader's to wait for
+                    self._background(self._carry_out_logged(rest))
                 self._assigned.set()
             return answers
         if isinstance(request, RaiseEpochRequest):
@@ -448,41 +462,64 @@ class NodeRuntime:
     # ------------------------------------------------------------------ worker driver
     async def _take_loop(self) -> None:
         """Pull when slots are free: a slot takes an assignment only when it can start it (no
-        prefetch). All free slots are filled in one round trip. On the leader, its own
-        dispatch says when something was leased here; a follower waits in BLPOP."""
+        prefetch). First what this node's own leader leased to it directly; then its
+        assignment list, all free slots in one round trip: a follower waits in BLPOP (one slot
+        reserved, so direct leases can still start elsewhere should this node be elected
+        meanwhile), the leader looks now and then for entries an earlier leader queued."""
+        loop = asyncio.get_running_loop()
         while not self._stopping:
             free = self.pool.free - self._taking
             if free <= 0:
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue
-            self._taking += free
+            if self._direct:
+                await self._carry_out(self._start_direct())
+                continue
+            leading = self.scheduler.leading
+            if leading:
+                self._assigned.clear()
+                wait_s = self._list_check_at - loop.time()
+                if wait_s > 0:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._assigned.wait(), wait_s)
+                    continue
+                self._list_check_at = loop.time() + TAKE_LIST_CHECK_S
             try:
-                leading = self.scheduler.leading
-                if leading:
-                    self._assigned.clear()
-                taken = await self.store.take_many(self.node_id, free)
-                if not taken:
-                    if leading:
-                        with contextlib.suppress(asyncio.TimeoutError):
-                            await asyncio.wait_for(self._assigned.wait(), TAKE_LOCAL_WAIT_S)
-                        continue
-                    one = await self.store.take(self.node_id, TAKE_WAIT_S)
+                self._taking += free
+                try:
+                    taken = await self.store.take_many(self.node_id, free)
+                finally:
+                    self._taking -= free
+                if not taken and not leading:
+                    self._taking += 1
+                    try:
+                        one = await self.store.take(self.node_id, TAKE_WAIT_S)
+                    finally:
+                        self._taking -= 1
                     taken = [] if one is None else [one]
             except StoreUnavailable:
                 await asyncio.sleep(0.2)
                 continue
-            finally:
-                self._taking -= free
+            effects: list[WorkerEffect] = []
             for item in taken:
-                await self._start_taken(item)
+                effects += self._start(item)
+            await self._carry_out(effects)
 
-    async def _start_taken(self, taken: Taken) -> None:
+    def _start_direct(self) -> list[WorkerEffect]:
+        """Start direct leases while slots are free; answers the effects still to carry out."""
+        effects: list[WorkerEffect] = []
+        while self._direct and self.pool.free - self._taking > 0:
+            effects += self._start(self._direct.popleft())
+        return effects
+
+    def _start(self, taken: Taken) -> list[WorkerEffect]:
+        """Start the handler of what a slot took (no await: a direct lease starts the moment
+        its apply answers). Answers the other effects, for the caller to carry out."""
         record = taken.record
         if not self.pool.accepting:
             # Taken just as we began to stop: give it straight back.
-            await self.store.release(Release(record.id, taken.attempt, self.node_id, now_ms()))
-            return
+            return [Release(record.id, taken.attempt, self.node_id, now_ms())]
         assignment = Assignment(
             task_id=record.id,
             attempt=taken.attempt,
@@ -495,16 +532,28 @@ class NodeRuntime:
         now = now_ms()
         priority = Priority(record.priority).label
         self.metrics.started(record.type, priority, max(0.0, (now - record.created_ms) / 1000))
-        started = self.pool.start(assignment, now)
-        others: list[WorkerEffect] = [e for e in started if not isinstance(e, RunHandler)]
-        if others:
-            await self._carry_out(others)
-        for effect in started:
+        others: list[WorkerEffect] = []
+        for effect in self.pool.start(assignment, now):
             if isinstance(effect, RunHandler):
                 key = (record.id, taken.attempt)
                 self._handlers_running[key] = asyncio.create_task(
                     self._run_handler(assignment, record.payload_json, priority)
                 )
+            else:
+                others.append(effect)
+        return others
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        # The loop keeps only weak references to tasks: hold each until it is done.
+        task = asyncio.create_task(coro)
+        self._background_tasks.add(task)
+        task.add_done_callback(self._background_tasks.discard)
+
+    async def _carry_out_logged(self, effects: list[WorkerEffect]) -> None:
+        try:
+            await self._carry_out(effects)
+        except StoreUnavailable as exc:
+            log.warning("store unavailable while starting tasks: %s", exc)
 
     async def _run_handler(self, a: Assignment, payload_json: str, priority: str) -> None:
         started = time.monotonic()

@@ -707,8 +707,18 @@ class RedisStore:
     async def apply(self, ops: Sequence[Lease | Expire | Promote]) -> list[TaskState | str | None]:
         """The leader's batch, in order, in one round trip and one atomic script. Each answer is
         the task's state, None (unknown task) or FENCED (a newer epoch is stored)."""
+        answers, _ = await self.apply_direct(ops, "")
+        return answers
+
+    async def apply_direct(
+        self, ops: Sequence[Lease | Expire | Promote], direct_node: str
+    ) -> tuple[list[TaskState | str | None], list[Taken]]:
+        """As :meth:`apply`; leases to ``direct_node`` (the caller's own node) skip its
+        assignment list and come back as Taken, for the caller to start: no take round trip.
+        A direct lease whose answer is lost (and so not started) waits out its lease and runs
+        again, as an assignment popped but never answered does (StoreModel.apply)."""
         if not ops:
-            return []
+            return [], []
         args: list[str | int] = [len(ops)]
         for op in ops:
             if isinstance(op, Lease):
@@ -720,20 +730,27 @@ class RedisStore:
                 args += ["P", op.term, op.task_id, op.now_ms, "", ""]
             else:
                 raise TypeError(f"not a leader store op: {op!r}")
+        if direct_node:
+            args.append(direct_node)
         # Idempotent: a second run finds each op done and answers the same state.
         reply = await self._eval("apply", *args, idempotent=True)
         out: list[TaskState | str | None] = []
+        taken: list[Taken] = []
         for answer in reply:
             if answer is None:
                 out.append(None)
             elif answer == FENCED:
                 out.append(FENCED)
+            elif len(answer) == 2 and answer[0] == "+":
+                record = _record(answer[1])
+                out.append(record.state())
+                taken.append(Taken(record, record.attempt))
             elif len(answer) == 2 and answer[0] == "!target":
                 # The model raises here, after applying the ops before this one; so did we.
                 raise ValueError("an expired lease goes back to queued or to dead")
             else:
                 out.append(_state(answer))
-        return out
+        return out, taken
 
     # ------------------------------------------------------------------ workers
     async def take(self, node_id: str, timeout_s: float = 0.0) -> Taken | None:

@@ -4,10 +4,15 @@
 --   kind "L": x node_id, y deadline_ms, z now_ms
 --   kind "E": x attempt, y now_ms, z target
 --   kind "P": x now_ms
--- Answers one entry per op: "fenced", false (unknown task) or the task's state. An Expire with
--- a target other than queued or dead (a caller bug) ends the batch with {"!target", index0} as
--- its last entry: the ops before it were applied, as in the model, which raises there.
+-- After the ops, ARGV[2 + n * 6] (optional) is the direct node: the caller's own node, whose
+-- leases skip its assignment list because the caller starts them itself (StoreModel.apply).
+-- Answers one entry per op: "fenced", false (unknown task), the task's state, or, for a lease
+-- to the direct node that took effect, {"+", {HGETALL...}} (the state is the record's). A state
+-- has 13 entries, so two-entry answers are markers whatever a task id may be. An Expire
+-- with a target other than queued or dead (a caller bug) ends the batch with {"!target", index0}
+-- as its last entry: the ops before it were applied, as in the model, which raises there.
 local n = tonumber(ARGV[1])
+local direct = ARGV[2 + n * 6] or ""
 local out = {}
 
 local function lease(id, node, deadline, now)
@@ -22,6 +27,9 @@ local function lease(id, node, deadline, now)
     put(rec, "lease_deadline_ms", deadline)
     put(rec, "started_ms", now)
     touch(id, rec, now)
+    if direct ~= "" and node == direct then
+      return { "+", redis.call("HGETALL", tkey(id)) }
+    end
     -- The assignment is queued in the same step as the lease: durable before anyone is told.
     redis.call("RPUSH", akey(node), id .. ":" .. string.format("%d", attempt))
   end

@@ -436,6 +436,35 @@ async def test_take_many_pops_current_entries_in_order(store: RedisStore) -> Non
         await store.take_many("n1", 0)
 
 
+async def test_direct_leases_come_back_to_the_caller(store: RedisStore) -> None:
+    await store.submit([new("a"), new("b"), new("c")], NOW)
+    assert await store.raise_epoch(1)
+    await store.apply([Lease(1, "c", "n1", NOW + 1000, NOW)])  # already running: no lease
+    ops = [
+        Lease(1, "a", "n1", NOW + 1000, NOW),
+        Lease(1, "b", "n2", NOW + 1000, NOW),
+        Lease(1, "c", "n1", NOW + 1000, NOW),
+    ]
+    answers, taken = await store.apply_direct(ops, "n1")
+    assert [t.record.id for t in taken] == ["a"]
+    assert taken[0].attempt == 1 and taken[0].record.status is Status.RUNNING
+    assert taken[0].record.payload_json == "null" and taken[0].record.lease_node == "n1"
+    assert [(s.id, s.status, s.lease_node) for s in answers if not isinstance(s, str | None)] == [
+        ("a", Status.RUNNING, "n1"),
+        ("b", Status.RUNNING, "n2"),
+        ("c", Status.RUNNING, "n1"),
+    ]
+    assert answers[0] == taken[0].record.state()
+    # a skipped n1's list (c's entry is from its own, earlier lease); b went to n2's.
+    assert await store.redis.lrange(store.key("a", "n1"), 0, -1) == ["c:1"]
+    assert await store.redis.lrange(store.key("a", "n2"), 0, -1) == ["b:1"]
+    # A deposed leader's direct lease is fenced like any other.
+    assert await store.raise_epoch(2)
+    await store.submit([new("d")], NOW)
+    answers, taken = await store.apply_direct([Lease(1, "d", "n1", NOW + 1000, NOW)], "n1")
+    assert answers == [FENCED] and taken == []
+
+
 async def _blocked_clients(store: RedisStore) -> bool:
     return int((await store.redis.info("clients"))["blocked_clients"]) > 0
 

@@ -335,7 +335,14 @@ async def test_store_matches_model(redis_server: EmbeddedRedis, data: st.DataObj
                 )
             elif op == "apply":
                 ops = data.draw(st.lists(leader_op_st(model, now), min_size=1, max_size=3))
-                want, got = await both(store.apply(ops), model_apply, model, ops)
+                if data.draw(st.booleans(), label="direct"):
+                    # Leases to one node come back to the caller instead of that node's list.
+                    direct = data.draw(st.sampled_from(NODES), label="direct node")
+                    want, got = await both(
+                        store.apply_direct(ops, direct), model.apply, ops, direct
+                    )
+                else:
+                    want, got = await both(store.apply(ops), model_apply, model, ops)
             elif op == "cycle":
                 # A whole lease as a healthy cluster runs it, each step compared: the leader
                 # leases a queued task under the stored epoch, the node takes it, then beats,
