@@ -573,7 +573,8 @@ class NodeRuntime:
                 # the await is cancelled, and the thread finishes (unseen) in the background.
                 ctx = contextvars.copy_context()
                 result = await loop.run_in_executor(self._executor, ctx.run, handler, payload)
-            json.dumps(result, allow_nan=False)  # a result we cannot store is the handler's error
+            if result is not None:  # a result we cannot store is the handler's error
+                json.dumps(result, allow_nan=False)
             outcome = Outcome.success(result)
         except asyncio.CancelledError:
             outcome = Outcome.error("Interrupted", "interrupted by the worker")

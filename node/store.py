@@ -303,8 +303,11 @@ def _finish_args(f: Finish) -> list[str | int]:
         end.status.value if isinstance(end.status, Status) else str(end.status),
         end.failures,
         end.run_at_ms,
-        json.dumps(end.result) if end.status is Status.SUCCEEDED else "",
-        json.dumps(dict(end.error)),
+        # None and {} are most results and errors: no encoder call for them.
+        ("null" if end.result is None else json.dumps(end.result))
+        if end.status is Status.SUCCEEDED
+        else "",
+        json.dumps(dict(end.error)) if end.error else "{}",
         f.now_ms,
     ]
 
