@@ -443,11 +443,15 @@ class StoreModel:
 
     # ------------------------------------------------------------------ housekeeping
     def sweep(self, now_ms: int) -> int:
-        """Forget terminal tasks past the retention. Answers how many went."""
+        """Forget terminal tasks past the retention, except those a live task depends on: a
+        dependency swept from under a waiting task would turn it dead. Answers how many went."""
+        needed = {dep for r in self.tasks.values() if not r.status.terminal for dep in r.depends_on}
         gone = [
             r.id
             for r in self.tasks.values()
-            if r.status.terminal and r.finished_ms + self.retention_ms <= now_ms
+            if r.status.terminal
+            and r.finished_ms + self.retention_ms <= now_ms
+            and r.id not in needed
         ]
         for task_id in gone:
             record = self.tasks.pop(task_id)

@@ -19,6 +19,8 @@ Key layout (``B`` is ``{prefix}``, a hash tag, so one Redis Cluster slot holds e
     B:done          ZSET id -> finished_ms of terminal tasks (retention sweep)
     B:qn            hash priority -> number of queued tasks
     B:nodes         hash node id -> JSON info with last_seen_ms (the reader judges liveness)
+    B:rd:<id>       set of the tasks whose depends_on names <id> (the sweep keeps <id> while
+                    one of them is live)
     B:bell          channel: rung by every script that pushes to the inbox
     B:cancel:<node> channel: a task running on <node> was cancelled (payload: its id)
 
@@ -855,13 +857,18 @@ class RedisStore:
     # ------------------------------------------------------------------ housekeeping
     async def sweep(self, now_ms: int) -> int:
         """Forget terminal tasks finished more than retention_ms before ``now_ms``: hash, index
-        entries and idempotency key. Answers how many went. Runs in bounded steps."""
+        entries and idempotency key; not those a live task depends on (StoreModel.sweep).
+        Answers how many went. Runs in bounded steps."""
         cutoff = now_ms - self.retention_ms
         total = 0
+        held = 0  # entries kept for a live dependant stay in the index: step over them
         while True:
-            n = int(await self._eval("sweep", cutoff, SWEEP_CHUNK_MAX, idempotent=True))
-            total += n
-            if n < SWEEP_CHUNK_MAX:
+            removed, kept = await self._eval(
+                "sweep", cutoff, SWEEP_CHUNK_MAX, held, idempotent=True
+            )
+            total += int(removed)
+            held += int(kept)
+            if int(removed) + int(kept) < SWEEP_CHUNK_MAX:
                 return total
 
     # ------------------------------------------------------------------ node registry

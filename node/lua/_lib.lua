@@ -41,6 +41,12 @@ local function akey(node)
   return B .. ":a:" .. node
 end
 
+-- The tasks that name this one in depends_on (a SET): the sweep keeps a task that a live task
+-- still waits on, whatever its retention says.
+local function rdkey(id)
+  return B .. ":rd:" .. id
+end
+
 -- term < stored epoch: a deposed leader's write.
 local function fenced(term)
   local epoch = redis.call("GET", K_EPOCH)

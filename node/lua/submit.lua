@@ -77,6 +77,9 @@ for _, it in ipairs(items) do
     if it.key ~= "" then
       redis.call("HSET", K_IDEM, it.key, it.id)
     end
+    for _, dep in ipairs(it.deps) do
+      redis.call("SADD", rdkey(dep), it.id)
+    end
     pushed[#pushed + 1] = it.id
     out[#out + 1] = { "+", seq, status }
   end

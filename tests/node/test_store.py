@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,8 @@ async def snapshot(r: aioredis.Redis, base: str) -> dict[str, Any]:
                 pipe.lrange(key, 0, -1)
             elif kind == "zset":
                 pipe.zrange(key, 0, -1, withscores=True)
+            elif kind == "set":
+                pipe.smembers(key)
             else:
                 raise AssertionError(f"unexpected {kind} key {key}")
         values = await pipe.execute()
@@ -80,6 +83,18 @@ def check_indexes(snap: dict[str, Any], base: str) -> None:
         assert int(qn.get(str(int(p)), 0)) == expect_n
     idem = snap.get(f"{base}:idem", ("hash", {}))[1]
     assert idem == {h["idempotency_key"]: i for i, h in tasks.items() if h["idempotency_key"]}
+    # Reverse dependencies: every existing task's set names exactly the tasks that depend on it.
+    dependants: dict[str, set[str]] = {}
+    for i, h in tasks.items():
+        for dep in json.loads(h["depends_on"]):
+            if dep in tasks:
+                dependants.setdefault(dep, set()).add(i)
+    rd = {
+        key.removeprefix(f"{base}:rd:"): set(value)
+        for key, (_, value) in snap.items()
+        if key.startswith(f"{base}:rd:")
+    }
+    assert rd == dependants
 
 
 def new(task_id: str, **kw: Any) -> NewTask:
@@ -620,6 +635,44 @@ async def test_sweep_runs_in_bounded_steps(store: RedisStore) -> None:
         await store.cancel(f"t{i}", NOW)
     assert await store.sweep(NOW + 60_000) == 2500
     assert await store.redis.dbsize() == 3  # seq, inbox, qn remain
+
+
+async def test_sweep_keeps_what_a_live_task_still_waits_on(store: RedisStore) -> None:
+    # "dep" succeeds at once; "slow" keeps "child" pending for longer than the retention.
+    await store.submit([new("dep"), new("slow")], NOW)
+    await store.submit([new("child", depends_on=("dep", "slow"))], NOW)
+    attempt = await leased(store, "dep")
+    assert await store.finish(finish("dep", attempt, "n1", Status.SUCCEEDED, failures=0))
+    assert await store.sweep(NOW + 600_000) == 0  # child is pending: dep stays
+    dep = await store.get("dep")
+    assert dep is not None and dep.status is Status.SUCCEEDED
+    check_indexes(await snapshot(store.redis, store.base), store.base)
+    # Held entries are stepped over, not counted again: the others are swept past them.
+    await store.submit([new(f"x{i}") for i in range(3)], NOW)
+    for i in range(3):
+        await store.cancel(f"x{i}", NOW)
+    assert await store.sweep(NOW + 600_000) == 3
+    # Once child ends, nothing holds dep any more.
+    await store.cancel("child", NOW + 600_000)
+    assert await store.sweep(NOW + 1_200_000) == 2  # dep and child
+    assert await store.get("dep") is None and await store.get("child") is None
+    snap = await snapshot(store.redis, store.base)
+    check_indexes(snap, store.base)
+    assert not [k for k in snap if ":rd:" in k]
+
+
+async def test_sweep_steps_over_many_held_entries(store: RedisStore) -> None:
+    n = 1200  # more than one sweep chunk (SWEEP_CHUNK_MAX) of held entries
+    await store.submit([new(f"d{i}") for i in range(n)], NOW)
+    await store.submit(
+        [new("waiter", depends_on=tuple(f"d{i}" for i in range(n)), run_at_ms=NOW * 2)], NOW
+    )
+    for i in range(n):
+        await store.cancel(f"d{i}", NOW)  # terminal, but waiter still names them
+    await store.submit([new("free")], NOW)
+    await store.cancel("free", NOW + 1)
+    assert await store.sweep(NOW + 600_000) == 1  # only "free": found behind the held ones
+    assert await store.get("d0") is not None and await store.get("free") is None
 
 
 async def test_node_registry(store: RedisStore) -> None:
