@@ -21,7 +21,8 @@ from typing import Final
 
 from core.effects import Expire, Lease, Promote
 from core.priority import Priority
-from core.task import AttemptEnd, ErrorKind, Status, TaskState
+from core.task import AttemptEnd, ErrorKind, RetryPolicy, Status, TaskState
+from core.worker import Assignment
 
 FENCED: Final = "fenced"
 
@@ -123,6 +124,19 @@ class Taken:
 
     record: TaskRecord
     attempt: int
+
+    def assignment(self) -> Assignment:
+        """What the worker pool needs to run it (both drivers build it here)."""
+        r = self.record
+        return Assignment(
+            task_id=r.id,
+            attempt=self.attempt,
+            type=r.type,
+            timeout_ms=r.timeout_ms,
+            policy=RetryPolicy(r.max_retries, r.backoff_base_ms, r.backoff_cap_ms),
+            failures=r.failures,
+            lease_deadline_ms=r.lease_deadline_ms,
+        )
 
 
 class StoreModel:

@@ -44,7 +44,7 @@ from core.events import Event, NodeLeft, NodeSeen
 from core.priority import Priority
 from core.scheduler import Scheduler, SchedulerConfig
 from core.store_model import Taken, TaskRecord
-from core.task import Outcome, RetryPolicy
+from core.task import Outcome
 from core.worker import Assignment, Finish, Release, RunHandler, WorkerEffect, WorkerPool
 from node.config import NodeConfig
 from node.metrics import Metrics
@@ -520,15 +520,7 @@ class NodeRuntime:
         if not self.pool.accepting:
             # Taken just as we began to stop: give it straight back.
             return [Release(record.id, taken.attempt, self.node_id, now_ms())]
-        assignment = Assignment(
-            task_id=record.id,
-            attempt=taken.attempt,
-            type=record.type,
-            timeout_ms=record.timeout_ms,
-            policy=RetryPolicy(record.max_retries, record.backoff_base_ms, record.backoff_cap_ms),
-            failures=record.failures,
-            lease_deadline_ms=record.lease_deadline_ms,
-        )
+        assignment = taken.assignment()
         now = now_ms()
         priority = Priority(record.priority).label
         self.metrics.started(record.type, priority, max(0.0, (now - record.created_ms) / 1000))
