@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final
 
+from core.effects import Expire, Lease, Promote
 from core.priority import Priority
-from core.task import AttemptEnd, ErrorKind, Status, TaskState
+from core.task import AttemptEnd, ErrorKind, RetryPolicy, Status, TaskState
+from core.worker import Assignment
 
 FENCED: Final = "fenced"
 
@@ -121,6 +124,19 @@ class Taken:
 
     record: TaskRecord
     attempt: int
+
+    def assignment(self) -> Assignment:
+        """What the worker pool needs to run it (both drivers build it here)."""
+        r = self.record
+        return Assignment(
+            task_id=r.id,
+            attempt=self.attempt,
+            type=r.type,
+            timeout_ms=r.timeout_ms,
+            policy=RetryPolicy(r.max_retries, r.backoff_base_ms, r.backoff_cap_ms),
+            failures=r.failures,
+            lease_deadline_ms=r.lease_deadline_ms,
+        )
 
 
 class StoreModel:
@@ -261,8 +277,17 @@ class StoreModel:
         return [r.state() for r in live]
 
     def lease(
-        self, term: int, task_id: str, node_id: str, deadline_ms: int, now_ms: int
+        self,
+        term: int,
+        task_id: str,
+        node_id: str,
+        deadline_ms: int,
+        now_ms: int,
+        direct: bool = False,
     ) -> TaskState | str | None:
+        """queued -> running, leased to ``node_id``; the assignment goes on the node's list for
+        its take, or, ``direct``, to the caller itself (the leader leasing to its own node's
+        slots), which :meth:`apply` hands back as a Taken."""
         if self._fenced(term):
             return FENCED
         record = self.tasks.get(task_id)
@@ -275,8 +300,34 @@ class StoreModel:
             record.lease_deadline_ms = deadline_ms
             record.started_ms = now_ms
             record.touch(now_ms)
-            self.assignments.setdefault(node_id, deque()).append((task_id, record.attempt))
+            if not direct:
+                self.assignments.setdefault(node_id, deque()).append((task_id, record.attempt))
         return record.state()
+
+    def apply(
+        self, ops: Sequence[Lease | Expire | Promote], direct_node: str = ""
+    ) -> tuple[list[TaskState | str | None], list[Taken]]:
+        """The leader's batch in order: each op's answer, and a Taken for each lease to
+        ``direct_node`` that took effect (its assignment skips the node's list: the caller
+        starts it). A bad Expire target raises after the ops before it, as expire() does."""
+        answers: list[TaskState | str | None] = []
+        taken: list[Taken] = []
+        for op in ops:
+            if isinstance(op, Lease):
+                record = self.tasks.get(op.task_id)
+                was_queued = record is not None and record.status is Status.QUEUED
+                direct = bool(direct_node) and op.node_id == direct_node
+                answer = self.lease(
+                    op.term, op.task_id, op.node_id, op.deadline_ms, op.now_ms, direct
+                )
+                answers.append(answer)
+                if direct and was_queued and record is not None and isinstance(answer, TaskState):
+                    taken.append(Taken(replace(record), record.attempt))
+            elif isinstance(op, Expire):
+                answers.append(self.expire(op.term, op.task_id, op.attempt, op.now_ms, op.target))
+            else:
+                answers.append(self.promote(op.term, op.task_id, op.now_ms))
+        return answers, taken
 
     def expire(
         self, term: int, task_id: str, attempt: int, now_ms: int, target: Status
@@ -346,6 +397,20 @@ class StoreModel:
                 return Taken(replace(record), attempt)
         return None
 
+    def take_many(self, node_id: str, count_max: int) -> list[Taken]:
+        """Up to ``count_max`` of this node's next current assignments, in order: what that
+        many takes in a row would answer, as one atomic step (one round trip for a node
+        whose slots came free together)."""
+        if count_max < 1:
+            raise ValueError("count_max must be >= 1")
+        out: list[Taken] = []
+        while len(out) < count_max:
+            taken = self.take(node_id)
+            if taken is None:
+                break
+            out.append(taken)
+        return out
+
     def _holds(self, record: TaskRecord | None, attempt: int, node_id: str) -> bool:
         return (
             record is not None
@@ -392,11 +457,15 @@ class StoreModel:
 
     # ------------------------------------------------------------------ housekeeping
     def sweep(self, now_ms: int) -> int:
-        """Forget terminal tasks past the retention. Answers how many went."""
+        """Forget terminal tasks past the retention, except those a live task depends on: a
+        dependency swept from under a waiting task would turn it dead. Answers how many went."""
+        needed = {dep for r in self.tasks.values() if not r.status.terminal for dep in r.depends_on}
         gone = [
             r.id
             for r in self.tasks.values()
-            if r.status.terminal and r.finished_ms + self.retention_ms <= now_ms
+            if r.status.terminal
+            and r.finished_ms + self.retention_ms <= now_ms
+            and r.id not in needed
         ]
         for task_id in gone:
             record = self.tasks.pop(task_id)

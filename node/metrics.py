@@ -7,6 +7,7 @@ process, and lets GET /metrics show exactly this node's series.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -36,6 +37,7 @@ RUN_BUCKETS_S = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800
 HTTP_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 
 TASK_LABELS = ("type", "priority")
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class Metrics:
@@ -107,35 +109,45 @@ class Metrics:
             registry=r,
         )
         # Every priority shows a depth from the start, so dashboards see 0 rather than nothing.
+        # labels() takes a lock and builds a key on every call; the per-task paths ask for the
+        # same few children thousands of times a second, so they are looked up once.
+        self._children: dict[tuple[Any, ...], Any] = {}
         for p in Priority:
             self.queue_depth.labels(p.label).set(0)
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     # ------------------------------------------------------------------ called by the runtime/API
     def submitted(self, type: str, priority_label: str, n: int = 1) -> None:
-        self.tasks_submitted.labels(type, priority_label).inc(n)
+        self._child(self.tasks_submitted, type, priority_label).inc(n)
 
     def started(self, type: str, priority_label: str, submit_to_start_s: float) -> None:
-        self.tasks_started.labels(type, priority_label).inc()
-        self.task_submit_to_start_seconds.labels(priority_label).observe(submit_to_start_s)
+        self._child(self.tasks_started, type, priority_label).inc()
+        self._child(self.task_submit_to_start_seconds, priority_label).observe(submit_to_start_s)
 
     def finished(self, type: str, priority_label: str, status: str, run_s: float) -> None:
         """An attempt ended: ``status`` is succeeded, failed (a retry follows) or dead."""
         labels = (type, priority_label)
         if status == "succeeded":
-            self.tasks_succeeded.labels(*labels).inc()
+            self._child(self.tasks_succeeded, *labels).inc()
         elif status == "failed":
-            self.tasks_failed.labels(*labels).inc()
-            self.tasks_retried.labels(*labels).inc()
+            self._child(self.tasks_failed, *labels).inc()
+            self._child(self.tasks_retried, *labels).inc()
         elif status == "dead":
-            self.tasks_failed.labels(*labels).inc()
-            self.tasks_dead.labels(*labels).inc()
+            self._child(self.tasks_failed, *labels).inc()
+            self._child(self.tasks_dead, *labels).inc()
         else:
             raise ValueError(f"an attempt cannot finish as {status!r}")
-        self.task_run_seconds.labels(type).observe(run_s)
+        self._child(self.task_run_seconds, type).observe(run_s)
 
     def retried(self, type: str, priority_label: str, n: int = 1) -> None:
         """A dead or cancelled task retried by hand (POST /v1/tasks/{id}/retry)."""
-        self.tasks_retried.labels(type, priority_label).inc(n)
+        self._child(self.tasks_retried, type, priority_label).inc(n)
 
     def fenced(self, n: int = 1) -> None:
         self.fenced_writes.inc(n)
@@ -143,13 +155,15 @@ class Metrics:
     def set_queue_depth(self, depth: Mapping[str, int]) -> None:
         # A priority absent from the mapping has nothing queued: show 0, not a stale value.
         for p in Priority:
-            self.queue_depth.labels(p.label).set(depth.get(p.label, 0))
+            self._child(self.queue_depth, p.label).set(depth.get(p.label, 0))
 
     def set_workers_busy(self, n: int) -> None:
         self.workers_busy.set(n)
 
     def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.http_request_seconds.labels(method, route, str(status)).observe(seconds)
+        # A client chooses the method: any other token would add a series (and a cached child).
+        method = method if method in HTTP_METHODS else "other"
+        self._child(self.http_request_seconds, method, route, str(status)).observe(seconds)
 
     def render(self) -> tuple[bytes, str]:
         """The text exposition format and its Content-Type."""

@@ -20,6 +20,8 @@ import os
 import random
 import time
 import traceback
+from collections import deque
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -41,8 +43,8 @@ from core.driver import (
 from core.events import Event, NodeLeft, NodeSeen
 from core.priority import Priority
 from core.scheduler import Scheduler, SchedulerConfig
-from core.store_model import TaskRecord
-from core.task import Outcome, RetryPolicy
+from core.store_model import Taken, TaskRecord
+from core.task import Outcome
 from core.worker import Assignment, Finish, Release, RunHandler, WorkerEffect, WorkerPool
 from node.config import NodeConfig
 from node.metrics import Metrics
@@ -58,12 +60,11 @@ REGISTRY_PERIOD_S = 0.5
 LEADER_IDLE_S = 0.05
 # How often the leader removes finished tasks past their retention (bounded work per call).
 SWEEP_PERIOD_S = 60.0
-# How long a slot's BLPOP waits before it re-checks for shutdown.
+# How long a follower's BLPOP waits before it re-checks for shutdown and leadership.
 TAKE_WAIT_S = 1.0
-# Concurrent take loops per node: one per TAKE_LOOP_SLOTS worker slots, at most TAKE_LOOPS_MAX
-# (each holds at most one BLPOP connection while idle).
-TAKE_LOOPS_MAX = 8
-TAKE_LOOP_SLOTS = 6
+# How often the leader's own take loop looks at its assignment list, where its own leases do
+# not go (they come back from the apply script) but an earlier leader's may have.
+TAKE_LIST_CHECK_S = 0.1
 
 
 def now_ms() -> int:
@@ -124,6 +125,13 @@ class NodeRuntime:
         )
         self._wake = asyncio.Event()
         self._slot_free = asyncio.Event()
+        # Leases this node's own leader made to this node come back from the apply script
+        # itself (StoreModel.apply's direct node): no assignment list, no take round trip. They
+        # wait here for a free slot; _assigned wakes the take loop.
+        self._direct: deque[Taken] = deque()
+        self._background_tasks: set[asyncio.Task[None]] = set()
+        self._assigned = asyncio.Event()
+        self._list_check_at = 0.0
         self.leader_stats = LeaderStats()
         self._fenced_reported = 0
         self._handlers_running: dict[tuple[str, int], asyncio.Task[None]] = {}
@@ -146,13 +154,7 @@ class NodeRuntime:
         await self._register()
         self._tasks = [
             asyncio.create_task(self._leader_loop(), name="dsched-leader"),
-            # Several pullers on a large pool: one take is one Redis round trip, so one puller
-            # caps a node at one start per round trip whatever its worker count. A small pool
-            # is bound by its slots' turnaround instead, and extra pullers only cost CPU there.
-            *(
-                asyncio.create_task(self._take_loop(), name=f"dsched-take-{i}")
-                for i in range(max(1, min(TAKE_LOOPS_MAX, self.config.workers // TAKE_LOOP_SLOTS)))
-            ),
+            asyncio.create_task(self._take_loop(), name="dsched-take"),
             asyncio.create_task(self._worker_ticks(), name="dsched-worker-ticks"),
             asyncio.create_task(self._registry_loop(), name="dsched-registry"),
             asyncio.create_task(self._cancel_listener(), name="dsched-cancels"),
@@ -168,6 +170,12 @@ class NodeRuntime:
         self._accepting = False
         grace_ms = int(1000 * (self.config.shutdown_grace_s if grace_s is None else grace_s))
         await self._carry_out(self.pool.shutdown(now_ms(), grace_ms))
+        while self._direct:  # leased here but not started: give them back to run elsewhere
+            item = self._direct.popleft()
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.release(
+                    Release(item.record.id, item.attempt, self.node_id, now_ms())
+                )
         deadline = time.monotonic() + grace_ms / 1000 + 5.0
         while not self.pool.idle and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
@@ -175,6 +183,7 @@ class NodeRuntime:
         self._stopping = True
         self._wake.set()
         self._slot_free.set()
+        self._assigned.set()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -415,7 +424,14 @@ class NodeRuntime:
         if isinstance(request, DrainRequest):
             return await store.drain(request.term, request.count_max)
         if isinstance(request, ApplyRequest):
-            return await store.apply(list(request.ops))
+            answers, taken = await store.apply_direct(request.ops, self.node_id)
+            if taken:
+                self._direct.extend(taken)
+                rest = self._start_direct()
+                if rest:  # interrupts of older attempts, say: not the leader's to wait for
+                    self._background(self._carry_out_logged(rest))
+                self._assigned.set()
+            return answers
         if isinstance(request, RaiseEpochRequest):
             ok = await store.raise_epoch(request.term, request.holder)
             if not ok:
@@ -426,7 +442,12 @@ class NodeRuntime:
         if isinstance(request, HeartbeatRequest):
             return await store.heartbeat_many(list(request.beats))
         if isinstance(request, FinishRequest):
-            [ok] = await store.finish_many([request.finish])
+            # Our own leader needs no bell (a message to every subscriber): it is woken here.
+            # Should leadership move meanwhile, the new leader's periodic drain finds the task.
+            leading = self.scheduler.leading
+            [ok] = await store.finish_many([request.finish], ring=not leading)
+            if leading:
+                self._wake.set()
             return ok
         if isinstance(request, ReleaseRequest):
             return await store.release(request.release)
@@ -440,54 +461,91 @@ class NodeRuntime:
 
     # ------------------------------------------------------------------ worker driver
     async def _take_loop(self) -> None:
-        """Pull when a slot is free: a slot takes an assignment only when it can start it."""
+        """Pull when slots are free: a slot takes an assignment only when it can start it (no
+        prefetch). First what this node's own leader leased to it directly; then its
+        assignment list, all free slots in one round trip: a follower waits in BLPOP (one slot
+        reserved, so direct leases can still start elsewhere should this node be elected
+        meanwhile), the leader looks now and then for entries an earlier leader queued."""
+        loop = asyncio.get_running_loop()
         while not self._stopping:
-            if self.pool.free - self._taking <= 0:
+            free = self.pool.free - self._taking
+            if free <= 0:
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue
-            self._taking += 1
+            if self._direct:
+                await self._carry_out(self._start_direct())
+                continue
+            leading = self.scheduler.leading
+            if leading:
+                self._assigned.clear()
+                wait_s = self._list_check_at - loop.time()
+                if wait_s > 0:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._assigned.wait(), wait_s)
+                    continue
+                self._list_check_at = loop.time() + TAKE_LIST_CHECK_S
             try:
-                taken = await self.store.take(self.node_id, TAKE_WAIT_S)
+                self._taking += free
+                try:
+                    taken = await self.store.take_many(self.node_id, free)
+                finally:
+                    self._taking -= free
+                if not taken and not leading:
+                    self._taking += 1
+                    try:
+                        one = await self.store.take(self.node_id, TAKE_WAIT_S)
+                    finally:
+                        self._taking -= 1
+                    taken = [] if one is None else [one]
             except StoreUnavailable:
                 await asyncio.sleep(0.2)
                 continue
-            finally:
-                self._taking -= 1
-            if taken is None:
-                continue
-            record = taken.record
-            if not self.pool.accepting:
-                # Taken just as we began to stop: give it straight back.
-                await self.store.release(Release(record.id, taken.attempt, self.node_id, now_ms()))
-                continue
-            assignment = Assignment(
-                task_id=record.id,
-                attempt=taken.attempt,
-                type=record.type,
-                timeout_ms=record.timeout_ms,
-                policy=RetryPolicy(
-                    record.max_retries, record.backoff_base_ms, record.backoff_cap_ms
-                ),
-                failures=record.failures,
-                lease_deadline_ms=record.lease_deadline_ms,
-            )
-            now = now_ms()
-            self.metrics.started(
-                record.type,
-                Priority(record.priority).label,
-                max(0.0, (now - record.created_ms) / 1000),
-            )
-            started = self.pool.start(assignment, now)
-            await self._carry_out([e for e in started if not isinstance(e, RunHandler)])
-            for effect in started:
-                if isinstance(effect, RunHandler):
-                    key = (record.id, taken.attempt)
-                    self._handlers_running[key] = asyncio.create_task(
-                        self._run_handler(
-                            assignment, record.payload_json, Priority(record.priority).label
-                        )
-                    )
+            effects: list[WorkerEffect] = []
+            for item in taken:
+                effects += self._start(item)
+            await self._carry_out(effects)
+
+    def _start_direct(self) -> list[WorkerEffect]:
+        """Start direct leases while slots are free; answers the effects still to carry out."""
+        effects: list[WorkerEffect] = []
+        while self._direct and self.pool.free - self._taking > 0:
+            effects += self._start(self._direct.popleft())
+        return effects
+
+    def _start(self, taken: Taken) -> list[WorkerEffect]:
+        """Start the handler of what a slot took (no await: a direct lease starts the moment
+        its apply answers). Answers the other effects, for the caller to carry out."""
+        record = taken.record
+        if not self.pool.accepting:
+            # Taken just as we began to stop: give it straight back.
+            return [Release(record.id, taken.attempt, self.node_id, now_ms())]
+        assignment = taken.assignment()
+        now = now_ms()
+        priority = Priority(record.priority).label
+        self.metrics.started(record.type, priority, max(0.0, (now - record.created_ms) / 1000))
+        others: list[WorkerEffect] = []
+        for effect in self.pool.start(assignment, now):
+            if isinstance(effect, RunHandler):
+                key = (record.id, taken.attempt)
+                self._handlers_running[key] = asyncio.create_task(
+                    self._run_handler(assignment, record.payload_json, priority)
+                )
+            else:
+                others.append(effect)
+        return others
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        # The loop keeps only weak references to tasks: hold each until it is done.
+        task = asyncio.create_task(coro)
+        self._background_tasks.add(task)
+        task.add_done_callback(self._background_tasks.discard)
+
+    async def _carry_out_logged(self, effects: list[WorkerEffect]) -> None:
+        try:
+            await self._carry_out(effects)
+        except StoreUnavailable as exc:
+            log.warning("store unavailable while starting tasks: %s", exc)
 
     async def _run_handler(self, a: Assignment, payload_json: str, priority: str) -> None:
         started = time.monotonic()
@@ -507,7 +565,8 @@ class NodeRuntime:
                 # the await is cancelled, and the thread finishes (unseen) in the background.
                 ctx = contextvars.copy_context()
                 result = await loop.run_in_executor(self._executor, ctx.run, handler, payload)
-            json.dumps(result, allow_nan=False)  # a result we cannot store is the handler's error
+            if result is not None:  # a result we cannot store is the handler's error
+                json.dumps(result, allow_nan=False)
             outcome = Outcome.success(result)
         except asyncio.CancelledError:
             outcome = Outcome.error("Interrupted", "interrupted by the worker")

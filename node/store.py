@@ -19,6 +19,8 @@ Key layout (``B`` is ``{prefix}``, a hash tag, so one Redis Cluster slot holds e
     B:done          ZSET id -> finished_ms of terminal tasks (retention sweep)
     B:qn            hash priority -> number of queued tasks
     B:nodes         hash node id -> JSON info with last_seen_ms (the reader judges liveness)
+    B:rd:<id>       set of the tasks whose depends_on names <id> (the sweep keeps <id> while
+                    one of them is live)
     B:bell          channel: rung by every script that pushes to the inbox
     B:cancel:<node> channel: a task running on <node> was cancelled (payload: its id)
 
@@ -52,6 +54,7 @@ from core.store_model import FENCED, NewTask, SubmitError, Taken, TaskRecord
 from core.store_model import StoreUnavailable as _CoreStoreUnavailable
 from core.task import Status, TaskState
 from core.worker import Finish, Heartbeat, Release
+from node.resp import FastRedis, fast_url_supported
 from node.rows import SubmitRow, row_of
 
 __all__ = [
@@ -305,8 +308,11 @@ def _finish_args(f: Finish) -> list[str | int]:
         end.status.value if isinstance(end.status, Status) else str(end.status),
         end.failures,
         end.run_at_ms,
-        json.dumps(end.result) if end.status is Status.SUCCEEDED else "",
-        json.dumps(dict(end.error)),
+        # None and {} are most results and errors: no encoder call for them.
+        ("null" if end.result is None else json.dumps(end.result))
+        if end.status is Status.SUCCEEDED
+        else "",
+        json.dumps(dict(end.error)) if end.error else "{}",
         f.now_ms,
     ]
 
@@ -407,6 +413,7 @@ class RedisStore:
         prefix: str,
         retention_ms: int,
         group_commit_max: int,
+        fast: FastRedis | None = None,
     ) -> None:
         if not prefix or any(c in prefix for c in "{}"):
             raise ValueError("prefix must be non-empty and contain no braces")
@@ -416,14 +423,16 @@ class RedisStore:
         # BLPOP and pub/sub hold a connection for seconds: their own pool, no socket timeout
         # (they are bounded by their own timeouts), so they never starve or break ordinary calls.
         self._blocking = blocking
+        # Scripts (every state change) go through the lean client where the URL allows it.
+        self._fast = fast
         self.prefix = prefix
         self.base = "{" + prefix + "}"
         self.retention_ms = retention_ms
         self._submits: _GroupCommit[tuple[list[SubmitRow], int], list[SubmitAnswer]] = _GroupCommit(
             self._flush_submits, lambda call: max(1, len(call[0])), group_commit_max
         )
-        self._finishes: _GroupCommit[list[Finish], list[bool | BaseException]] = _GroupCommit(
-            self._flush_finishes, lambda call: max(1, len(call)), group_commit_max
+        self._finishes: _GroupCommit[tuple[list[Finish], bool], list[bool | BaseException]] = (
+            _GroupCommit(self._flush_finishes, lambda call: max(1, len(call[0])), group_commit_max)
         )
 
     @classmethod
@@ -464,12 +473,18 @@ class RedisStore:
             max_connections=BLOCKING_CONNECTIONS_MAX,
             **common,
         )
+        fast = None
+        if fast_url_supported(url):
+            fast = FastRedis(
+                url, command_timeout_s=COMMAND_TIMEOUT_S, connect_timeout_s=CONNECT_TIMEOUT_S
+            )
         store = cls(
             client,
             blocking,
             prefix=prefix,
             retention_ms=retention_ms,
             group_commit_max=group_commit_max,
+            fast=fast,
         )
         try:
             await store.ping()
@@ -482,6 +497,8 @@ class RedisStore:
     async def close(self) -> None:
         await self._submits.close()
         await self._finishes.close()
+        if self._fast is not None:
+            await self._fast.aclose()
         await self._r.aclose(close_connection_pool=True)
         await self._blocking.aclose(close_connection_pool=True)
 
@@ -524,10 +541,15 @@ class RedisStore:
                 return await self._evalsha(name, args)
 
     async def _evalsha(self, name: str, args: tuple[str | int, ...]) -> Any:
+        fast = self._fast
         try:
+            if fast is not None:
+                return await fast.evalsha(_SHAS[name], (self.base,), args)
             return await self._r.evalsha(_SHAS[name], 1, self.base, *args)
         except rexc.NoScriptError:
             await self._load_scripts()
+            if fast is not None:
+                return await fast.evalsha(_SHAS[name], (self.base,), args)
             return await self._r.evalsha(_SHAS[name], 1, self.base, *args)
 
     async def _read(self, call: Callable[[], Awaitable[Any]]) -> Any:
@@ -553,6 +575,11 @@ class RedisStore:
         return replies
 
     async def _pipeline(self, name: str, argvs: list[list[str | int]]) -> list[Any]:
+        if self._fast is not None:
+            sha = _SHAS[name]
+            return await self._fast.pipeline(
+                [("EVALSHA", sha, 1, self.base, *args) for args in argvs]
+            )
         async with self._r.pipeline(transaction=False) as pipe:
             for args in argvs:
                 pipe.evalsha(_SHAS[name], 1, self.base, *args)
@@ -722,8 +749,18 @@ class RedisStore:
     async def apply(self, ops: Sequence[Lease | Expire | Promote]) -> list[TaskState | str | None]:
         """The leader's batch, in order, in one round trip and one atomic script. Each answer is
         the task's state, None (unknown task) or FENCED (a newer epoch is stored)."""
+        answers, _ = await self.apply_direct(ops, "")
+        return answers
+
+    async def apply_direct(
+        self, ops: Sequence[Lease | Expire | Promote], direct_node: str
+    ) -> tuple[list[TaskState | str | None], list[Taken]]:
+        """As :meth:`apply`; leases to ``direct_node`` (the caller's own node) skip its
+        assignment list and come back as Taken, for the caller to start: no take round trip.
+        A direct lease whose answer is lost (and so not started) waits out its lease and runs
+        again, as an assignment popped but never answered does (StoreModel.apply)."""
         if not ops:
-            return []
+            return [], []
         args: list[str | int] = [len(ops)]
         for op in ops:
             if isinstance(op, Lease):
@@ -735,20 +772,27 @@ class RedisStore:
                 args += ["P", op.term, op.task_id, op.now_ms, "", ""]
             else:
                 raise TypeError(f"not a leader store op: {op!r}")
+        if direct_node:
+            args.append(direct_node)
         # Idempotent: a second run finds each op done and answers the same state.
         reply = await self._eval("apply", *args, idempotent=True)
         out: list[TaskState | str | None] = []
+        taken: list[Taken] = []
         for answer in reply:
             if answer is None:
                 out.append(None)
             elif answer == FENCED:
                 out.append(FENCED)
+            elif len(answer) == 2 and answer[0] == "+":
+                record = _record(answer[1])
+                out.append(record.state())
+                taken.append(Taken(record, record.attempt))
             elif len(answer) == 2 and answer[0] == "!target":
                 # The model raises here, after applying the ops before this one; so did we.
                 raise ValueError("an expired lease goes back to queued or to dead")
             else:
                 out.append(_state(answer))
-        return out
+        return out, taken
 
     # ------------------------------------------------------------------ workers
     async def take(self, node_id: str, timeout_s: float = 0.0) -> Taken | None:
@@ -761,9 +805,9 @@ class RedisStore:
         deadline = loop.time() + timeout_s
         assignments = self.key("a", node_id)
         while True:
-            got = await self._eval("take", node_id)
-            if got:
-                return Taken(_record(got[1:]), int(got[0]))
+            taken = await self.take_many(node_id, 1)
+            if taken:
+                return taken[0]
             remaining = deadline - loop.time()
             # BLPOP's timeout 0 means forever: never send anything that rounds to it.
             if remaining < 0.001:
@@ -779,6 +823,14 @@ class RedisStore:
             if got:
                 return Taken(_record(got[1:]), int(got[0]))
 
+    async def take_many(self, node_id: str, count_max: int) -> list[Taken]:
+        """Up to ``count_max`` of this node's next current assignments, in one round trip,
+        without waiting: for slots that came free together. Stale entries are dropped."""
+        if count_max < 1:
+            raise ValueError("count_max must be >= 1")
+        reply = await self._eval("take", node_id, count_max)
+        return [Taken(_record(got[1:]), int(got[0])) for got in reply]
+
     async def heartbeat_many(self, beats: Sequence[Heartbeat]) -> list[tuple[bool, Status | None]]:
         """Extend each attempt's lease if it still holds it: (held, current status) per beat."""
         if not beats:
@@ -793,14 +845,16 @@ class RedisStore:
         [answer] = await self.heartbeat_many([beat])
         return answer
 
-    async def finish_many(self, finishes: Sequence[Finish]) -> list[bool]:
+    async def finish_many(self, finishes: Sequence[Finish], ring: bool = True) -> list[bool]:
         """Write each attempt's end if that attempt still holds its task: True if written.
         Concurrent calls are group-committed. A finish whose status no attempt can end with
         raises ValueError if its attempt holds the task (as the model does); the other
-        finishes are written all the same."""
+        finishes are written all the same. ``ring=False``: the caller's own node leads and
+        wakes its leader itself, so the bell is not rung for these (unless another call in the
+        same group commit asks for it)."""
         if not finishes:
             return []
-        answers = await self._finishes(list(finishes))
+        answers = await self._finishes((list(finishes), ring))
         for answer in answers:
             if isinstance(answer, BaseException):
                 raise answer
@@ -811,16 +865,17 @@ class RedisStore:
         return ok
 
     async def _flush_finishes(
-        self, calls: list[list[Finish]]
+        self, calls: list[tuple[list[Finish], bool]]
     ) -> list[list[bool | BaseException] | BaseException]:
-        items = [f for call in calls for f in call]
-        args: list[str | int] = [len(items)]
+        items = [f for call, _ in calls for f in call]
+        ring = any(r for _, r in calls)
+        args: list[str | int] = [len(items), 1 if ring else 0]
         for f in items:
             args += _finish_args(f)
         reply = await self._eval("finish", *args)
         out: list[list[bool | BaseException] | BaseException] = []
         i = 0
-        for call in calls:
+        for call, _ in calls:
             answers: list[bool | BaseException] = []
             for f in call:
                 answer = reply[i]
@@ -839,13 +894,18 @@ class RedisStore:
     # ------------------------------------------------------------------ housekeeping
     async def sweep(self, now_ms: int) -> int:
         """Forget terminal tasks finished more than retention_ms before ``now_ms``: hash, index
-        entries and idempotency key. Answers how many went. Runs in bounded steps."""
+        entries and idempotency key; not those a live task depends on (StoreModel.sweep).
+        Answers how many went. Runs in bounded steps."""
         cutoff = now_ms - self.retention_ms
         total = 0
+        held = 0  # entries kept for a live dependant stay in the index: step over them
         while True:
-            n = int(await self._eval("sweep", cutoff, SWEEP_CHUNK_MAX, idempotent=True))
-            total += n
-            if n < SWEEP_CHUNK_MAX:
+            removed, kept = await self._eval(
+                "sweep", cutoff, SWEEP_CHUNK_MAX, held, idempotent=True
+            )
+            total += int(removed)
+            held += int(kept)
+            if int(removed) + int(kept) < SWEEP_CHUNK_MAX:
                 return total
 
     # ------------------------------------------------------------------ node registry

@@ -41,33 +41,72 @@ local function akey(node)
   return B .. ":a:" .. node
 end
 
+-- The tasks that name this one in depends_on (a SET): the sweep keeps a task that a live task
+-- still waits on, whatever its retention says.
+local function rdkey(id)
+  return B .. ":rd:" .. id
+end
+
 -- term < stored epoch: a deposed leader's write.
 local function fenced(term)
   local epoch = redis.call("GET", K_EPOCH)
   return epoch and tonumber(term) < tonumber(epoch)
 end
 
--- The task's fields needed by the scripts, or nil if it does not exist.
+-- The task's fields the scripts read (STATE_FIELDS, not the payload), or nil if it does not
+-- exist. Writes to it are staged with put() and sent as one HSET by flush() (touch() flushes):
+-- one command per operation instead of one per field, which is most of a script's cost.
 local function load(id)
-  local flat = redis.call("HGETALL", tkey(id))
-  if #flat == 0 then
+  local v = redis.call("HMGET", tkey(id), unpack(STATE_FIELDS))
+  if not v[1] then
     return nil
   end
-  local rec = {}
-  for i = 1, #flat, 2 do
-    rec[flat[i]] = flat[i + 1]
+  local rec = { _w = {} }
+  for i, f in ipairs(STATE_FIELDS) do
+    rec[f] = v[i]
   end
   return rec
+end
+
+local function put(rec, field, value)
+  rec[field] = value
+  local w = rec._w
+  w[#w + 1] = field
+  w[#w + 1] = value
+end
+
+local function flush(id, rec)
+  if #rec._w > 0 then
+    redis.call("HSET", tkey(id), unpack(rec._w))
+    rec._w = {}
+  end
 end
 
 local function state(id)
   return redis.call("HMGET", tkey(id), unpack(STATE_FIELDS))
 end
 
+-- state() of a loaded record, without reading the hash again (every field it holds is current:
+-- the scripts change them only through put()).
+local function state_of(rec)
+  local out = {}
+  for i, f in ipairs(STATE_FIELDS) do
+    out[i] = rec[f]
+  end
+  return out
+end
+
+-- Integers stored as decimal text (HINCRBY's form), computed without a command.
+local function incr(rec, field)
+  local n = tonumber(rec[field]) + 1
+  put(rec, field, string.format("%d", n))
+  return n
+end
+
 local function touch(id, rec, now)
-  redis.call("HSET", tkey(id), "updated_ms", now)
-  rec.version = redis.call("HINCRBY", tkey(id), "version", 1)
-  rec.updated_ms = now
+  put(rec, "updated_ms", now)
+  incr(rec, "version")
+  flush(id, rec)
 end
 
 -- Move a task between statuses, keeping every index in the same step: the per-status ZSETs
@@ -88,20 +127,17 @@ local function set_status(id, rec, to, now)
   if TERMINAL[from] and not TERMINAL[to] then
     redis.call("ZREM", K_DONE, id)
   end
-  redis.call("HSET", tkey(id), "status", to)
-  rec.status = to
+  put(rec, "status", to)
 end
 
 -- TaskRecord.end(): leave the lease, stamp finished_ms if terminal, touch.
 local function end_as(id, rec, to, now)
   set_status(id, rec, to, now)
-  redis.call("HSET", tkey(id), "lease_node", "", "lease_deadline_ms", "0")
-  rec.lease_node = ""
-  rec.lease_deadline_ms = "0"
+  put(rec, "lease_node", "")
+  put(rec, "lease_deadline_ms", "0")
   if TERMINAL[to] then
-    redis.call("HSET", tkey(id), "finished_ms", now)
+    put(rec, "finished_ms", now)
     redis.call("ZADD", K_DONE, now, id)
-    rec.finished_ms = now
   end
   touch(id, rec, now)
 end
@@ -129,7 +165,9 @@ end
 -- Lua's unpack() is bounded by the C stack (~8000 values): push in slices.
 local UNPACK_MAX = 1000
 
-local function inbox_push(ids)
+-- quiet: the caller is the leader's own node and wakes its leader in-process, so the bell
+-- (one message to every subscriber) would only cost a wake-up.
+local function inbox_push(ids, quiet)
   if #ids == 0 then
     return
   end
@@ -137,5 +175,7 @@ local function inbox_push(ids)
     redis.call("RPUSH", K_INBOX, unpack(ids, i, math.min(i + UNPACK_MAX - 1, #ids)))
   end
   -- One ring per script: the leader drains everything pending when woken.
-  redis.call("PUBLISH", K_BELL, #ids)
+  if not quiet then
+    redis.call("PUBLISH", K_BELL, #ids)
+  end
 end

@@ -4,10 +4,15 @@
 --   kind "L": x node_id, y deadline_ms, z now_ms
 --   kind "E": x attempt, y now_ms, z target
 --   kind "P": x now_ms
--- Answers one entry per op: "fenced", false (unknown task) or the task's state. An Expire with
--- a target other than queued or dead (a caller bug) ends the batch with {"!target", index0} as
--- its last entry: the ops before it were applied, as in the model, which raises there.
+-- After the ops, ARGV[2 + n * 6] (optional) is the direct node: the caller's own node, whose
+-- leases skip its assignment list because the caller starts them itself (StoreModel.apply).
+-- Answers one entry per op: "fenced", false (unknown task), the task's state, or, for a lease
+-- to the direct node that took effect, {"+", {HGETALL...}} (the state is the record's). A state
+-- has 13 entries, so two-entry answers are markers whatever a task id may be. An Expire
+-- with a target other than queued or dead (a caller bug) ends the batch with {"!target", index0}
+-- as its last entry: the ops before it were applied, as in the model, which raises there.
 local n = tonumber(ARGV[1])
+local direct = ARGV[2 + n * 6] or ""
 local out = {}
 
 local function lease(id, node, deadline, now)
@@ -17,14 +22,18 @@ local function lease(id, node, deadline, now)
   end
   if rec.status == "queued" then
     set_status(id, rec, "running", now)
-    local attempt = redis.call("HINCRBY", tkey(id), "attempt", 1)
-    redis.call("HSET", tkey(id), "lease_node", node, "lease_deadline_ms", deadline,
-      "started_ms", now)
+    local attempt = incr(rec, "attempt")
+    put(rec, "lease_node", node)
+    put(rec, "lease_deadline_ms", deadline)
+    put(rec, "started_ms", now)
     touch(id, rec, now)
+    if direct ~= "" and node == direct then
+      return { "+", redis.call("HGETALL", tkey(id)) }
+    end
     -- The assignment is queued in the same step as the lease: durable before anyone is told.
-    redis.call("RPUSH", akey(node), id .. ":" .. attempt)
+    redis.call("RPUSH", akey(node), id .. ":" .. string.format("%d", attempt))
   end
-  return state(id)
+  return state_of(rec)
 end
 
 local function expire(id, attempt, now, target)
@@ -34,16 +43,16 @@ local function expire(id, attempt, now, target)
   end
   if rec.status == "running" and tonumber(rec.attempt) == tonumber(attempt)
     and tonumber(rec.lease_deadline_ms) <= tonumber(now) then
-    local expiries = redis.call("HINCRBY", tkey(id), "lease_expiries", 1)
+    local expiries = incr(rec, "lease_expiries")
     if target == "dead" then
-      redis.call("HSET", tkey(id), "error", cjson.encode({
+      put(rec, "error", cjson.encode({
         kind = "lease_expired", type = "LeaseExpired",
-        message = "lease lost " .. expiries .. " times (worker or node lost)",
+        message = "lease lost " .. string.format("%d", expiries) .. " times (worker or node lost)",
       }))
     end
     end_as(id, rec, target, now)
   end
-  return state(id)
+  return state_of(rec)
 end
 
 local function promote(id, now)
@@ -52,19 +61,19 @@ local function promote(id, now)
     return false
   end
   if rec.status ~= "pending" and rec.status ~= "failed" then
-    return state(id)
+    return state_of(rec)
   end
   local blocked = false
   for _, dep in ipairs(deps_of(rec)) do
     local dep_status = redis.call("HGET", tkey(dep), "status")
     if not dep_status or dep_status == "dead" or dep_status == "cancelled" then
       local why = dep_status and ("is " .. dep_status) or "no longer exists"
-      redis.call("HSET", tkey(id), "error", cjson.encode({
+      put(rec, "error", cjson.encode({
         kind = "dependency", type = "DependencyFailed",
         message = "dependency " .. dep .. " " .. why,
       }))
       end_as(id, rec, "dead", now)
-      return state(id)
+      return state_of(rec)
     end
     if dep_status ~= "succeeded" then
       blocked = true
@@ -74,7 +83,7 @@ local function promote(id, now)
     set_status(id, rec, "queued", now)
     touch(id, rec, now)
   end
-  return state(id)
+  return state_of(rec)
 end
 
 local KINDS = { L = true, E = true, P = true }

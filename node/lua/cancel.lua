@@ -6,8 +6,7 @@ if rec == nil or TERMINAL[rec.status] then
   return rec and redis.call("HGETALL", tkey(id)) or {}
 end
 local node = rec.status == "running" and rec.lease_node or ""
-redis.call("HSET", tkey(id), "error",
-  cjson.encode({ kind = "cancelled", type = "Cancelled", message = "cancelled" }))
+put(rec, "error", cjson.encode({ kind = "cancelled", type = "Cancelled", message = "cancelled" }))
 end_as(id, rec, "cancelled", now)
 inbox_push({ id })
 if node ~= "" then

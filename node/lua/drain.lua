@@ -14,9 +14,12 @@ if not ids then
 end
 local seen = {}
 for _, id in ipairs(ids) do
-  if not seen[id] and redis.call("EXISTS", tkey(id)) == 1 then
+  if not seen[id] then
     seen[id] = true
-    out[#out + 1] = state(id)
+    local v = state(id)
+    if v[1] then -- a task swept since its notification has no fields left
+      out[#out + 1] = v
+    end
   end
 end
 return out

@@ -12,7 +12,7 @@ for i = 1, n do
     out[i] = { 0, rec and rec.status or false }
   else
     if tonumber(deadline) > tonumber(rec.lease_deadline_ms) then
-      redis.call("HSET", tkey(id), "lease_deadline_ms", deadline)
+      put(rec, "lease_deadline_ms", deadline)
       touch(id, rec, now)
     end
     out[i] = { 1, rec.status }

@@ -7,8 +7,11 @@ if rec == nil or (rec.status ~= "dead" and rec.status ~= "cancelled") then
 end
 local to = deps_succeeded(deps_of(rec)) and "queued" or "pending"
 set_status(id, rec, to, now)
-redis.call("HSET", tkey(id), "run_at_ms", "0", "failures", "0", "lease_expiries", "0",
-  "finished_ms", "0", "error", "{}")
+put(rec, "run_at_ms", "0")
+put(rec, "failures", "0")
+put(rec, "lease_expiries", "0")
+put(rec, "finished_ms", "0")
+put(rec, "error", "{}")
 touch(id, rec, now)
 inbox_push({ id })
 return redis.call("HGETALL", tkey(id))

@@ -216,6 +216,9 @@ for c, call in ipairs(calls) do
           idem_new[#idem_new + 1] = key
           idem_new[#idem_new + 1] = id
         end
+        for _, dep in ipairs(t.deps) do
+          redis.call("SADD", rdkey(dep), id)
+        end
         pushed[#pushed + 1] = id
       end
     end
@@ -244,13 +247,7 @@ end
 for priority, count in pairs(queued) do
   redis.call("HINCRBY", K_QN, priority, count)
 end
-if ARGV[2] == "quiet" then
-  -- A later script of the same pipeline rings the bell for this one's tasks too: one leader
-  -- wake-up per flush, not per script. (inbox_push without its PUBLISH.)
-  for i = 1, #pushed, UNPACK_MAX do
-    redis.call("RPUSH", K_INBOX, unpack(pushed, i, math.min(i + UNPACK_MAX - 1, #pushed)))
-  end
-else
-  inbox_push(pushed)
-end
+-- quiet: a later script of the same pipeline rings the bell for this one's tasks too (one
+-- leader wake-up per flush, not per script).
+inbox_push(pushed, ARGV[2] == "quiet")
 return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,8 @@ async def snapshot(r: aioredis.Redis, base: str) -> dict[str, Any]:
                 pipe.lrange(key, 0, -1)
             elif kind == "zset":
                 pipe.zrange(key, 0, -1, withscores=True)
+            elif kind == "set":
+                pipe.smembers(key)
             else:
                 raise AssertionError(f"unexpected {kind} key {key}")
         values = await pipe.execute()
@@ -80,6 +83,18 @@ def check_indexes(snap: dict[str, Any], base: str) -> None:
         assert int(qn.get(str(int(p)), 0)) == expect_n
     idem = snap.get(f"{base}:idem", ("hash", {}))[1]
     assert idem == {h["idempotency_key"]: i for i, h in tasks.items() if h["idempotency_key"]}
+    # Reverse dependencies: every existing task's set names exactly the tasks that depend on it.
+    dependants: dict[str, set[str]] = {}
+    for i, h in tasks.items():
+        for dep in json.loads(h["depends_on"]):
+            if dep in tasks:
+                dependants.setdefault(dep, set()).add(i)
+    rd = {
+        key.removeprefix(f"{base}:rd:"): set(value)
+        for key, (_, value) in snap.items()
+        if key.startswith(f"{base}:rd:")
+    }
+    assert rd == dependants
 
 
 def new(task_id: str, **kw: Any) -> NewTask:
@@ -422,6 +437,49 @@ async def test_take_skips_stale_entries_and_waits(store: RedisStore, wait_until:
     assert await asyncio.wait_for(waiting, 10) is None
 
 
+async def test_take_many_pops_current_entries_in_order(store: RedisStore) -> None:
+    await store.submit([new("a"), new("b"), new("c"), new("d")], NOW)
+    attempts = {t: await leased(store, t) for t in "abcd"}
+    await store.cancel("b", NOW)  # a stale entry between two current ones
+    taken = await store.take_many("n1", 2)
+    assert [(t.record.id, t.attempt) for t in taken] == [("a", attempts["a"]), ("c", 1)]
+    assert all(t.record.status is Status.RUNNING for t in taken)
+    assert [t.record.id for t in await store.take_many("n1", 5)] == ["d"]
+    assert await store.take_many("n1", 5) == []
+    assert await store.take_many("n2", 1) == []
+    with pytest.raises(ValueError):
+        await store.take_many("n1", 0)
+
+
+async def test_direct_leases_come_back_to_the_caller(store: RedisStore) -> None:
+    await store.submit([new("a"), new("b"), new("c")], NOW)
+    assert await store.raise_epoch(1)
+    await store.apply([Lease(1, "c", "n1", NOW + 1000, NOW)])  # already running: no lease
+    ops = [
+        Lease(1, "a", "n1", NOW + 1000, NOW),
+        Lease(1, "b", "n2", NOW + 1000, NOW),
+        Lease(1, "c", "n1", NOW + 1000, NOW),
+    ]
+    answers, taken = await store.apply_direct(ops, "n1")
+    assert [t.record.id for t in taken] == ["a"]
+    assert taken[0].attempt == 1 and taken[0].record.status is Status.RUNNING
+    assert taken[0].record.payload_json == "null" and taken[0].record.lease_node == "n1"
+    assert [(s.id, s.status, s.lease_node) for s in answers if not isinstance(s, str | None)] == [
+        ("a", Status.RUNNING, "n1"),
+        ("b", Status.RUNNING, "n2"),
+        ("c", Status.RUNNING, "n1"),
+    ]
+    assert answers[0] == taken[0].record.state()
+    # a skipped n1's list (c's entry is from its own, earlier lease); b went to n2's.
+    assert await store.redis.lrange(store.key("a", "n1"), 0, -1) == ["c:1"]
+    assert await store.redis.lrange(store.key("a", "n2"), 0, -1) == ["b:1"]
+    # A deposed leader's direct lease is fenced like any other.
+    assert await store.raise_epoch(2)
+    await store.submit([new("d")], NOW)
+    answers, taken = await store.apply_direct([Lease(1, "d", "n1", NOW + 1000, NOW)], "n1")
+    assert answers == [FENCED] and taken == []
+
+
 async def _blocked_clients(store: RedisStore) -> bool:
     return int((await store.redis.info("clients"))["blocked_clients"]) > 0
 
@@ -579,6 +637,44 @@ async def test_sweep_runs_in_bounded_steps(store: RedisStore) -> None:
     assert await store.redis.dbsize() == 3  # seq, inbox, qn remain
 
 
+async def test_sweep_keeps_what_a_live_task_still_waits_on(store: RedisStore) -> None:
+    # "dep" succeeds at once; "slow" keeps "child" pending for longer than the retention.
+    await store.submit([new("dep"), new("slow")], NOW)
+    await store.submit([new("child", depends_on=("dep", "slow"))], NOW)
+    attempt = await leased(store, "dep")
+    assert await store.finish(finish("dep", attempt, "n1", Status.SUCCEEDED, failures=0))
+    assert await store.sweep(NOW + 600_000) == 0  # child is pending: dep stays
+    dep = await store.get("dep")
+    assert dep is not None and dep.status is Status.SUCCEEDED
+    check_indexes(await snapshot(store.redis, store.base), store.base)
+    # Held entries are stepped over, not counted again: the others are swept past them.
+    await store.submit([new(f"x{i}") for i in range(3)], NOW)
+    for i in range(3):
+        await store.cancel(f"x{i}", NOW)
+    assert await store.sweep(NOW + 600_000) == 3
+    # Once child ends, nothing holds dep any more.
+    await store.cancel("child", NOW + 600_000)
+    assert await store.sweep(NOW + 1_200_000) == 2  # dep and child
+    assert await store.get("dep") is None and await store.get("child") is None
+    snap = await snapshot(store.redis, store.base)
+    check_indexes(snap, store.base)
+    assert not [k for k in snap if ":rd:" in k]
+
+
+async def test_sweep_steps_over_many_held_entries(store: RedisStore) -> None:
+    n = 1200  # more than one sweep chunk (SWEEP_CHUNK_MAX) of held entries
+    await store.submit([new(f"d{i}") for i in range(n)], NOW)
+    await store.submit(
+        [new("waiter", depends_on=tuple(f"d{i}" for i in range(n)), run_at_ms=NOW * 2)], NOW
+    )
+    for i in range(n):
+        await store.cancel(f"d{i}", NOW)  # terminal, but waiter still names them
+    await store.submit([new("free")], NOW)
+    await store.cancel("free", NOW + 1)
+    assert await store.sweep(NOW + 600_000) == 1  # only "free": found behind the held ones
+    assert await store.get("d0") is not None and await store.get("free") is None
+
+
 async def test_node_registry(store: RedisStore) -> None:
     await store.register_node("n1", {"slots": 4, "types": ["echo"]}, NOW)
     await store.register_node("n2", {"slots": 1}, NOW + 5)
@@ -601,6 +697,32 @@ async def test_bell_rings_on_inbox_writes(store: RedisStore) -> None:
     await store.submit([new("a"), new("b")], NOW)
     assert await asyncio.wait_for(ring, 5) == 2
     await bell.aclose()
+
+
+async def test_a_quiet_finish_does_not_ring_the_bell(store: RedisStore) -> None:
+    await store.submit([new("q"), new("r"), new("s")], NOW)
+    attempts = {t: await leased(store, t) for t in "qrs"}
+    pubsub = store.redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(store.key("bell"))
+    try:
+        quiet = finish("q", attempts["q"], "n1", Status.SUCCEEDED, failures=0)
+        assert await store.finish_many([quiet], ring=False) == [True]
+        loud = [finish(t, attempts[t], "n1", Status.SUCCEEDED, failures=0) for t in "rs"]
+        assert await store.finish_many(loud) == [True, True]
+        # Redis delivers in order: a ring from the quiet finish ("1") would come first.
+        rings: list[str] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while not rings and loop.time() < deadline:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            if message is not None:
+                rings.append(message["data"])
+        assert rings == ["2"]
+        # All are in the inbox all the same: the leader's drain still sees them.
+        drained = await store.drain(1, 10)
+        assert isinstance(drained, list) and {x.id for x in drained} == {"q", "r", "s"}
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
 async def test_prefixes_keep_two_clusters_apart(redis_url: str) -> None:

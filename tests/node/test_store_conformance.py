@@ -253,7 +253,7 @@ LEADER_PREFER: dict[str, tuple[Status, ...]] = {
 
 OPS = [
     "submit", "submit", "submit", "cancel", "retry", "raise_epoch", "drain", "drain",
-    "live_states", "apply", "apply", "apply", "apply", "take", "take", "take", "heartbeat",
+    "live_states", "apply", "apply", "apply", "apply", "take", "take", "take_many", "heartbeat",
     "heartbeat", "finish", "finish", "finish", "release", "sweep", "advance", "advance",
     "advance", "list", "counts", "get", "sweep", "due", "due", *["cycle"] * 6,
 ]  # fmt: skip
@@ -335,7 +335,14 @@ async def test_store_matches_model(redis_server: EmbeddedRedis, data: st.DataObj
                 )
             elif op == "apply":
                 ops = data.draw(st.lists(leader_op_st(model, now), min_size=1, max_size=3))
-                want, got = await both(store.apply(ops), model_apply, model, ops)
+                if data.draw(st.booleans(), label="direct"):
+                    # Leases to one node come back to the caller instead of that node's list.
+                    direct = data.draw(st.sampled_from(NODES), label="direct node")
+                    want, got = await both(
+                        store.apply_direct(ops, direct), model.apply, ops, direct
+                    )
+                else:
+                    want, got = await both(store.apply(ops), model_apply, model, ops)
             elif op == "cycle":
                 # A whole lease as a healthy cluster runs it, each step compared: the leader
                 # leases a queued task under the stored epoch, the node takes it, then beats,
@@ -392,6 +399,10 @@ async def test_store_matches_model(redis_server: EmbeddedRedis, data: st.DataObj
             elif op == "take":
                 node = data.draw(st.sampled_from(NODES), label="node")
                 want, got = await both(store.take(node, 0), model.take, node)
+            elif op == "take_many":
+                node = data.draw(st.sampled_from(NODES), label="node")
+                count = data.draw(st.integers(1, 4), label="count")
+                want, got = await both(store.take_many(node, count), model.take_many, node, count)
             elif op == "heartbeat":
                 beats = data.draw(st.lists(heartbeat_st(model, now), min_size=1, max_size=3))
                 want, got = await both(store.heartbeat_many(beats), model_heartbeats, model, beats)
