@@ -16,10 +16,11 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from heapq import heappush
 from typing import Any
 
 import simpy
-from simpy.events import Timeout
+from simpy.events import NORMAL
 
 from sim.config import NetConfig
 
@@ -101,8 +102,11 @@ class Network:
     # ------------------------------------------------------------------ delivery
     def later(self, at_s: float, fn: Callable[[], None]) -> None:
         """Call ``fn`` at simulated time ``at_s`` (now, if that has passed)."""
-        delay = at_s - self.env.now
-        Timeout(self.env, delay if delay > 0 else 0).callbacks.append(_Call(fn))
+        env = self.env
+        now = env._now
+        delay = at_s - now
+        # What Timeout(env, delay) would schedule, without the Timeout.
+        heappush(env._queue, (now + (delay if delay > 0 else 0), NORMAL, next(env._eid), _Call(fn)))
 
     def send(
         self, src: str, dst: str, deliver: Callable[[], None], lost: Callable[[], None]
@@ -117,31 +121,48 @@ class Network:
             lost()
             return
         env = self.env
-        now = env.now
+        now = env._now
         at = now + self.delay_s + self._random() * self.jitter_s
         last = self._last_arrival.get(link, 0.0)
         if at < last:
             at = last  # FIFO per link
         self._last_arrival[link] = at
-        Timeout(env, at - now).callbacks.append(_Message(self, link, deliver, lost))
+        # The message is its own event: what Timeout(env, at - now) would schedule, with the
+        # message as its callback, but one object instead of three.
+        message = _Message(self, link, deliver, lost)
+        heappush(env._queue, (now + (at - now), NORMAL, next(env._eid), message))
+
+
+def _fire_call(event: _Call) -> None:
+    event.fn()
 
 
 class _Call:
-    """A timer callback that calls a function of no arguments."""
+    """A timer event (for SimPy's queue: ``callbacks`` and ``_ok``) that calls a function of
+    no arguments."""
 
-    __slots__ = ("fn",)
+    __slots__ = ("_ok", "callbacks", "fn")
 
     def __init__(self, fn: Callable[[], None]) -> None:
+        self._ok = True
+        self.callbacks = [_fire_call]
         self.fn = fn
 
-    def __call__(self, _event: object) -> None:
-        self.fn()
+
+def _fire_message(event: _Message) -> None:
+    net = event.net
+    if event.link in net._cut:
+        net.lost += 1
+        event.lost()
+    else:
+        event.deliver()
 
 
 class _Message:
-    """One message in flight: delivered on arrival unless its link was cut meanwhile."""
+    """One message in flight, as its own SimPy event: delivered on arrival unless its link was
+    cut meanwhile."""
 
-    __slots__ = ("deliver", "link", "lost", "net")
+    __slots__ = ("_ok", "callbacks", "deliver", "link", "lost", "net")
 
     def __init__(
         self,
@@ -150,18 +171,12 @@ class _Message:
         deliver: Callable[[], None],
         lost: Callable[[], None],
     ) -> None:
+        self._ok = True
+        self.callbacks = [_fire_message]
         self.net = net
         self.link = link
         self.deliver = deliver
         self.lost = lost
-
-    def __call__(self, _event: object) -> None:
-        net = self.net
-        if self.link in net._cut:
-            net.lost += 1
-            self.lost()
-        else:
-            self.deliver()
 
 
 class Caller:

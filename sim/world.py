@@ -18,8 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import simpy
-
 from core.priority import Priority
 from core.scheduler import Role
 from sim.checker import Checker, TaskFacts, ViolationFound
@@ -29,6 +27,7 @@ from sim.leadership import Leadership, make_leadership
 from sim.load import Clients, TaskSpec
 from sim.net import STORE, Caller, Network, Partition
 from sim.node import SimNode
+from sim.simenv import Environment
 from sim.store import SimStore
 from sim.trace import Trace
 
@@ -81,7 +80,7 @@ class World:
     def __init__(self, config: SimConfig) -> None:
         self.config = config
         seed = config.seed
-        self.env = simpy.Environment()
+        self.env = Environment()
         env = self.env
         self.trace = Trace(keep_all=config.keep_trace)
         self.facts: dict[str, TaskFacts] = {}
