@@ -23,6 +23,7 @@ import simpy
 from simpy.events import NORMAL
 
 from sim.config import NetConfig
+from sim.simenv import Timer, fire
 
 STORE = "store"
 
@@ -106,7 +107,7 @@ class Network:
         now = env._now
         delay = at_s - now
         # What Timeout(env, delay) would schedule, without the Timeout.
-        heappush(env._queue, (now + (delay if delay > 0 else 0), NORMAL, next(env._eid), _Call(fn)))
+        heappush(env._queue, (now + (delay if delay > 0 else 0), NORMAL, next(env._eid), Timer(fn)))
 
     def send(
         self, src: str, dst: str, deliver: Callable[[], None], lost: Callable[[], None]
@@ -131,22 +132,6 @@ class Network:
         # message as its callback, but one object instead of three.
         message = _Message(self, link, deliver, lost)
         heappush(env._queue, (now + (at - now), NORMAL, next(env._eid), message))
-
-
-def _fire_call(event: _Call) -> None:
-    event.fn()
-
-
-class _Call:
-    """A timer event (for SimPy's queue: ``callbacks`` and ``_ok``) that calls a function of
-    no arguments."""
-
-    __slots__ = ("_ok", "callbacks", "fn")
-
-    def __init__(self, fn: Callable[[], None]) -> None:
-        self._ok = True
-        self.callbacks = [_fire_call]
-        self.fn = fn
 
 
 def _fire_message(event: _Message) -> None:
@@ -232,13 +217,15 @@ class _Request:
         self.value = value
         net.send(STORE, self.node, self.deliver, self.lost)
 
+    # Both run from the event loop (a message arriving, the timeout's timer), so the caller
+    # resumes at once rather than through another queued event.
     def deliver(self) -> None:
         if not self.reply.triggered:
-            self.reply.succeed(self.value)
+            fire(self.reply, self.value)
 
     def give_up(self) -> None:
         if not self.reply.triggered:
-            self.reply.succeed(UNAVAILABLE)
+            fire(self.reply, UNAVAILABLE)
 
     def lost(self) -> None:
         # Nobody tells the caller: it notices when its timeout fires.

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Generator, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import simpy
@@ -39,6 +40,7 @@ from core.task import Outcome, RetryPolicy
 from core.worker import Assignment, Release, RunHandler, WorkerPool
 from sim.checker import TaskFacts
 from sim.net import UNAVAILABLE
+from sim.simenv import call_later, fire, fire_if_pending
 from sim.store import (
     EpochRequest,
     RegistryRequest,
@@ -308,6 +310,14 @@ class SimNode:
         if event is not None and not event.triggered:
             event.succeed()
 
+    def ring(self) -> None:
+        """The bell arrived (from the event loop, not from a process): wake the leader loop
+        at once."""
+        self._wake_flag = True
+        event = self._wake_event
+        if event is not None and not event.triggered:
+            fire(event)
+
     def _node_events(self, now: int) -> list[Event]:
         """NodeSeen for every registry entry refreshed since the last look (as the runtime)."""
         events: list[Event] = []
@@ -362,13 +372,8 @@ class SimNode:
                 self._wake_flag = False
                 continue
             wake = self._wake_event = env.event()
-
-            def ring(_e: object, wake: simpy.Event = wake) -> None:
-                if not wake.triggered:
-                    wake.succeed()
-
             # At least one millisecond: a timer that is already due is served next round.
-            env.timeout(max(timeout, 0.001)).callbacks.append(ring)
+            call_later(env, max(timeout, 0.001), partial(fire_if_pending, wake))
             yield wake
             self._wake_event = None
             self._wake_flag = False

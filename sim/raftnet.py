@@ -26,7 +26,6 @@ from __future__ import annotations
 import collections
 import functools
 import hashlib
-import heapq
 import math
 import pickle
 import random
@@ -41,9 +40,9 @@ import pysyncobj.syncobj as _syncobj  # type: ignore[import-untyped, unused-igno
 import simpy
 from pysyncobj.node import Node  # type: ignore[import-untyped, unused-ignore]
 from pysyncobj.transport import Transport  # type: ignore[import-untyped, unused-ignore]
-from simpy.events import NORMAL
 
 from node.raft import RaftConfig, RaftMember, RaftStatus, RestartableMemoryJournal
+from sim.simenv import call_at, fire_if_pending
 
 # The simulated clock starts here rather than at 0, like a real monotonic clock: pysyncobj keeps
 # a few "last time" fields initialised to 0 that must read as long ago.
@@ -81,15 +80,6 @@ class _PokingDeque(collections.deque[Callable[[], None]]):
     def append(self, item: Callable[[], None]) -> None:
         super().append(item)
         self._poke()
-
-
-def _timer_at(env: simpy.Environment, at: float) -> simpy.Event:
-    """A timeout that fires at exactly ``at`` (env.timeout(at - now) could round it off)."""
-    event = simpy.Event(env)
-    event._ok = True
-    event._value = None
-    heapq.heappush(env._queue, (at, NORMAL, next(env._eid), event))
-    return event
 
 
 def _idle_until(member: RaftMember, transport: SimTransport | None) -> float:
@@ -662,11 +652,10 @@ class SimRaftCluster:
                 # driver at once, and _poke brings it back to the grid.
                 while CLOCK_EPOCH_S + at < idle_until:
                     at = at + tick_s  # as the chain of timeouts would have added it up
-                timer: simpy.Event = _timer_at(env, at)
-            else:
-                timer = env.timeout(tick_s)
             host.sleep_until = at
-            yield env.any_of([host.wake, timer])
+            # Wake on an arrival or at the next grid point, whichever comes first.
+            call_at(env, at, functools.partial(fire_if_pending, host.wake))
+            yield host.wake
 
     def _poke(self, host: _Host) -> None:
         """Wake a sleeping driver at the grid point where it would have ticked next had it not
@@ -682,12 +671,7 @@ class SimRaftCluster:
         if at >= host.sleep_until:
             return
         host.sleep_until = at
-
-        def ring(_event: object) -> None:
-            if not wake.triggered:
-                wake.succeed()
-
-        _timer_at(env, at).callbacks.append(ring)
+        call_at(env, at, functools.partial(fire_if_pending, wake))
 
     # ------------------------------------------------------------------ faults
     def crash(self, i: int) -> None:

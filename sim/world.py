@@ -145,7 +145,7 @@ class World:
 
     def _ring(self, node_id: str) -> None:
         node = self.nodes[int(node_id[1:]) - 1]
-        self.net.send(STORE, node_id, node.wake, lambda: None)
+        self.net.send(STORE, node_id, node.ring, _nothing)
 
     def handler_outcome(self, task_id: str, node: SimNode) -> tuple[float, bool]:
         """(run time, succeeds) of the next run of this task on this node."""
@@ -525,6 +525,10 @@ class World:
             series=self.series,
             trace=self.trace.lines() if self.config.keep_trace else [],
         )
+
+
+def _nothing() -> None:
+    pass
 
 
 def run_one(config: SimConfig) -> RunResult:
