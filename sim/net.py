@@ -26,6 +26,7 @@ from sim.config import NetConfig
 from sim.simenv import Timer, fire
 
 STORE = "store"
+Answer = Callable[[Any], None]
 
 
 class Unavailable:
@@ -167,46 +168,42 @@ class _Message:
 class Caller:
     """Request/answer over the network, with the client's timeout: one pending event per call."""
 
-    def __init__(self, env: simpy.Environment, net: Network) -> None:
+    def __init__(
+        self, env: simpy.Environment, net: Network, serve: Callable[[str, Any, Answer], None]
+    ) -> None:
         self.env = env
         self.net = net
+        self.serve = serve
         self.timeout_s = net.config.request_timeout_s
 
-    def call(
-        self, node: str, serve: Callable[[Callable[[Any], None]], None], timeout_s: float = 0.0
-    ) -> simpy.Event:
-        """Send a request from ``node`` to the store. ``serve(answer)`` runs at the store on
-        arrival and must eventually call ``answer(value)`` once (or never, if the store dies).
-        The returned event succeeds with the value, or with UNAVAILABLE after the timeout."""
-        request = _Request(self, node, serve, timeout_s or self.timeout_s)
-        self.net.send(node, STORE, request.arrive, request.lost)
-        return request.reply
+    def call(self, node: str, request: Any, timeout_s: float = 0.0) -> simpy.Event:
+        """Send ``request`` from ``node`` to the store. ``serve(node, request, answer)`` runs
+        at the store on arrival and must eventually call ``answer(value)`` once (or never, if
+        the store dies). The returned event succeeds with the value, or with UNAVAILABLE after
+        the timeout."""
+        call = _Request(self, node, request, timeout_s or self.timeout_s)
+        self.net.send(node, STORE, call.arrive, call.lost)
+        return call.reply
 
 
 class _Request:
     """One request's round trip. The store answers through ``answer``; a loss anywhere makes
     the caller wait out its timeout (it cannot tell a lost request from a lost answer)."""
 
-    __slots__ = ("budget", "caller", "node", "reply", "sent_at", "serve", "value")
+    __slots__ = ("budget", "caller", "node", "reply", "request", "sent_at", "value")
 
-    def __init__(
-        self,
-        caller: Caller,
-        node: str,
-        serve: Callable[[Callable[[Any], None]], None],
-        budget: float,
-    ) -> None:
+    def __init__(self, caller: Caller, node: str, request: Any, budget: float) -> None:
         env = caller.env
         self.caller = caller
         self.node = node
-        self.serve = serve
+        self.request = request
         self.budget = budget
-        self.sent_at = env.now
+        self.sent_at = env._now
         self.reply = simpy.Event(env)
         self.value: Any = None
 
     def arrive(self) -> None:
-        self.serve(self.answer)
+        self.caller.serve(self.node, self.request, self.answer)
 
     def answer(self, value: Any) -> None:
         net = self.caller.net

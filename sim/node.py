@@ -145,10 +145,11 @@ class SimNode:
         self._submit_event: simpy.Event | None = None
         self._registry_info: dict[str, tuple[int, int]] = {}
         self._registry_seen: dict[str, int] = {}
+        self._registry_looked_at: dict[str, tuple[int, int]] | None = None
 
     # ------------------------------------------------------------------ clock
     def now_ms(self) -> int:
-        return int(self.env.now * 1000) + self.skew_ms
+        return int(self.env._now * 1000) + self.skew_ms
 
     # ------------------------------------------------------------------ life cycle
     def boot(self) -> None:
@@ -166,6 +167,7 @@ class SimNode:
         self._wake_flag = False
         self._registry_info = {}
         self._registry_seen = {}
+        self._registry_looked_at = None
         inc = self.incarnation
         env = self.env
         for loop in (
@@ -272,11 +274,7 @@ class SimNode:
     def call(self, request: Any, timeout_s: float = 0.0) -> Generator[simpy.Event, Any, Any]:
         """Send one request to the store and wait for its answer (after any pause)."""
         inc = self.incarnation
-        store = self.world.store
-        node_id = self.id
-        answer = yield self.world.caller.call(
-            node_id, lambda reply: store.serve(node_id, request, reply), timeout_s
-        )
+        answer = yield self.world.caller.call(self.id, request, timeout_s)
         if self.paused or self.incarnation != inc:
             yield from self._gate(inc)
         if answer is UNAVAILABLE:
@@ -320,13 +318,23 @@ class SimNode:
 
     def _node_events(self, now: int) -> list[Event]:
         """NodeSeen for every registry entry refreshed since the last look (as the runtime)."""
+        own = (self.pool.slots if self.pool.accepting else 0, now)
+        info = self._registry_info
+        seen = self._registry_seen
+        if info is self._registry_looked_at:
+            # No registry read since the last look: only our own entry can have changed.
+            if seen.get(self.id) == now:
+                return []
+            seen[self.id] = now
+            return [NodeSeen(self.id, own[0], None, now)]
+        self._registry_looked_at = info
         events: list[Event] = []
-        info_now = dict(self._registry_info)
-        info_now[self.id] = (self.pool.slots if self.pool.accepting else 0, now)
+        info_now = dict(info)
+        info_now[self.id] = own
         for node_id, (slots, stamp) in sorted(info_now.items()):
-            if self._registry_seen.get(node_id) == stamp:
+            if seen.get(node_id) == stamp:
                 continue
-            self._registry_seen[node_id] = stamp
+            seen[node_id] = stamp
             events.append(NodeSeen(node_id, slots, None, now))
         return events
 
@@ -532,7 +540,9 @@ class SimNode:
             clients.timeout_after(sub, token)
         event = self._submit_event
         if event is not None and not event.triggered:
-            event.succeed()
+            # Called from the event loop (an arrival's timer, a client's retry timer), never
+            # from a process: the submit loop may run at once.
+            fire(event)
 
     def _submit_loop(self, inc: int) -> ProcessGen:
         env = self.env

@@ -70,6 +70,16 @@ _DUE_MARGIN_S = 1e-6
 _NO_SKIP = -math.inf
 
 
+class _NoPoller:
+    """pysyncobj's poller, for a member without sockets (nothing subscribes: see _start)."""
+
+    def poll(self, timeout: float) -> None:
+        pass
+
+
+_NO_POLLER = _NoPoller()
+
+
 class _PokingDeque(collections.deque[Callable[[], None]]):
     """RaftMember's queue of work for its next tick, which wakes a driver that skips ticks."""
 
@@ -608,6 +618,11 @@ class SimRaftCluster:
             journal=host.journal,
         )
         member.on_status(functools.partial(self._on_status, host))
+        sync = member._sync
+        if sync._SyncObj__conf.appendEntriesUseBatch:
+            # The simulated transport has no sockets, so the poll() that ends every tick (a
+            # system call) has nothing to wait for: skip it.
+            sync._poller = _NO_POLLER
         if self.skip_idle_ticks:
             # What is asked of a member between ticks runs at its next tick: bring the driver
             # back to its grid for it (transfers, term bumps, membership commands).

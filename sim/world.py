@@ -87,7 +87,6 @@ class World:
         self.specs: dict[str, TaskSpec] = {}
         self.checker = Checker(self.facts, config.skew_ms_max, lambda: env.now)
         self.net = Network(env, config.net, random.Random(f"{seed}:net"))
-        self.caller = Caller(env, self.net)
         self.store = SimStore(
             env,
             self.checker,
@@ -96,6 +95,7 @@ class World:
             retention_ms=config.retention_s * 1000,
         )
         self.store.set_bell(self._ring)
+        self.caller = Caller(env, self.net, self.store.serve)
         self.leadership: Leadership = make_leadership(
             config.raft, env, config.nodes, seed, random.Random(f"{seed}:raft")
         )
@@ -432,7 +432,7 @@ class World:
         self.leadership.start()
         for node in self.nodes:
             node.boot()
-        env.process(self.clients.run(cfg.load_start_s, cfg.duration_s))
+        self.clients.start(cfg.load_start_s, cfg.duration_s)
         env.process(self._faults())
         if cfg.fsync == "everysec":
             env.process(self._fsync_points())
