@@ -841,10 +841,12 @@ class SimRaftCluster:
 
     def _trace(self, *parts: Any) -> None:
         self.events_traced += 1
-        head = repr(
-            (round(float(self.env.now), 9), *(p for p in parts if not isinstance(p, bytes)))
-        )
-        self._hash.update(head.encode())
-        for p in parts:
-            if isinstance(p, bytes):
-                self._hash.update(p)
+        update = self._hash.update
+        now = round(float(self.env._now), 9)
+        payloads = [p for p in parts if isinstance(p, bytes)]
+        if payloads:
+            update(repr((now, *[p for p in parts if not isinstance(p, bytes)])).encode())
+            for p in payloads:
+                update(p)
+        else:
+            update(repr((now, *parts)).encode())
