@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import heapq
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -348,49 +348,50 @@ class Scheduler:
 
     # ----------------------------------------------------------------------------- checks
     def check_invariants(self) -> None:
-        """Raise InvariantError if the cache contradicts itself. O(n): for tests and the sim."""
-
-        def fail(why: str) -> None:
-            raise InvariantError(why)
-
-        if self.role is Role.FOLLOWER and (
-            self.queued_types or self.leases or self.leasing or self.waiting
-        ):
-            fail("a follower keeps a task cache")
-        if len(self.queue) != len(self.queued_types):
-            fail(f"heap holds {len(self.queue)} tasks but {len(self.queued_types)} are typed")
-        for tid in self.queued_types:
-            if tid not in self.queue:
-                fail(f"{tid} typed as queued but not in the heap")
-        groups: list[Iterable[str]] = [self.queued_types, self.leases, self.leasing, self.waiting]
-        seen: set[str] = set()
-        total = 0
-        for group in groups:
-            ids = set(group)
-            total += len(ids)
-            seen |= ids
-        if len(seen) != total:
-            fail("a task is filed under two states at once")
+        """Raise InvariantError if the cache contradicts itself. O(n): for tests and the sim,
+        which runs it after every step (so it keeps to one pass over each collection)."""
+        queued = self.queued_types
+        leases = self.leases
+        leasing = self.leasing
+        waiting = self.waiting
+        if self.role is Role.FOLLOWER and (queued or leases or leasing or waiting):
+            raise InvariantError("a follower keeps a task cache")
+        queue = self.queue
+        if len(queue) != len(queued):
+            raise InvariantError(f"heap holds {len(queue)} tasks but {len(queued)} are typed")
+        for tid in queued:
+            if tid not in queue:
+                raise InvariantError(f"{tid} typed as queued but not in the heap")
+        total = len(queued) + len(leases) + len(leasing) + len(waiting)
+        if total:
+            seen = set(queued)
+            seen.update(leases, leasing, waiting)
+            if len(seen) != total:
+                raise InvariantError("a task is filed under two states at once")
         busy: dict[str, int] = {}
-        for tid, lease in self.leases.items():
-            if lease.status is not Status.RUNNING or lease.id != tid or lease.attempt < 1:
-                fail(f"lease record of {tid} is not a running attempt: {lease}")
-            busy[lease.lease_node] = busy.get(lease.lease_node, 0) + 1
-        for node_id in self.leasing.values():
+        running = Status.RUNNING
+        for tid, lease in leases.items():
+            if lease.status is not running or lease.id != tid or lease.attempt < 1:
+                raise InvariantError(f"lease record of {tid} is not a running attempt: {lease}")
+            node_id = lease.lease_node
+            busy[node_id] = busy.get(node_id, 0) + 1
+        for node_id in leasing.values():
             busy[node_id] = busy.get(node_id, 0) + 1
         for node_id, node in self.nodes.items():
             if node.busy != busy.get(node_id, 0):
                 leased = busy.get(node_id, 0)
-                fail(f"node {node_id} counts {node.busy} busy slots, leases say {leased}")
-        for tid, state in self.waiting.items():
+                raise InvariantError(
+                    f"node {node_id} counts {node.busy} busy slots, leases say {leased}"
+                )
+        for tid, state in waiting.items():
             if state.status not in _WAITING:
-                fail(f"waiting task {tid} has status {state.status}")
+                raise InvariantError(f"waiting task {tid} has status {state.status}")
         for dep, waiters in self.dependants.items():
             for waiter in waiters:
-                waiting = self.waiting.get(waiter)
-                if waiting is None or dep not in waiting.depends_on:
-                    fail(f"{waiter} listed as waiting on {dep} but does not")
-        if not self.promoting <= self.waiting.keys():
-            fail("a promotion is in flight for a task that is not waiting")
-        if not self.expiring <= self.leases.keys():
-            fail("an expiry is in flight for a task that is not leased")
+                waiter_state = waiting.get(waiter)
+                if waiter_state is None or dep not in waiter_state.depends_on:
+                    raise InvariantError(f"{waiter} listed as waiting on {dep} but does not")
+        if not self.promoting <= waiting.keys():
+            raise InvariantError("a promotion is in flight for a task that is not waiting")
+        if not self.expiring <= leases.keys():
+            raise InvariantError("an expiry is in flight for a task that is not leased")

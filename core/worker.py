@@ -203,14 +203,14 @@ class WorkerPool:
         return effects
 
     def check_invariants(self) -> None:
-        if len(self.running) > self.slots:
-            raise RuntimeError(f"{len(self.running)} tasks run on {self.slots} slots")
-        for (task_id, attempt), run in self.running.items():
+        running = self.running
+        if len(running) > self.slots:
+            raise RuntimeError(f"{len(running)} tasks run on {self.slots} slots")
+        live: set[str] = set()
+        for (task_id, attempt), run in running.items():
             a = run.assignment
             if a.task_id != task_id or a.attempt != attempt or attempt < 1:
                 raise RuntimeError(f"bad running record for {task_id} attempt {attempt}")
-        live: set[str] = set()
-        for (task_id, _), run in self.running.items():
             if run.stop is None:
                 if task_id in live:
                     raise RuntimeError(f"two live attempts of {task_id} on one node")

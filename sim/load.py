@@ -24,6 +24,7 @@ from core.priority import Priority
 from core.store_model import NewTask
 from sim.checker import TaskFacts
 from sim.config import LoadConfig, NetConfig
+from sim.simenv import call_later
 
 if TYPE_CHECKING:
     from sim.node import SimNode
@@ -89,18 +90,22 @@ class Clients:
         self._count = 0
 
     # ------------------------------------------------------------------ arrivals
-    def run(self, start_s: float, stop_s: float) -> simpy.events.ProcessGenerator:
-        env = self.env
-        rng = self.rng
+    def start(self, start_s: float, stop_s: float) -> None:
+        """Arrivals from ``start_s`` until ``stop_s``: a chain of timers (one event per task,
+        as a process waiting on timeouts would take, without the process)."""
         rate = self.load.rate_per_s
         if rate <= 0:
             return
-        yield env.timeout(start_s)
-        while True:
-            yield env.timeout(rng.expovariate(rate))
-            if env.now >= stop_s:
+        env = self.env
+        expovariate = self.rng.expovariate
+
+        def arrive() -> None:
+            if env._now >= stop_s:
                 return
             self.submit(self.make_spec())
+            call_later(env, expovariate(rate), arrive)
+
+        call_later(env, start_s, lambda: call_later(env, expovariate(rate), arrive))
 
     def make_spec(self) -> TaskSpec:
         cfg = self.load

@@ -16,14 +16,17 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from heapq import heappush
 from typing import Any
 
 import simpy
-from simpy.events import Timeout
+from simpy.events import NORMAL
 
 from sim.config import NetConfig
+from sim.simenv import Timer, fire
 
 STORE = "store"
+Answer = Callable[[Any], None]
 
 
 class Unavailable:
@@ -101,8 +104,11 @@ class Network:
     # ------------------------------------------------------------------ delivery
     def later(self, at_s: float, fn: Callable[[], None]) -> None:
         """Call ``fn`` at simulated time ``at_s`` (now, if that has passed)."""
-        delay = at_s - self.env.now
-        Timeout(self.env, delay if delay > 0 else 0).callbacks.append(_Call(fn))
+        env = self.env
+        now = env._now
+        delay = at_s - now
+        # What Timeout(env, delay) would schedule, without the Timeout.
+        heappush(env._queue, (now + (delay if delay > 0 else 0), NORMAL, next(env._eid), Timer(fn)))
 
     def send(
         self, src: str, dst: str, deliver: Callable[[], None], lost: Callable[[], None]
@@ -117,31 +123,32 @@ class Network:
             lost()
             return
         env = self.env
-        now = env.now
+        now = env._now
         at = now + self.delay_s + self._random() * self.jitter_s
         last = self._last_arrival.get(link, 0.0)
         if at < last:
             at = last  # FIFO per link
         self._last_arrival[link] = at
-        Timeout(env, at - now).callbacks.append(_Message(self, link, deliver, lost))
+        # The message is its own event: what Timeout(env, at - now) would schedule, with the
+        # message as its callback, but one object instead of three.
+        message = _Message(self, link, deliver, lost)
+        heappush(env._queue, (now + (at - now), NORMAL, next(env._eid), message))
 
 
-class _Call:
-    """A timer callback that calls a function of no arguments."""
-
-    __slots__ = ("fn",)
-
-    def __init__(self, fn: Callable[[], None]) -> None:
-        self.fn = fn
-
-    def __call__(self, _event: object) -> None:
-        self.fn()
+def _fire_message(event: _Message) -> None:
+    net = event.net
+    if event.link in net._cut:
+        net.lost += 1
+        event.lost()
+    else:
+        event.deliver()
 
 
 class _Message:
-    """One message in flight: delivered on arrival unless its link was cut meanwhile."""
+    """One message in flight, as its own SimPy event: delivered on arrival unless its link was
+    cut meanwhile."""
 
-    __slots__ = ("deliver", "link", "lost", "net")
+    __slots__ = ("_ok", "callbacks", "deliver", "link", "lost", "net")
 
     def __init__(
         self,
@@ -150,63 +157,53 @@ class _Message:
         deliver: Callable[[], None],
         lost: Callable[[], None],
     ) -> None:
+        self._ok = True
+        self.callbacks = [_fire_message]
         self.net = net
         self.link = link
         self.deliver = deliver
         self.lost = lost
 
-    def __call__(self, _event: object) -> None:
-        net = self.net
-        if self.link in net._cut:
-            net.lost += 1
-            self.lost()
-        else:
-            self.deliver()
-
 
 class Caller:
     """Request/answer over the network, with the client's timeout: one pending event per call."""
 
-    def __init__(self, env: simpy.Environment, net: Network) -> None:
+    def __init__(
+        self, env: simpy.Environment, net: Network, serve: Callable[[str, Any, Answer], None]
+    ) -> None:
         self.env = env
         self.net = net
+        self.serve = serve
         self.timeout_s = net.config.request_timeout_s
 
-    def call(
-        self, node: str, serve: Callable[[Callable[[Any], None]], None], timeout_s: float = 0.0
-    ) -> simpy.Event:
-        """Send a request from ``node`` to the store. ``serve(answer)`` runs at the store on
-        arrival and must eventually call ``answer(value)`` once (or never, if the store dies).
-        The returned event succeeds with the value, or with UNAVAILABLE after the timeout."""
-        request = _Request(self, node, serve, timeout_s or self.timeout_s)
-        self.net.send(node, STORE, request.arrive, request.lost)
-        return request.reply
+    def call(self, node: str, request: Any, timeout_s: float = 0.0) -> simpy.Event:
+        """Send ``request`` from ``node`` to the store. ``serve(node, request, answer)`` runs
+        at the store on arrival and must eventually call ``answer(value)`` once (or never, if
+        the store dies). The returned event succeeds with the value, or with UNAVAILABLE after
+        the timeout."""
+        call = _Request(self, node, request, timeout_s or self.timeout_s)
+        self.net.send(node, STORE, call.arrive, call.lost)
+        return call.reply
 
 
 class _Request:
     """One request's round trip. The store answers through ``answer``; a loss anywhere makes
     the caller wait out its timeout (it cannot tell a lost request from a lost answer)."""
 
-    __slots__ = ("budget", "caller", "node", "reply", "sent_at", "serve", "value")
+    __slots__ = ("budget", "caller", "node", "reply", "request", "sent_at", "value")
 
-    def __init__(
-        self,
-        caller: Caller,
-        node: str,
-        serve: Callable[[Callable[[Any], None]], None],
-        budget: float,
-    ) -> None:
+    def __init__(self, caller: Caller, node: str, request: Any, budget: float) -> None:
         env = caller.env
         self.caller = caller
         self.node = node
-        self.serve = serve
+        self.request = request
         self.budget = budget
-        self.sent_at = env.now
+        self.sent_at = env._now
         self.reply = simpy.Event(env)
         self.value: Any = None
 
     def arrive(self) -> None:
-        self.serve(self.answer)
+        self.caller.serve(self.node, self.request, self.answer)
 
     def answer(self, value: Any) -> None:
         net = self.caller.net
@@ -217,13 +214,15 @@ class _Request:
         self.value = value
         net.send(STORE, self.node, self.deliver, self.lost)
 
+    # Both run from the event loop (a message arriving, the timeout's timer), so the caller
+    # resumes at once rather than through another queued event.
     def deliver(self) -> None:
         if not self.reply.triggered:
-            self.reply.succeed(self.value)
+            fire(self.reply, self.value)
 
     def give_up(self) -> None:
         if not self.reply.triggered:
-            self.reply.succeed(UNAVAILABLE)
+            fire(self.reply, UNAVAILABLE)
 
     def lost(self) -> None:
         # Nobody tells the caller: it notices when its timeout fires.

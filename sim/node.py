@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
+from functools import partial
+from heapq import heappush
 from typing import TYPE_CHECKING, Any
 
 import simpy
+from simpy.events import URGENT
 
 from core.driver import (
     InterruptHandler,
@@ -39,6 +42,7 @@ from core.task import Outcome, RetryPolicy
 from core.worker import Assignment, Release, RunHandler, WorkerPool
 from sim.checker import TaskFacts
 from sim.net import UNAVAILABLE
+from sim.simenv import Timer, call_later, fire, fire_if_pending
 from sim.store import (
     EpochRequest,
     RegistryRequest,
@@ -108,6 +112,18 @@ class CheckedScheduler(Scheduler):
         return effects
 
 
+class _Handler:
+    """One run of a handler on this node."""
+
+    __slots__ = ("assignment", "inc", "ok", "returned")
+
+    def __init__(self, assignment: Assignment, inc: int, ok: bool) -> None:
+        self.assignment = assignment
+        self.inc = inc
+        self.ok = ok  # how it will end, unless interrupted
+        self.returned = False
+
+
 class SimNode:
     def __init__(self, world: World, index: int, skew_ms: int) -> None:
         self.world = world
@@ -134,7 +150,7 @@ class SimNode:
         self.pool = WorkerPool(self.id, cfg.workers, cfg.lease_ms)
         self.stats = LeaderStats()
         self.fenced_total = 0
-        self.handlers: dict[tuple[str, int], simpy.Process] = {}
+        self.handlers: dict[tuple[str, int], _Handler] = {}
         self._in_run: set[tuple[str, int]] = set()
         self.pending: list[tuple[Submission, int]] = []
         self._wake_flag = False
@@ -143,10 +159,11 @@ class SimNode:
         self._submit_event: simpy.Event | None = None
         self._registry_info: dict[str, tuple[int, int]] = {}
         self._registry_seen: dict[str, int] = {}
+        self._registry_looked_at: dict[str, tuple[int, int]] | None = None
 
     # ------------------------------------------------------------------ clock
     def now_ms(self) -> int:
-        return int(self.env.now * 1000) + self.skew_ms
+        return int(self.env._now * 1000) + self.skew_ms
 
     # ------------------------------------------------------------------ life cycle
     def boot(self) -> None:
@@ -164,6 +181,7 @@ class SimNode:
         self._wake_flag = False
         self._registry_info = {}
         self._registry_seen = {}
+        self._registry_looked_at = None
         inc = self.incarnation
         env = self.env
         for loop in (
@@ -270,11 +288,7 @@ class SimNode:
     def call(self, request: Any, timeout_s: float = 0.0) -> Generator[simpy.Event, Any, Any]:
         """Send one request to the store and wait for its answer (after any pause)."""
         inc = self.incarnation
-        store = self.world.store
-        node_id = self.id
-        answer = yield self.world.caller.call(
-            node_id, lambda reply: store.serve(node_id, request, reply), timeout_s
-        )
+        answer = yield self.world.caller.call(self.id, request, timeout_s)
         if self.paused or self.incarnation != inc:
             yield from self._gate(inc)
         if answer is UNAVAILABLE:
@@ -285,17 +299,24 @@ class SimNode:
 
     def serve(self, proc: Procedure) -> ProcessGen:
         """Run a core procedure: carry out each request, send the answer back in."""
+        # call() inlined: the hottest path of every loop (one generator frame less per answer).
+        caller = self.world.caller
+        node_id = self.id
         try:
             request = next(proc)
             while True:
-                try:
-                    if type(request) is InterruptHandler:
-                        self._interrupt(request)
-                        answer = None
-                    else:
-                        answer = yield from self.call(request)
-                except StoreUnavailable as exc:
-                    request = proc.throw(exc)
+                if type(request) is InterruptHandler:
+                    self._interrupt(request)
+                    request = proc.send(None)
+                    continue
+                inc = self.incarnation
+                answer = yield caller.call(node_id, request)
+                if self.paused or self.incarnation != inc:
+                    yield from self._gate(inc)
+                if answer is UNAVAILABLE:
+                    name = type(request).__name__
+                    self.world.trace.emit(self.env._now, "no-answer", node_id, name)
+                    request = proc.throw(StoreUnavailable(name))
                     continue
                 request = proc.send(answer)
         except StopIteration:
@@ -308,15 +329,33 @@ class SimNode:
         if event is not None and not event.triggered:
             event.succeed()
 
+    def ring(self) -> None:
+        """The bell arrived (from the event loop, not from a process): wake the leader loop
+        at once."""
+        self._wake_flag = True
+        event = self._wake_event
+        if event is not None and not event.triggered:
+            fire(event)
+
     def _node_events(self, now: int) -> list[Event]:
         """NodeSeen for every registry entry refreshed since the last look (as the runtime)."""
+        own = (self.pool.slots if self.pool.accepting else 0, now)
+        info = self._registry_info
+        seen = self._registry_seen
+        if info is self._registry_looked_at:
+            # No registry read since the last look: only our own entry can have changed.
+            if seen.get(self.id) == now:
+                return []
+            seen[self.id] = now
+            return [NodeSeen(self.id, own[0], None, now)]
+        self._registry_looked_at = info
         events: list[Event] = []
-        info_now = dict(self._registry_info)
-        info_now[self.id] = (self.pool.slots if self.pool.accepting else 0, now)
+        info_now = dict(info)
+        info_now[self.id] = own
         for node_id, (slots, stamp) in sorted(info_now.items()):
-            if self._registry_seen.get(node_id) == stamp:
+            if seen.get(node_id) == stamp:
                 continue
-            self._registry_seen[node_id] = stamp
+            seen[node_id] = stamp
             events.append(NodeSeen(node_id, slots, None, now))
         return events
 
@@ -362,13 +401,8 @@ class SimNode:
                 self._wake_flag = False
                 continue
             wake = self._wake_event = env.event()
-
-            def ring(_e: object, wake: simpy.Event = wake) -> None:
-                if not wake.triggered:
-                    wake.succeed()
-
             # At least one millisecond: a timer that is already due is served next round.
-            env.timeout(max(timeout, 0.001)).callbacks.append(ring)
+            call_later(env, max(timeout, 0.001), partial(fire_if_pending, wake))
             yield wake
             self._wake_event = None
             self._wake_flag = False
@@ -426,35 +460,96 @@ class SimNode:
                 yield from self.serve(worker_effects(pool, others))
         for effect in effects:
             if type(effect) is RunHandler:
-                key = (record.id, taken.attempt)
-                handler = self._guard(self._run_handler(assignment, inc))
-                self.handlers[key] = self.env.process(handler)
+                self._run_handler(assignment, inc)
 
-    def _run_handler(self, a: Assignment, inc: int) -> ProcessGen:
+    # A running handler is a timer, not a process: it returns when its run time is up (or at
+    # once when interrupted), then its outcome is written by _drive, from callbacks, as serve()
+    # would from a process. Pauses and crashes gate it exactly as _gate gates a process.
+    def _run_handler(self, a: Assignment, inc: int) -> None:
         world = self.world
         env = self.env
         key = (a.task_id, a.attempt)
-        world.trace.emit(env.now, "run", a.task_id, a.attempt, self.id)
+        world.trace.emit(env._now, "run", a.task_id, a.attempt, self.id)
         world.checker.on_exec_start(a.task_id, a.attempt, self.id)
         run_s, ok = world.handler_outcome(a.task_id, self)
         self._in_run.add(key)
-        try:
-            yield env.timeout(run_s)
-            outcome = Outcome.success(None) if ok else Outcome.error("SimFailure", "failed")
-        except simpy.Interrupt:
+        handler = self.handlers[key] = _Handler(a, inc, ok)
+        call_later(env, run_s, partial(self._handler_returned, handler, False))
+
+    def _handler_returned(self, handler: _Handler, interrupted: bool) -> None:
+        if handler.returned:
+            return  # interrupted first: its run time ran out later
+        handler.returned = True
+        a = handler.assignment
+        self._in_run.discard((a.task_id, a.attempt))
+        if interrupted:
             outcome = Outcome.error("Interrupted", "interrupted by the worker")
-        self._in_run.discard(key)
-        if self.paused or self.incarnation != inc:
-            yield from self._gate(inc)
-        self.handlers.pop(key, None)
+        elif handler.ok:
+            outcome = Outcome.success(None)
+        else:
+            outcome = Outcome.error("SimFailure", "failed")
+        self._when_running(handler.inc, partial(self._handler_ended, handler, outcome))
+
+    def _handler_ended(self, handler: _Handler, outcome: Outcome) -> None:
+        world = self.world
+        a = handler.assignment
+        self.handlers.pop((a.task_id, a.attempt), None)
         world.checker.on_exec_end(a.task_id, a.attempt, self.id)
-        world.trace.emit(env.now, "ran", a.task_id, a.attempt, self.id, outcome.ok)
-        proc = handler_ended(self.pool, a.task_id, a.attempt, outcome, self.now_ms(), self.rng)
+        world.trace.emit(self.env._now, "ran", a.task_id, a.attempt, self.id, outcome.ok)
+        pool = self.pool
+        proc = handler_ended(pool, a.task_id, a.attempt, outcome, self.now_ms(), self.rng)
         self._slot_freed()
-        # Unwritten, the lease expires and the task runs again: at-least-once.
-        with contextlib.suppress(StoreUnavailable):
-            yield from self.serve(proc)
-        self.pool.check_invariants()
+        # Unwritten (the store did not answer), the lease expires and the task runs again:
+        # at-least-once.
+        self._drive(proc, handler.inc, pool.check_invariants)
+
+    def _when_running(self, inc: int, then: Callable[[], None]) -> None:
+        """then() now, or once a pause is over; never if the node crashed meanwhile (_gate,
+        for callbacks)."""
+        if self.incarnation != inc:
+            return
+        if self.paused:
+            assert self._resumed is not None
+            self._resumed.callbacks.append(lambda _event: self._when_running(inc, then))
+            return
+        then()
+
+    def _drive(
+        self,
+        proc: Procedure,
+        inc: int,
+        done: Callable[[], None],
+        answer: Any = None,
+        error: StoreUnavailable | None = None,
+    ) -> None:
+        """serve(proc) without a process: each request goes out, and its answer comes back
+        in through a callback of the reply. ``done()`` once the procedure ends, or gives up
+        with StoreUnavailable (as ``with suppress(StoreUnavailable): yield from serve()``)."""
+        try:
+            request = proc.send(answer) if error is None else proc.throw(error)
+            while type(request) is InterruptHandler:
+                self._interrupt(request)
+                request = proc.send(None)
+        except (StopIteration, StoreUnavailable):
+            done()
+            return
+        reply = self.world.caller.call(self.id, request)
+        reply.callbacks.append(partial(self._driven, proc, inc, done, request))  # type: ignore[union-attr]
+
+    def _driven(
+        self, proc: Procedure, inc: int, done: Callable[[], None], request: Any, reply: Any
+    ) -> None:
+        answer = reply._value
+
+        def resume() -> None:
+            if answer is UNAVAILABLE:
+                name = type(request).__name__
+                self.world.trace.emit(self.env._now, "no-answer", self.id, name)
+                self._drive(proc, inc, done, error=StoreUnavailable(name))
+            else:
+                self._drive(proc, inc, done, answer)
+
+        self._when_running(inc, resume)
 
     def _interrupt(self, request: InterruptHandler) -> None:
         it = request.interrupt
@@ -463,7 +558,17 @@ class SimNode:
         # Only a handler still running can be stopped; one that already returned reports anyway.
         if handler is not None and key in self._in_run:
             self._in_run.discard(key)
-            handler.interrupt(it.reason.value)
+            # As Process.interrupt: the handler returns at once, before anything else now.
+            env = self.env
+            heappush(
+                env._queue,
+                (
+                    env._now,
+                    URGENT,
+                    next(env._eid),
+                    Timer(partial(self._handler_returned, handler, True)),
+                ),
+            )
 
     def _slot_freed(self) -> None:
         event = self._slot_event
@@ -527,7 +632,9 @@ class SimNode:
             clients.timeout_after(sub, token)
         event = self._submit_event
         if event is not None and not event.triggered:
-            event.succeed()
+            # Called from the event loop (an arrival's timer, a client's retry timer), never
+            # from a process: the submit loop may run at once.
+            fire(event)
 
     def _submit_loop(self, inc: int) -> ProcessGen:
         env = self.env

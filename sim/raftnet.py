@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import functools
 import hashlib
+import math
 import pickle
 import random
 import zlib
@@ -41,6 +42,7 @@ from pysyncobj.node import Node  # type: ignore[import-untyped, unused-ignore]
 from pysyncobj.transport import Transport  # type: ignore[import-untyped, unused-ignore]
 
 from node.raft import RaftConfig, RaftMember, RaftStatus, RestartableMemoryJournal
+from sim.simenv import call_at, fire_if_pending
 
 # The simulated clock starts here rather than at 0, like a real monotonic clock: pysyncobj keeps
 # a few "last time" fields initialised to 0 that must read as long ago.
@@ -57,6 +59,100 @@ class SimNode(Node):  # type: ignore[misc]
 
     def __hash__(self) -> int:
         return self.crc
+
+
+# ---------------------------------------------------------------------- idle ticks
+# Skip the ticks that would change nothing: the same run (the same trace hashes), with about a
+# third of the ticks. Off: tick at every tick_period_s, as pysyncobj's own loop does.
+SKIP_IDLE_TICKS = True
+# A timer within this much of a grid point counts as due there (clock values are floats).
+_DUE_MARGIN_S = 1e-6
+_NO_SKIP = -math.inf
+
+
+class _NoPoller:
+    """pysyncobj's poller, for a member without sockets (nothing subscribes: see _start)."""
+
+    def poll(self, timeout: float) -> None:
+        pass
+
+
+_NO_POLLER = _NoPoller()
+
+
+class _PokingDeque(collections.deque[Callable[[], None]]):
+    """RaftMember's queue of work for its next tick, which wakes a driver that skips ticks."""
+
+    def __init__(self, poke: Callable[[], None]) -> None:
+        super().__init__()
+        self._poke = poke
+
+    def append(self, item: Callable[[], None]) -> None:
+        super().append(item)
+        self._poke()
+
+
+def _idle_until(member: RaftMember, transport: SimTransport | None) -> float:
+    """The member clock before which a tick of this member, with nothing arrived and nothing
+    asked of it meanwhile, changes nothing (or -inf: tick at the next grid point).
+
+    Every input that is not the passing of time (an arrival, a queued tick callback, a
+    command) wakes the driver or is checked here, so only pysyncobj's own timers and those
+    of RaftMember and SimTransport decide; each is read as the tick reads it, and when in
+    doubt the answer is "tick". The trace hashes of a run with and without skipping are the
+    same (tests/sim/test_raftnet.py), which is the proof that nothing here is missed.
+    """
+    sync = member._sync
+    if (
+        member._stopped
+        or member._on_tick_queue
+        or sync._SyncObj__needLoadDumpFile
+        or sync._SyncObj__commandsQueue._FastQueue__queue
+        or sync._SyncObj__raftCommitIndex != sync._SyncObj__raftLastApplied
+        or not sync._SyncObj__onReadyCalled
+        or sync._SyncObj__forceLogCompaction
+        or sync._SyncObj__serializer._Serializer__pid != 0
+        or transport is None
+        or transport._destroyed
+    ):
+        return _NO_SKIP
+    conf = sync._SyncObj__conf
+    if len(sync._SyncObj__raftLog) > conf.logCompactionMinEntries:
+        return _NO_SKIP
+    due = sync._SyncObj__lastSerializedTime + conf.logCompactionMinTime
+    state = sync._SyncObj__raftState
+    if state == _syncobj._RAFT_STATE.LEADER:
+        if sync._SyncObj__raftCommitIndex < sync._SyncObj__getCurrentLogIndex():
+            return _NO_SKIP  # entries to commit: leave it to the tick
+        due = min(due, sync._SyncObj__newAppendEntriesTime)
+        # Steps down once too few followers answered within the fallback timeout.
+        now = _syncobj.monotonicTime()
+        fallback = conf.leaderFallbackTimeout
+        responded = sync._SyncObj__lastResponseTime
+        for node in sync._SyncObj__otherNodes:
+            at = responded[node]
+            if at > now - fallback:
+                due = min(due, at + fallback)
+    elif sync._SyncObj__connectedNodes or not sync._SyncObj__otherNodes:
+        due = min(due, sync._SyncObj__raftElectionDeadline)  # follower or candidate
+    # RaftMember: pings, the quorum window of each peer heard from, the announcement retry.
+    due = min(due, member._next_ping_at)
+    now = _syncobj.monotonicTime()
+    window = member._config.leader_fallback_timeout_s
+    for at in member._heard_at.values():
+        if now - at <= window:
+            due = min(due, at + window)
+    directory = member._directory
+    if directory.entries.get(member._node_id) != (member._http_addr, member._self_addr):
+        status = member._status
+        if status.leader_raft_addr is not None:
+            due = min(due, member._next_announce_at)
+    # SimTransport: connection attempts to peers it should connect to.
+    self_id = transport._self_id
+    for peer in transport._nodes:
+        if self_id > peer and peer not in transport._conns and peer not in transport._connecting:
+            due = min(due, transport._last_attempt.get(peer, -1e18) + transport._retry_s)
+    return float(due) - _DUE_MARGIN_S
 
 
 class InvariantViolation(AssertionError):
@@ -134,6 +230,10 @@ class _Host:
     inbox: collections.deque[tuple[str, _Item]] = field(default_factory=collections.deque)
     wake: simpy.Event | None = None
     resume: simpy.Event | None = None
+    # The driver's tick grid: when it last ticked, and when it next wakes unless something
+    # arrives (later than the next grid point when the ticks in between would do nothing).
+    ticked_at: float = 0.0
+    sleep_until: float = 0.0
 
     @property
     def running(self) -> bool:
@@ -416,12 +516,14 @@ class SimRaftCluster:
         delay_min_s: float = 0.0002,
         delay_max_s: float = 0.002,
         jitter_s: float = 0.0005,
+        skip_idle_ticks: bool | None = None,
     ) -> None:
         if n < 1:
             raise ValueError("a cluster needs at least one member")
         self.env = env
         self.seed = seed
         self.config = config or RaftConfig()
+        self.skip_idle_ticks = SKIP_IDLE_TICKS if skip_idle_ticks is None else skip_idle_ticks
         self._n_initial = n
         self._delays = (delay_min_s, delay_max_s, jitter_s)
         self._hash = hashlib.blake2b(digest_size=16)
@@ -516,6 +618,24 @@ class SimRaftCluster:
             journal=host.journal,
         )
         member.on_status(functools.partial(self._on_status, host))
+        sync = member._sync
+        if sync._SyncObj__conf.appendEntriesUseBatch:
+            # The simulated transport has no sockets, so the poll() that ends every tick (a
+            # system call) has nothing to wait for: skip it.
+            sync._poller = _NO_POLLER
+        if self.skip_idle_ticks:
+            # What is asked of a member between ticks runs at its next tick: bring the driver
+            # back to its grid for it (transfers, term bumps, membership commands).
+            poke = functools.partial(self._poke, host)
+            member._on_tick_queue = _PokingDeque(poke)
+            commands = member._sync._SyncObj__commandsQueue
+            put = commands.put_nowait
+
+            def put_nowait(value: Any) -> None:
+                put(value)
+                poke()
+
+            commands.put_nowait = put_nowait
         host.member = member
         self._trace("start", host.addr, host.incarnation)
         self.env.process(self._drive(host, host.incarnation))
@@ -534,9 +654,39 @@ class SimRaftCluster:
                 host.transport.process(src, item)
             if host.member is None or host.incarnation != incarnation:
                 return
-            host.member.tick()
-            host.wake = self.env.event()
-            yield self.env.any_of([host.wake, self.env.timeout(tick_s)])
+            member = host.member
+            member.tick()
+            env = self.env
+            host.wake = env.event()
+            host.ticked_at = env.now
+            at = env.now + tick_s  # the time SimPy gives env.timeout(tick_s)
+            idle_until = _idle_until(member, host.transport) if self.skip_idle_ticks else -1.0
+            if CLOCK_EPOCH_S + at < idle_until:
+                # A tick is a no-op until one of the member's timers is due: skip those grid
+                # points (the same trace: see _idle_until). Whatever arrives still wakes the
+                # driver at once, and _poke brings it back to the grid.
+                while CLOCK_EPOCH_S + at < idle_until:
+                    at = at + tick_s  # as the chain of timeouts would have added it up
+            host.sleep_until = at
+            # Wake on an arrival or at the next grid point, whichever comes first.
+            call_at(env, at, functools.partial(fire_if_pending, host.wake))
+            yield host.wake
+
+    def _poke(self, host: _Host) -> None:
+        """Wake a sleeping driver at the grid point where it would have ticked next had it not
+        skipped idle ticks: something now waits for its next tick."""
+        wake = host.wake
+        if wake is None or wake.triggered:
+            return
+        env = self.env
+        tick_s = self.config.tick_period_s
+        at = host.ticked_at + tick_s
+        while at < env.now:
+            at = at + tick_s
+        if at >= host.sleep_until:
+            return
+        host.sleep_until = at
+        call_at(env, at, functools.partial(fire_if_pending, wake))
 
     # ------------------------------------------------------------------ faults
     def crash(self, i: int) -> None:
@@ -566,6 +716,7 @@ class SimRaftCluster:
         host = self._hosts[i]
         host.paused = True
         self._trace("pause", host.addr)
+        self._poke(host)  # the driver notices at its next grid point
 
     def resume(self, i: int) -> None:
         """SIGCONT: read what queued up, then tick."""
@@ -690,10 +841,12 @@ class SimRaftCluster:
 
     def _trace(self, *parts: Any) -> None:
         self.events_traced += 1
-        head = repr(
-            (round(float(self.env.now), 9), *(p for p in parts if not isinstance(p, bytes)))
-        )
-        self._hash.update(head.encode())
-        for p in parts:
-            if isinstance(p, bytes):
-                self._hash.update(p)
+        update = self._hash.update
+        now = round(float(self.env._now), 9)
+        payloads = [p for p in parts if isinstance(p, bytes)]
+        if payloads:
+            update(repr((now, *[p for p in parts if not isinstance(p, bytes)])).encode())
+            for p in payloads:
+                update(p)
+        else:
+            update(repr((now, *parts)).encode())

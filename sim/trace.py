@@ -36,7 +36,6 @@ class Trace:
     def emit(self, now_s: float, kind: str, *fields: object) -> None:
         entry = (round(now_s * 1_000_000), kind, *fields)
         self.count += 1
-        self._ring.append(entry)
         pending = self._pending
         pending.append(entry)
         if len(pending) >= CHUNK_EVENTS:
@@ -48,6 +47,7 @@ class Trace:
         if self._pending:
             self._hash.update("\n".join(map(repr, self._pending)).encode())
             self._hash.update(b"\n")
+            self._ring.extend(self._pending)  # the ring gets its events a chunk at a time
             self._pending.clear()
 
     def hexdigest(self) -> str:
@@ -55,11 +55,14 @@ class Trace:
         return self._hash.hexdigest()
 
     def recent(self, count: int | None = None) -> list[str]:
-        entries = list(self._ring)
+        entries = [*self._ring, *self._pending][-RING_EVENTS:]
         return [_line(e) for e in (entries if count is None else entries[-count:])]
 
     def lines(self) -> list[str]:
-        entries = self._all if self._all is not None else self._ring
+        if self._all is not None:
+            entries = self._all
+        else:
+            entries = [*self._ring, *self._pending][-RING_EVENTS:]
         return [_line(e) for e in entries]
 
 

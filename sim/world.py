@@ -18,8 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import simpy
-
 from core.priority import Priority
 from core.scheduler import Role
 from sim.checker import Checker, TaskFacts, ViolationFound
@@ -29,6 +27,7 @@ from sim.leadership import Leadership, make_leadership
 from sim.load import Clients, TaskSpec
 from sim.net import STORE, Caller, Network, Partition
 from sim.node import SimNode
+from sim.simenv import Environment
 from sim.store import SimStore
 from sim.trace import Trace
 
@@ -81,14 +80,13 @@ class World:
     def __init__(self, config: SimConfig) -> None:
         self.config = config
         seed = config.seed
-        self.env = simpy.Environment()
+        self.env = Environment()
         env = self.env
         self.trace = Trace(keep_all=config.keep_trace)
         self.facts: dict[str, TaskFacts] = {}
         self.specs: dict[str, TaskSpec] = {}
         self.checker = Checker(self.facts, config.skew_ms_max, lambda: env.now)
         self.net = Network(env, config.net, random.Random(f"{seed}:net"))
-        self.caller = Caller(env, self.net)
         self.store = SimStore(
             env,
             self.checker,
@@ -97,6 +95,7 @@ class World:
             retention_ms=config.retention_s * 1000,
         )
         self.store.set_bell(self._ring)
+        self.caller = Caller(env, self.net, self.store.serve)
         self.leadership: Leadership = make_leadership(
             config.raft, env, config.nodes, seed, random.Random(f"{seed}:raft")
         )
@@ -146,7 +145,7 @@ class World:
 
     def _ring(self, node_id: str) -> None:
         node = self.nodes[int(node_id[1:]) - 1]
-        self.net.send(STORE, node_id, node.wake, lambda: None)
+        self.net.send(STORE, node_id, node.ring, _nothing)
 
     def handler_outcome(self, task_id: str, node: SimNode) -> tuple[float, bool]:
         """(run time, succeeds) of the next run of this task on this node."""
@@ -433,7 +432,7 @@ class World:
         self.leadership.start()
         for node in self.nodes:
             node.boot()
-        env.process(self.clients.run(cfg.load_start_s, cfg.duration_s))
+        self.clients.start(cfg.load_start_s, cfg.duration_s)
         env.process(self._faults())
         if cfg.fsync == "everysec":
             env.process(self._fsync_points())
@@ -526,6 +525,10 @@ class World:
             series=self.series,
             trace=self.trace.lines() if self.config.keep_trace else [],
         )
+
+
+def _nothing() -> None:
+    pass
 
 
 def run_one(config: SimConfig) -> RunResult:

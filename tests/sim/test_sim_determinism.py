@@ -9,6 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+import sim.raftnet
 from sim.config import SimConfig
 from sim.world import RunResult, run_one
 
@@ -60,3 +63,22 @@ def test_same_seed_same_trace_across_hash_seeds() -> None:
             check=True,
         )
         assert out.stdout.strip() == here, f"PYTHONHASHSEED={hash_seed}: {out.stderr[-2000:]}"
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        CONFIG,
+        SimConfig(scenario="pause", seed=5, duration_s=6.0, liveness_s=10.0),
+        SimConfig(scenario="rolling-restart", seed=2, duration_s=6.0, liveness_s=10.0),
+    ],
+    ids=["random", "pause", "rolling-restart"],
+)
+def test_skipping_idle_raft_ticks_changes_nothing(
+    config: SimConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # sim/raftnet.py sleeps through Raft ticks that would change nothing: the very same run.
+    skipped = run_one(config)
+    monkeypatch.setattr(sim.raftnet, "SKIP_IDLE_TICKS", False)
+    every_tick = run_one(config)
+    assert fingerprint(skipped) == fingerprint(every_tick)
