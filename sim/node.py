@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from collections import deque
 from collections.abc import Callable, Generator, Mapping
 from functools import partial
 from heapq import heappush
@@ -26,6 +27,7 @@ import simpy
 from simpy.events import URGENT
 
 from core.driver import (
+    ApplyRequest,
     InterruptHandler,
     LeaderStats,
     Procedure,
@@ -38,7 +40,7 @@ from core.effects import Effect, Lease
 from core.events import Event, NodeSeen
 from core.scheduler import Role, Scheduler, SchedulerConfig
 from core.store_model import StoreUnavailable, Taken
-from core.task import Outcome, RetryPolicy
+from core.task import Outcome
 from core.worker import Assignment, Release, RunHandler, WorkerPool
 from sim.checker import TaskFacts
 from sim.net import UNAVAILABLE
@@ -49,6 +51,7 @@ from sim.store import (
     SubmitRefused,
     SubmitRequest,
     SweepRequest,
+    TakeManyRequest,
     TakeRequest,
 )
 
@@ -60,6 +63,8 @@ if TYPE_CHECKING:
 REGISTRY_PERIOD_S = 0.5
 LEADER_IDLE_S = 0.05
 TAKE_WAIT_S = 1.0
+# As node/runtime.py: how often the leader's take loop looks at its own assignment list.
+TAKE_LIST_CHECK_S = 0.1
 SWEEP_PERIOD_S = 60.0
 STORE_RETRY_S = 0.2
 WORKER_TICK_MAX_S = 0.1
@@ -157,6 +162,8 @@ class SimNode:
         self._wake_event: simpy.Event | None = None
         self._slot_event: simpy.Event | None = None
         self._submit_event: simpy.Event | None = None
+        self._direct: deque[Taken] = deque()
+        self._list_check_at = 0.0
         self._registry_info: dict[str, tuple[int, int]] = {}
         self._registry_seen: dict[str, int] = {}
         self._registry_looked_at: dict[str, tuple[int, int]] | None = None
@@ -182,6 +189,8 @@ class SimNode:
         self._registry_info = {}
         self._registry_seen = {}
         self._registry_looked_at = None
+        self._direct = deque()
+        self._list_check_at = 0.0
         inc = self.incarnation
         env = self.env
         for loop in (
@@ -245,6 +254,12 @@ class SimNode:
         effects = self.pool.shutdown(self.now_ms(), int(grace_s * 1000))
         with contextlib.suppress(StoreUnavailable):
             yield from self.serve(worker_effects(self.pool, effects))
+        # Direct leases not started yet go back, as NodeRuntime.stop gives them back.
+        backs = [Release(t.record.id, t.attempt, self.id, self.now_ms()) for t in self._direct]
+        self._direct.clear()
+        for back in backs:
+            with contextlib.suppress(StoreUnavailable):
+                yield from self.call(ReleaseRequest(back))
         deadline = self.env.now + grace_s + STOP_EXTRA_S
         while not self.pool.idle and self.env.now < deadline and self.incarnation == inc:
             yield self.env.timeout(0.02)
@@ -318,6 +333,12 @@ class SimNode:
                     self.world.trace.emit(self.env._now, "no-answer", node_id, name)
                     request = proc.throw(StoreUnavailable(name))
                     continue
+                if type(request) is ApplyRequest:
+                    # As NodeRuntime._execute: the leases to this node came back direct.
+                    answer, taken = answer
+                    if taken:
+                        self._direct.extend(taken)
+                        self._start_direct(inc)
                 request = proc.send(answer)
         except StopIteration:
             return
@@ -409,58 +430,73 @@ class SimNode:
 
     # ------------------------------------------------------------------ workers
     def _take_loop(self, inc: int) -> ProcessGen:
+        """As NodeRuntime._take_loop: direct leases first; then the assignment list, every free
+        slot in one request; a follower waits on one slot (BLPOP), the leader looks at its list
+        every TAKE_LIST_CHECK_S for what an earlier leader queued for it."""
         env = self.env
         wait_call_s = TAKE_WAIT_S + self.world.config.net.request_timeout_s
         while True:
             if self.paused or self.incarnation != inc:
                 yield from self._gate(inc)
             pool = self.pool
-            if pool.free <= 0:
+            free = pool.free
+            if free <= 0:
                 if self.stopping:
                     return
                 slot = self._slot_event = env.event()
                 yield slot
                 self._slot_event = None
                 continue
+            if self._direct:
+                self._start_direct(inc)
+                continue
+            leading = self.sched.leading
+            if leading:
+                wait_s = self._list_check_at - env.now
+                if wait_s > 0:
+                    slot = self._slot_event = env.event()
+                    yield env.any_of([slot, env.timeout(wait_s)])
+                    self._slot_event = None
+                    continue
+                self._list_check_at = env.now + TAKE_LIST_CHECK_S
             try:
-                taken = yield from self.call(TakeRequest(self.id, TAKE_WAIT_S), wait_call_s)
+                taken = yield from self.call(TakeManyRequest(self.id, free), wait_call_s)
+                if not taken and not leading:
+                    one = yield from self.call(TakeRequest(self.id, TAKE_WAIT_S), wait_call_s)
+                    taken = [] if one is None else [one]
             except StoreUnavailable:
                 yield env.timeout(STORE_RETRY_S)
                 continue
-            if taken is None:
-                continue
-            yield from self._start(taken, inc)
+            for item in taken:
+                self._start(item, inc)
 
-    def _start(self, taken: Taken, inc: int) -> ProcessGen:
-        """As the runtime's take loop: start the handler of what a slot took."""
-        record = taken.record
+    def _start_direct(self, inc: int) -> None:
+        while self._direct and self.pool.free > 0:
+            self._start(self._direct.popleft(), inc)
+
+    def _start(self, taken: Taken, inc: int) -> None:
+        """As NodeRuntime._start: start the handler of what a slot took, at once; a release or
+        an interrupt of an older attempt is carried out after, by a process of its own."""
         pool = self.pool
         now = self.now_ms()
         if not pool.accepting:
             # Taken just as we began to stop: give it straight back.
-            release = Release(record.id, taken.attempt, self.id, now)
-            with contextlib.suppress(StoreUnavailable):
-                yield from self.call(ReleaseRequest(release))
+            release = Release(taken.record.id, taken.attempt, self.id, now)
+            self.env.process(self._guard(self._carry_out([release])))
             return
-        assignment = Assignment(
-            task_id=record.id,
-            attempt=taken.attempt,
-            type=record.type,
-            timeout_ms=record.timeout_ms,
-            policy=RetryPolicy(record.max_retries, record.backoff_base_ms, record.backoff_cap_ms),
-            failures=record.failures,
-            lease_deadline_ms=record.lease_deadline_ms,
-        )
+        assignment = taken.assignment()
         effects = pool.start(assignment, now)
         pool.check_invariants()
-        # An older attempt of this task still running here lost its lease: stop it first.
         others = [e for e in effects if type(e) is not RunHandler]
-        if others:
-            with contextlib.suppress(StoreUnavailable):
-                yield from self.serve(worker_effects(pool, others))
         for effect in effects:
             if type(effect) is RunHandler:
                 self._run_handler(assignment, inc)
+        if others:
+            self.env.process(self._guard(self._carry_out(others)))
+
+    def _carry_out(self, effects: list[Any]) -> ProcessGen:
+        with contextlib.suppress(StoreUnavailable):
+            yield from self.serve(worker_effects(self.pool, effects))
 
     # A running handler is a timer, not a process: it returns when its run time is up (or at
     # once when interrupted), then its outcome is written by _drive, from callbacks, as serve()

@@ -37,7 +37,7 @@ from core.driver import (
     ReleaseRequest,
 )
 from core.effects import Expire, Lease
-from core.store_model import FENCED, NewTask, StoreModel, SubmitError, TaskRecord
+from core.store_model import FENCED, NewTask, StoreModel, SubmitError, Taken, TaskRecord
 from core.task import Status, TaskState
 from sim.checker import Checker
 from sim.net import STORE, UNAVAILABLE
@@ -70,6 +70,15 @@ class TakeRequest:
 
     node_id: str
     wait_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class TakeManyRequest:
+    """Pop up to count_max of this node's current assignments, without waiting (the runtime's
+    take_many). Answer: list[Taken]."""
+
+    node_id: str
+    count_max: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,8 +209,10 @@ class SimStore:
         kind = type(request)
         if kind is TakeRequest:
             self._take(request, answer)
+        elif kind is TakeManyRequest:
+            answer(self.model.take_many(request.node_id, request.count_max))
         elif kind is ApplyRequest:
-            answer(self._apply(request))
+            answer(self._apply(node, request))
         elif kind is DrainRequest:
             answer(self._drain(node, request))
         elif kind is FinishRequest:
@@ -288,18 +299,26 @@ class SimStore:
             self._bell_armed[node] = True
         return drained
 
-    def _apply(self, request: ApplyRequest) -> list[TaskState | str | None]:
+    def _apply(
+        self, node: str, request: ApplyRequest
+    ) -> tuple[list[TaskState | str | None], list[Taken]]:
+        """As RedisStore.apply_direct with the caller as the direct node: its own leases come
+        back as Taken (the runtime starts them at once), the others go on their nodes' lists."""
         model = self.model
         checker = self.checker
         tasks = model.tasks
         out: list[TaskState | str | None] = []
+        taken: list[Taken] = []
         leased_nodes: list[str] = []
         now = self.env.now
         for op in request.ops:
             record = tasks.get(op.task_id)
             before = record.status if record is not None else None
             if type(op) is Lease:
-                answer = model.lease(op.term, op.task_id, op.node_id, op.deadline_ms, op.now_ms)
+                direct = op.node_id == node
+                answer = model.lease(
+                    op.term, op.task_id, op.node_id, op.deadline_ms, op.now_ms, direct
+                )
                 if answer != FENCED:
                     checker.on_leader_write(
                         op.term, f"lease of {op.task_id} to {op.node_id} ({_effect(before)})"
@@ -312,7 +331,9 @@ class SimStore:
                         checker.on_lease(
                             op.task_id, answer.attempt, op.node_id, op.deadline_ms, op.term
                         )
-                        if op.node_id not in leased_nodes:
+                        if direct and record is not None:
+                            taken.append(Taken(replace(record), answer.attempt))
+                        elif op.node_id not in leased_nodes:
                             leased_nodes.append(op.node_id)
             elif type(op) is Expire:
                 answer = model.expire(op.term, op.task_id, op.attempt, op.now_ms, op.target)
@@ -340,7 +361,7 @@ class SimStore:
             out.append(answer)
         if leased_nodes:
             self._wake_takers(leased_nodes)
-        return out
+        return out, taken
 
     def _heartbeat(self, request: HeartbeatRequest) -> list[tuple[bool, Status | None]]:
         model = self.model
