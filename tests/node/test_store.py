@@ -84,10 +84,12 @@ def check_indexes(snap: dict[str, Any], base: str) -> None:
     idem = snap.get(f"{base}:idem", ("hash", {}))[1]
     assert idem == {h["idempotency_key"]: i for i, h in tasks.items() if h["idempotency_key"]}
     # Reverse dependencies: every existing task's set names exactly the tasks that depend on it.
+    # Only those submitted after it: an id swept and then submitted anew (tests reuse ids; the
+    # API makes uuids) is another task, which the earlier dependants never named.
     dependants: dict[str, set[str]] = {}
     for i, h in tasks.items():
         for dep in json.loads(h["depends_on"]):
-            if dep in tasks:
+            if dep in tasks and int(tasks[dep]["seq"]) < int(h["seq"]):
                 dependants.setdefault(dep, set()).add(i)
     rd = {
         key.removeprefix(f"{base}:rd:"): set(value)
