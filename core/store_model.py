@@ -33,12 +33,27 @@ class StoreUnavailable(Exception):
 
 
 class SubmitError(ValueError):
-    """A submission refused as a whole; ``field`` names the offending input."""
+    """A submission refused as a whole; ``field`` names the offending input (None: the
+    submission as a whole), ``index`` the offending task of the batch."""
 
-    def __init__(self, field_name: str, message: str, index: int | None = None) -> None:
+    def __init__(self, field_name: str | None, message: str, index: int | None = None) -> None:
         super().__init__(message)
         self.field = field_name
         self.index = index
+
+
+class QueueFull(SubmitError):
+    """The live backlog (queued + pending tasks) would pass the limit (HTTP 503: try later)."""
+
+    def __init__(self, backlog: int, created: int, limit: int) -> None:
+        super().__init__(
+            None,
+            f"the queue is full: {backlog} tasks are queued or pending and {created} more would "
+            f"pass the limit of {limit}; try again later",
+        )
+        self.backlog = backlog
+        self.created = created
+        self.limit = limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,15 +166,19 @@ class StoreModel:
         self.assignments: dict[str, deque[tuple[str, int]]] = {}
 
     # ------------------------------------------------------------------ clients (any node)
-    def submit(self, batch: list[NewTask], now_ms: int) -> list[tuple[TaskRecord, bool]]:
+    def submit(
+        self, batch: list[NewTask], now_ms: int, queued_tasks_max: int | None = None
+    ) -> list[tuple[TaskRecord, bool]]:
         """Create every task of ``batch`` or none. Returns (record, created) per input, in order;
-        created is False where an idempotency key matched an earlier task."""
+        created is False where an idempotency key matched an earlier task. With
+        ``queued_tasks_max``, a batch that would take the queued + pending tasks past it is
+        refused (QueueFull), after the checks of its items."""
         batch_ids: set[str] = set()
         batch_keys: dict[str, int] = {}
+        created = 0
         for i, new in enumerate(batch):
-            if new.idempotency_key and (
-                new.idempotency_key in self.idempotency or new.idempotency_key in batch_keys
-            ):
+            key = new.idempotency_key
+            if key and (key in self.idempotency or key in batch_keys):
                 continue
             if new.id in self.tasks or new.id in batch_ids:
                 raise SubmitError("id", f"task id {new.id!r} already exists", i)
@@ -167,8 +186,15 @@ class StoreModel:
                 if dep not in self.tasks and dep not in batch_ids:
                     raise SubmitError("depends_on", f"dependency {dep!r} does not exist", i)
             batch_ids.add(new.id)
-            if new.idempotency_key:
-                batch_keys[new.idempotency_key] = i
+            created += 1
+            if key:
+                batch_keys[key] = i
+        if queued_tasks_max is not None and created:
+            backlog = sum(
+                1 for r in self.tasks.values() if r.status in (Status.QUEUED, Status.PENDING)
+            )
+            if backlog + created > queued_tasks_max:
+                raise QueueFull(backlog, created, queued_tasks_max)
         out: list[tuple[TaskRecord, bool]] = []
         for new in batch:
             key = new.idempotency_key

@@ -3,21 +3,24 @@
 -- sees what an earlier one wrote (its idempotency keys, its tasks), and a refused call writes
 -- nothing and leaves the others be.
 --
--- ARGV[1]: JSON [[now_ms, [task, ...]], ...] with task = [id, type, payload_json, priority,
---   max_retries, backoff_base_ms, backoff_cap_ms, timeout_ms, run_at_ms, idempotency_key,
---   depends_on_json]. One argument per script rather than a dozen per task: packing thousands
---   of arguments was the costliest part of a batch on the node, and cjson decodes in C. Numbers
---   are integers below 2^53 (validation bounds them), which cjson keeps exact; text() below
---   writes them as digits. depends_on_json is stored as sent ("[]" when empty).
+-- ARGV[1]: JSON [[now_ms, [task, ...], queued_max], ...] with task = [id, type, payload_json,
+--   priority, max_retries, backoff_base_ms, backoff_cap_ms, timeout_ms, run_at_ms,
+--   idempotency_key, depends_on_json]. queued_max: a call whose new tasks would take the
+--   queued + pending tasks past it is refused (-1: no limit). One argument per script rather
+--   than a dozen per task: packing thousands of arguments was the costliest part of a batch on
+--   the node, and cjson decodes in C. Numbers are integers below 2^53 (validation bounds
+--   them), which cjson keeps exact; text() below writes them as digits. depends_on_json is
+--   stored as sent ("[]" when empty).
 --
 -- ARGV[2]: "quiet" to push to the inbox without ringing the bell (store.py sends it on every
 --   script of a pipelined flush but the last).
 --
 -- Answers one reply per call, in order: {"!", field, index0, value} for a refused call (nothing
--- of it written), else {"ok", first_seq, codes, HGETALL...}: codes has one letter per task, "q"
--- (created queued), "p" (created pending) or "=" (its idempotency key matched an earlier task,
--- whose HGETALL follows, in order); created tasks take the sequence numbers first_seq,
--- first_seq + 1, ... in order.
+-- of it written; {"!", "backlog", created, backlog} for a call over its queued_max), else
+-- {"ok", first_seq, codes, HGETALL...}: codes has one letter per task, "q" (created queued),
+-- "p" (created pending) or "=" (its idempotency key matched an earlier task, whose HGETALL
+-- follows, in order); created tasks take the sequence numbers first_seq, first_seq + 1, ...
+-- in order.
 local calls = cjson.decode(ARGV[1])
 local EMPTY = {}
 
@@ -88,8 +91,12 @@ end
 local all_ids = {}
 local all_keys = {}
 local tasks_total = 0
+local limited = false
 for _, call in ipairs(calls) do
   tasks_total = tasks_total + #call[2]
+  if call[3] and call[3] >= 0 then
+    limited = true
+  end
   for _, t in ipairs(call[2]) do
     all_ids[#all_ids + 1] = tkey(t[1])
     if t[10] ~= "" then
@@ -112,6 +119,15 @@ end
 -- the script fail in between, the counter is ahead (gaps), never behind (duplicates).
 local seq_next = nil
 local seq_reserved_last = nil
+
+-- The live backlog (queued + pending) before this script: its own status ZSET entries are
+-- written at the end, so the ZSETs hold the state before it throughout; made_live counts
+-- the tasks its accepted calls created (all queued or pending).
+local backlog_before = 0
+if limited then
+  backlog_before = redis.call("ZCARD", skey("queued")) + redis.call("ZCARD", skey("pending"))
+end
+local made_live = 0
 
 -- What this script's calls made so far: key -> id, and id -> true.
 local made_keys = {}
@@ -163,6 +179,13 @@ for c, call in ipairs(calls) do
   if doubt or exists_count(dep_keys) ~= #dep_keys then
     refused = first_offender(tasks, idem)
   end
+  -- The backlog limit, once the tasks themselves are fine (a refusal that says what to fix
+  -- comes before one that says "later").
+  local queued_max = call[3] or -1
+  if not refused and queued_max >= 0 and created > 0
+    and backlog_before + made_live + created > queued_max then
+    refused = { "!", "backlog", created, backlog_before + made_live }
+  end
 
   if refused then
     out[c] = refused
@@ -172,6 +195,7 @@ for c, call in ipairs(calls) do
       seq_reserved_last = redis.call("INCRBY", K_SEQ, tasks_total)
       seq_next = seq_reserved_last - tasks_total
     end
+    made_live = made_live + created
     local seq = seq_next or 0
     local codes = {}
     local answer = { "ok", seq + 1, "" }

@@ -18,7 +18,13 @@ from hypothesis import strategies as st
 
 from core.effects import Expire, Lease, Promote
 from core.priority import Priority
-from core.store_model import FENCED, NewTask, StoreModel, SubmitError
+from core.store_model import (
+    FENCED,
+    NewTask,
+    QueueFull,
+    StoreModel,
+    SubmitError,
+)
 from core.task import AttemptEnd, Status
 from core.worker import Finish, Heartbeat, Release
 from node.redis_server import EmbeddedRedis
@@ -199,6 +205,57 @@ async def test_idempotency_key_answers_the_earlier_task(store: RedisStore) -> No
     assert [(r.id, c) for r, c in out] == [("d", True), ("d", False)]
     assert await store.get("b") is None and await store.get("e") is None
     assert (await store.redis.get(store.key("seq"))) == "3"
+
+
+async def test_queued_tasks_max_refuses_a_batch_over_the_backlog(store: RedisStore) -> None:
+    # queued + pending count; running and terminal tasks do not.
+    await store.submit([new("q1"), new("p1", run_at_ms=NOW + 1000)], NOW, 3)
+    before = await snapshot(store.redis, store.base)
+    with pytest.raises(QueueFull) as refused:
+        await store.submit([new("x1"), new("x2")], NOW, 3)
+    assert refused.value.field is None and refused.value.index is None
+    assert (refused.value.backlog, refused.value.created, refused.value.limit) == (2, 2, 3)
+    assert "queue is full" in str(refused.value)
+    assert await snapshot(store.redis, store.base) == before  # nothing written, not even seq
+    # Up to the limit exactly; a resend of a key at the limit creates nothing and passes.
+    [(k, _)] = await store.submit([new("k1", idempotency_key="k")], NOW, 3)
+    assert await store.submit([new("k2", idempotency_key="k")], NOW, 3) == [(k, False)]
+    with pytest.raises(QueueFull):
+        await store.submit([new("x3")], NOW, 3)
+    # A refusal that names an input comes first: it tells what to fix.
+    with pytest.raises(SubmitError) as named:
+        await store.submit([new("x4", depends_on=("missing",))], NOW, 3)
+    assert named.value.field == "depends_on"
+    await leased(store, "q1")  # running: out of the backlog
+    [(r, created)] = await store.submit([new("x5")], NOW, 3)
+    assert created and r.seq == 4
+    assert await store.submit([new("x6")], NOW) != []  # no limit given: none applies
+    check_indexes(await snapshot(store.redis, store.base), store.base)
+
+
+async def test_queued_tasks_max_holds_for_concurrent_submitters_of_several_nodes(
+    redis_url: str,
+) -> None:
+    # Three stores are three nodes' connections; 3 x 40 single submits race for 50 places.
+    stores = [await RedisStore.connect(redis_url) for _ in range(3)]
+    try:
+        results = await asyncio.gather(
+            *(
+                s.submit([new(f"n{n}-{i}")], NOW, 50)
+                for n, s in enumerate(stores)
+                for i in range(40)
+            ),
+            return_exceptions=True,
+        )
+        accepted = [r for r in results if not isinstance(r, BaseException)]
+        refused = [r for r in results if isinstance(r, BaseException)]
+        assert len(accepted) == 50 and all(isinstance(r, QueueFull) for r in refused)
+        assert await stores[0].redis.zcard(stores[0].key("s", "queued")) == 50
+        assert await stores[0].redis.get(stores[0].key("seq")) == "50"
+        check_indexes(await snapshot(stores[0].redis, stores[0].base), stores[0].base)
+    finally:
+        for s in stores:
+            await s.close()
 
 
 async def test_group_commit_200_concurrent_submits(store: RedisStore) -> None:

@@ -64,9 +64,9 @@ def answer(a: object) -> object:
     return a
 
 
-def error(exc: BaseException) -> tuple[str, ...]:
+def error(exc: BaseException) -> tuple[str | None, ...]:
     if isinstance(exc, SubmitError):
-        return ("SubmitError", exc.field, str(exc.index), str(exc))
+        return (type(exc).__name__, exc.field, str(exc.index), str(exc))
     return (type(exc).__name__, str(exc))
 
 
@@ -312,7 +312,20 @@ async def test_store_matches_model(redis_server: EmbeddedRedis, data: st.DataObj
                 want, got = await both(store.apply([due_op]), model_apply, model, [due_op])
             elif op == "submit":
                 batch = data.draw(batch_st(model, now), label="batch")
-                want, got = await both(store.submit(batch, now), model.submit, batch, now)
+                # Now and then a backlog limit near the current backlog: at, below or just
+                # above what the batch would need.
+                backlog = sum(
+                    1 for r in model.tasks.values() if r.status in (Status.QUEUED, Status.PENDING)
+                )
+                limit = data.draw(
+                    st.sampled_from(
+                        [None] * 5 + [0, backlog, backlog + 1, backlog + 2, backlog + 3]
+                    ),
+                    label="queued_tasks_max",
+                )
+                want, got = await both(
+                    store.submit(batch, now, limit), model.submit, batch, now, limit
+                )
             elif op == "cancel":
                 want, got = await both(store.cancel(task_id, now), model.cancel, task_id, now)
             elif op == "retry":
