@@ -13,6 +13,8 @@ fenced: any node takes them.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 from collections import deque
 from collections.abc import Sequence
@@ -42,6 +44,22 @@ class SubmitError(ValueError):
         self.index = index
 
 
+class IdempotencyConflict(SubmitError):
+    """An idempotency key already stands for a task of another definition (HTTP 409): a key may
+    only be resent with the same task, or a client's bug would pass for a resend."""
+
+    def __init__(self, key: str, task_id: str, index: int) -> None:
+        super().__init__(
+            "idempotency_key",
+            f"idempotency key {key!r} already stands for task {task_id!r}, of another "
+            "definition (type, payload, priority, retries, timeout, backoff or depends_on); "
+            "resend a key only with the same task",
+            index,
+        )
+        self.key = key
+        self.task_id = task_id
+
+
 class QueueFull(SubmitError):
     """The live backlog (queued + pending tasks) would pass the limit (HTTP 503: try later)."""
 
@@ -54,6 +72,65 @@ class QueueFull(SubmitError):
         self.backlog = backlog
         self.created = created
         self.limit = limit
+
+
+def _canonical_value(text: str) -> object:
+    return json.loads(text)
+
+
+def definition_fingerprint(
+    type_name: str,
+    payload_json: str,
+    priority: int,
+    max_retries: int,
+    backoff_base_ms: int,
+    backoff_cap_ms: int,
+    timeout_ms: int,
+    depends_on: Sequence[str],
+) -> str:
+    """What an idempotency key's resend must match, as a short digest: the task's definition
+    with the payload as a JSON value (key order and spacing do not count; 1 and 1.0 do), and
+    without the start time (a resend computes a new run_at). The Redis store keeps it in the
+    hash of a task with a key and compares digests; :func:`same_definition` is the same test
+    on the values."""
+    canonical = json.dumps(
+        [
+            type_name,
+            _canonical_value(payload_json),
+            int(priority),
+            max_retries,
+            backoff_base_ms,
+            backoff_cap_ms,
+            timeout_ms,
+            list(depends_on),
+        ],
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.blake2b(canonical.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def _same_payload(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    dump = functools.partial(json.dumps, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return bool(dump(_canonical_value(a)) == dump(_canonical_value(b)))
+
+
+def same_definition(new: NewTask, earlier: NewTask | TaskRecord) -> bool:
+    """Whether ``new`` may reuse the idempotency key of ``earlier`` (definition_fingerprint's
+    test, field by field)."""
+    return (
+        new.type == earlier.type
+        and int(new.priority) == int(earlier.priority)
+        and new.max_retries == earlier.max_retries
+        and new.backoff_base_ms == earlier.backoff_base_ms
+        and new.backoff_cap_ms == earlier.backoff_cap_ms
+        and new.timeout_ms == earlier.timeout_ms
+        and tuple(new.depends_on) == tuple(earlier.depends_on)
+        and _same_payload(new.payload_json, earlier.payload_json)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,8 +247,9 @@ class StoreModel:
         self, batch: list[NewTask], now_ms: int, queued_tasks_max: int | None = None
     ) -> list[tuple[TaskRecord, bool]]:
         """Create every task of ``batch`` or none. Returns (record, created) per input, in order;
-        created is False where an idempotency key matched an earlier task. With
-        ``queued_tasks_max``, a batch that would take the queued + pending tasks past it is
+        created is False where an idempotency key matched an earlier task of the same definition
+        (:func:`same_definition`); another definition refuses the batch (IdempotencyConflict).
+        With ``queued_tasks_max``, a batch that would take the queued + pending tasks past it is
         refused (QueueFull), after the checks of its items."""
         batch_ids: set[str] = set()
         batch_keys: dict[str, int] = {}
@@ -179,6 +257,13 @@ class StoreModel:
         for i, new in enumerate(batch):
             key = new.idempotency_key
             if key and (key in self.idempotency or key in batch_keys):
+                earlier: NewTask | TaskRecord
+                if key in batch_keys:
+                    earlier = batch[batch_keys[key]]
+                else:
+                    earlier = self.tasks[self.idempotency[key]]
+                if not same_definition(new, earlier):
+                    raise IdempotencyConflict(key, earlier.id, i)
                 continue
             if new.id in self.tasks or new.id in batch_ids:
                 raise SubmitError("id", f"task id {new.id!r} already exists", i)

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from core.limits import Limits
 from core.priority import Priority
-from core.store_model import QueueFull, SubmitError, TaskRecord
+from core.store_model import IdempotencyConflict, QueueFull, SubmitError, TaskRecord
 from core.task import Status
 from node import tasks as task_registry
 from node.keys import CONFIG, METRICS, RUNTIME, STORE
@@ -231,6 +231,10 @@ def _refusal(exc: SubmitError, batch: bool) -> RequestError:
         # 503 with Retry-After (the middleware adds it): the same request may pass later.
         return RequestError(
             None, str(exc), 503, "queue_full", extra={"queued_tasks_max": exc.limit}
+        )
+    if isinstance(exc, IdempotencyConflict):
+        return RequestError(
+            field, str(exc), 409, "idempotency_conflict", extra={"task_id": exc.task_id}
         )
     return RequestError(field, str(exc))
 

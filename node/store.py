@@ -52,6 +52,7 @@ from core.effects import Expire, Lease, Promote
 from core.priority import Priority
 from core.store_model import (
     FENCED,
+    IdempotencyConflict,
     NewTask,
     QueueFull,
     SubmitError,
@@ -279,6 +280,8 @@ def _submit_answer(call: SubmitCall, reply: list[Any]) -> list[SubmitAnswer] | S
             return SubmitError("id", f"task id {value!r} already exists", int(index))
         if field_name == "depends_on":
             return SubmitError("depends_on", f"dependency {value!r} does not exist", int(index))
+        if field_name == "idempotency_key":
+            return IdempotencyConflict(value, reply[4], int(index))
         if field_name == "backlog" and limit is not None:
             return QueueFull(int(value), int(index), limit)
         raise StoreError(f"submit answered an unknown refusal {reply!r}")
@@ -609,7 +612,8 @@ class RedisStore:
         self, batch: list[NewTask], now_ms: int, queued_tasks_max: int | None = None
     ) -> list[tuple[TaskRecord, bool]]:
         """Create every task of ``batch`` or none (SubmitError names the first offender;
-        QueueFull when the queued and pending tasks would pass ``queued_tasks_max``).
+        IdempotencyConflict for a key of another definition, QueueFull when the queued and
+        pending tasks would pass ``queued_tasks_max``).
         Returns (record, created) per input; created is False where an idempotency key
         matched. Concurrent calls are group-committed; each batch stays all-or-none on its
         own."""

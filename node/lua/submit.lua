@@ -5,22 +5,25 @@
 --
 -- ARGV[1]: JSON [[now_ms, [task, ...], queued_max], ...] with task = [id, type, payload_json,
 --   priority, max_retries, backoff_base_ms, backoff_cap_ms, timeout_ms, run_at_ms,
---   idempotency_key, depends_on_json]. queued_max: a call whose new tasks would take the
---   queued + pending tasks past it is refused (-1: no limit). One argument per script rather
---   than a dozen per task: packing thousands of arguments was the costliest part of a batch on
---   the node, and cjson decodes in C. Numbers are integers below 2^53 (validation bounds
---   them), which cjson keeps exact; text() below writes them as digits. depends_on_json is
---   stored as sent ("[]" when empty).
+--   idempotency_key, depends_on_json, definition]. queued_max: a call whose new tasks would
+--   take the queued + pending tasks past it is refused (-1: no limit). definition: the
+--   fingerprint of the task's definition (core.store_model.definition_fingerprint) when it has
+--   a key, stored as its hash's "idem_def": a resend of the key must bring the same one. One
+--   argument per script rather than a dozen per task: packing thousands of arguments was the
+--   costliest part of a batch on the node, and cjson decodes in C. Numbers are integers below
+--   2^53 (validation bounds them), which cjson keeps exact; text() below writes them as
+--   digits. depends_on_json is stored as sent ("[]" when empty).
 --
 -- ARGV[2]: "quiet" to push to the inbox without ringing the bell (store.py sends it on every
 --   script of a pipelined flush but the last).
 --
 -- Answers one reply per call, in order: {"!", field, index0, value} for a refused call (nothing
--- of it written; {"!", "backlog", created, backlog} for a call over its queued_max), else
--- {"ok", first_seq, codes, HGETALL...}: codes has one letter per task, "q" (created queued),
--- "p" (created pending) or "=" (its idempotency key matched an earlier task, whose HGETALL
--- follows, in order); created tasks take the sequence numbers first_seq, first_seq + 1, ...
--- in order.
+-- of it written; {"!", "idempotency_key", index0, key, earlier_id} for a key that stands for a
+-- task of another definition, {"!", "backlog", created, backlog} for a call over its
+-- queued_max), else {"ok", first_seq, codes, HGETALL...}: codes has one letter per task, "q"
+-- (created queued), "p" (created pending) or "=" (its idempotency key matched an earlier task
+-- of the same definition, whose HGETALL follows, in order); created tasks take the sequence
+-- numbers first_seq, first_seq + 1, ... in order.
 local calls = cjson.decode(ARGV[1])
 local EMPTY = {}
 
@@ -60,14 +63,20 @@ end
 -- The model's checks, item by item in order: the first offender names the error. Only run when
 -- the bulk checks below found something to name (or could not rule it out). ``idem`` answers
 -- the task id an idempotency key already stands for (stored before this script or made by an
--- earlier call in it); existence is read from Redis, which holds the earlier calls' writes.
-local function first_offender(tasks, idem)
+-- earlier call in it), ``conflict`` whether a task's key stands for another definition;
+-- existence is read from Redis, which holds the earlier calls' writes.
+local function first_offender(tasks, idem, conflict)
   local batch_ids = {}
   local batch_keys = {}
   for i, t in ipairs(tasks) do
     local id, key = t[1], t[10]
     local known = key ~= "" and (batch_keys[key] or idem(key))
-    if not known then
+    if known then
+      local earlier_id = conflict(t, batch_keys)
+      if earlier_id then
+        return { "!", "idempotency_key", i - 1, key, earlier_id }
+      end
+    else
       if batch_ids[id] or redis.call("EXISTS", tkey(id)) == 1 then
         return { "!", "id", i - 1, id }
       end
@@ -78,7 +87,7 @@ local function first_offender(tasks, idem)
       end
       batch_ids[id] = true
       if key ~= "" then
-        batch_keys[key] = true
+        batch_keys[key] = t
       end
     end
   end
@@ -129,11 +138,43 @@ if limited then
 end
 local made_live = 0
 
--- What this script's calls made so far: key -> id, and id -> true.
+-- What this script's calls made so far: key -> id, key -> definition, and id -> true.
 local made_keys = {}
+local made_defs = {}
 local made_ids = {}
 local function idem(key)
   return stored_idem[key] or made_keys[key]
+end
+
+-- The definition an idempotency key stands for, from a stored task (read once per key; ""
+-- for a task stored before definitions were: it matches anything, as every resend used to).
+local stored_defs = {}
+local function stored_def(key)
+  local d = stored_defs[key]
+  if d == nil then
+    d = redis.call("HGET", tkey(stored_idem[key]), "idem_def") or ""
+    stored_defs[key] = d
+  end
+  return d
+end
+
+-- For a task whose key is known (earlier in its batch, made by an earlier call, or stored):
+-- the id of the task the key stands for if that task's definition differs, else nil.
+local function conflict(t, batch_keys)
+  local key = t[10]
+  local earlier = batch_keys[key]
+  local earlier_id, def
+  if earlier then
+    earlier_id, def = earlier[1], earlier[12]
+  elseif made_keys[key] then
+    earlier_id, def = made_keys[key], made_defs[key]
+  else
+    earlier_id, def = stored_idem[key], stored_def(key)
+  end
+  if def ~= "" and def ~= t[12] then
+    return earlier_id
+  end
+  return nil
 end
 
 -- Index writes, gathered over every call and sent at the end (no check reads them).
@@ -159,7 +200,11 @@ for c, call in ipairs(calls) do
     local id, key = t[1], t[10]
     t.deps = t[11] == "[]" and EMPTY or cjson.decode(t[11])
     local known = key ~= "" and (batch_keys[key] or idem(key))
-    if not known then
+    if known then
+      if conflict(t, batch_keys) then
+        doubt = true
+      end
+    else
       if batch_ids[id] or made_ids[id] then
         doubt = true
       end
@@ -170,14 +215,14 @@ for c, call in ipairs(calls) do
       end
       batch_ids[id] = true
       if key ~= "" then
-        batch_keys[key] = true
+        batch_keys[key] = t
       end
       created = created + 1
     end
   end
   local refused = nil
   if doubt or exists_count(dep_keys) ~= #dep_keys then
-    refused = first_offender(tasks, idem)
+    refused = first_offender(tasks, idem, conflict)
   end
   -- The backlog limit, once the tasks themselves are fine (a refusal that says what to fix
   -- comes before one that says "later").
@@ -223,6 +268,9 @@ for c, call in ipairs(calls) do
           "attempt", "0", "failures", "0", "lease_expiries", "0", "started_ms", "0",
           "finished_ms", "0", "lease_node", "", "lease_deadline_ms", "0", "result_json", "",
           "error", "{}", "version", "1")
+        if key ~= "" then
+          redis.call("HSET", tkey(id), "idem_def", t[12])
+        end
         made_ids[id] = true
         all[#all + 1] = seq_text
         all[#all + 1] = id
@@ -237,6 +285,7 @@ for c, call in ipairs(calls) do
         end
         if key ~= "" then
           made_keys[key] = id
+          made_defs[key] = t[12]
           idem_new[#idem_new + 1] = key
           idem_new[#idem_new + 1] = id
         end

@@ -158,12 +158,48 @@ async def test_delayed_submission_is_pending_with_run_at(client: Client) -> None
 async def test_idempotency_key_answers_the_first_task(
     client: Client, store: RedisStore, runtime: StubRuntime
 ) -> None:
-    body = {"type": "echo", "payload": 1, "idempotency_key": "order-42"}
+    body = {"type": "echo", "payload": {"a": 1, "b": [2]}, "idempotency_key": "order-42"}
     status1, first = await post(client, "/v1/tasks", body)
-    status2, again = await post(client, "/v1/tasks", {**body, "payload": 2})
+    # The same task (payload keys in another order, another delay): the first, unchanged.
+    resend = {**body, "payload": {"b": [2], "a": 1}, "delay_s": 5}
+    status2, again = await post(client, "/v1/tasks", resend)
     assert (status1, status2) == (201, 200)
-    assert again["id"] == first["id"]
-    assert again["payload"] == 1
+    assert again == first
+    assert await all_ids(store) == [first["id"]]
+    assert runtime.changed == [[first["id"]]]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"payload": {"a": 2, "b": [2]}},
+        {"type": "noop"},
+        {"priority": "high"},
+        {"max_retries": 0},
+        {"timeout_s": 1},
+        {"backoff_base_s": 0.5},
+        {"depends_on": "first"},
+    ],
+)
+async def test_idempotency_key_with_another_task_is_409(
+    client: Client, store: RedisStore, runtime: StubRuntime, change: dict[str, Any]
+) -> None:
+    body = {"type": "echo", "payload": {"a": 1, "b": [2]}, "idempotency_key": "order-42"}
+    _, first = await post(client, "/v1/tasks", body)
+    if change.get("depends_on") == "first":
+        change = {"depends_on": [first["id"]]}
+    status, answer = await post(client, "/v1/tasks", {**body, **change})
+    assert status == 409
+    error = error_of(answer)
+    assert error["code"] == "idempotency_conflict"
+    assert error["field"] == "idempotency_key"
+    assert error["task_id"] == first["id"] and "order-42" in error["message"]
+    assert await all_ids(store) == [first["id"]]
+    # In a batch: refused whole, nothing of it written, the item named.
+    tasks = [{"type": "echo"}, {**body, **change}]
+    status, answer = await post(client, "/v1/tasks/batch", {"tasks": tasks})
+    assert status == 409
+    assert error_of(answer)["field"] == "tasks[1].idempotency_key"
     assert await all_ids(store) == [first["id"]]
     assert runtime.changed == [[first["id"]]]
 

@@ -20,6 +20,7 @@ from core.effects import Expire, Lease, Promote
 from core.priority import Priority
 from core.store_model import (
     FENCED,
+    IdempotencyConflict,
     NewTask,
     QueueFull,
     StoreModel,
@@ -205,6 +206,71 @@ async def test_idempotency_key_answers_the_earlier_task(store: RedisStore) -> No
     assert [(r.id, c) for r, c in out] == [("d", True), ("d", False)]
     assert await store.get("b") is None and await store.get("e") is None
     assert (await store.redis.get(store.key("seq"))) == "3"
+
+
+async def test_idempotency_key_with_another_definition_is_refused(store: RedisStore) -> None:
+    [(first, _)] = await store.submit(
+        [new("a", payload_json='{"x": 1, "y": [2]}', idempotency_key="k")], NOW
+    )
+    # The same task: payload keys in another order and spacing, another start time.
+    again = new("b", payload_json='{"y":[2],"x":1}', run_at_ms=NOW + 5, idempotency_key="k")
+    assert await store.submit([again], NOW + 1) == [(first, False)]
+    before = await snapshot(store.redis, store.base)
+    changes: list[dict[str, Any]] = [
+        {"payload_json": '{"x": 1, "y": [3]}'},
+        {"payload_json": '{"x": 1.0, "y": [2]}'},
+        {"type": "noop"},
+        {"priority": Priority.HIGH},
+        {"max_retries": 4},
+        {"timeout_ms": 1},
+        {"backoff_base_ms": 1},
+        {"backoff_cap_ms": 1},
+        {"depends_on": ("a",)},
+    ]
+    for change in changes:
+        kw = {"payload_json": '{"x": 1, "y": [2]}', **change}
+        # A new task first in the batch: refused with the conflict, so not written either.
+        batch = [new("fresh"), new("c", idempotency_key="k", **kw)]
+        with pytest.raises(IdempotencyConflict) as refused:
+            await store.submit(batch, NOW)
+        assert (refused.value.field, refused.value.index) == ("idempotency_key", 1), change
+        assert refused.value.task_id == "a"
+        assert await snapshot(store.redis, store.base) == before, change
+        model = StoreModel()
+        model.submit([new("a", payload_json='{"x": 1, "y": [2]}', idempotency_key="k")], NOW)
+        with pytest.raises(IdempotencyConflict) as expected:
+            model.submit(batch, NOW)
+        assert str(refused.value) == str(expected.value)
+
+
+async def test_idempotency_conflict_inside_one_batch_and_across_calls(store: RedisStore) -> None:
+    # Two inputs with one new key in one batch must be one task too.
+    with pytest.raises(IdempotencyConflict) as refused:
+        await store.submit(
+            [new("a", idempotency_key="k"), new("b", idempotency_key="k", max_retries=0)], NOW
+        )
+    assert refused.value.index == 1 and refused.value.task_id == "a"
+    assert await store.get("a") is None
+    # In one flush: the first call makes the key, the second conflicts with it, the third
+    # resends it right; each call on its own.
+    results = await asyncio.gather(
+        store.submit([new("c", idempotency_key="j")], NOW),
+        store.submit([new("d"), new("e", idempotency_key="j", type="noop")], NOW),
+        store.submit([new("f", idempotency_key="j")], NOW),
+        return_exceptions=True,
+    )
+    assert not isinstance(results[0], BaseException) and results[0][0][0].id == "c"
+    assert isinstance(results[1], IdempotencyConflict) and results[1].task_id == "c"
+    assert not isinstance(results[2], BaseException) and results[2] == [(results[0][0][0], False)]
+    assert await store.get("d") is None
+    check_indexes(await snapshot(store.redis, store.base), store.base)
+
+
+async def test_a_task_stored_without_a_definition_matches_any_resend(store: RedisStore) -> None:
+    # Tasks written before definitions were stored: a resend is answered as it used to be.
+    [(first, _)] = await store.submit([new("a", idempotency_key="k")], NOW)
+    await store.redis.hdel(store.key("t", "a"), "idem_def")
+    assert await store.submit([new("b", type="noop", idempotency_key="k")], NOW) == [(first, False)]
 
 
 async def test_queued_tasks_max_refuses_a_batch_over_the_backlog(store: RedisStore) -> None:

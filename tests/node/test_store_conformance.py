@@ -40,7 +40,9 @@ START_MS = 1_700_000_000_000
 IDS = ["t0", "t1", "t2", "t3", "t4", "é", "x:1"]
 NODES = ["n1", "n2"]
 KEYS = ["", "", "k1", "k2", "k3"]
-PAYLOADS = ["null", '{"a": 1}', '"ü"', "[1, 2.5]"]
+# Two spellings of one value (key order, spacing): an idempotency key resent with either is the
+# same task; 1 and 1.0 are not.
+PAYLOADS = ["null", '{"a": 1}', '"ü"', "[1, 2.5]", '{"a":1,"b":[2]}', '{"b": [2], "a": 1}', "1.0"]
 _prefixes = itertools.count()
 
 
@@ -189,6 +191,47 @@ def batch_st(draw: st.DrawFn, model: StoreModel, now: int) -> list[NewTask]:
             # so give it an id that may well be taken.
             key = batch[-1].idempotency_key or "k3"
             task_id = draw(st.sampled_from(IDS))
+        # A resend: the definition of the task the key stands for (earlier in this batch or
+        # stored), mostly as it was (answered with that task), sometimes with one field
+        # changed (a conflict, refusing the batch), with a new start time either way.
+        earlier: NewTask | TaskRecord | None = (
+            model.tasks[model.idempotency[key]]
+            if key in model.idempotency
+            else next((t for t in batch if key and t.idempotency_key == key), None)
+        )
+        if earlier is not None and draw(st.integers(0, 2)) > 0:
+            resend = NewTask(
+                id=task_id,
+                type=earlier.type,
+                payload_json=earlier.payload_json,
+                priority=earlier.priority,
+                max_retries=earlier.max_retries,
+                backoff_base_ms=earlier.backoff_base_ms,
+                backoff_cap_ms=earlier.backoff_cap_ms,
+                timeout_ms=earlier.timeout_ms,
+                run_at_ms=draw(st.sampled_from([0, now + 1, earlier.run_at_ms])),
+                depends_on=tuple(earlier.depends_on),
+                idempotency_key=key,
+            )
+            change = draw(
+                st.sampled_from(
+                    ["", "", "", "", "payload", "type", "priority", "timeout", "deps", "cap"]
+                )
+            )
+            if change == "payload":
+                resend = dataclasses.replace(resend, payload_json=draw(st.sampled_from(PAYLOADS)))
+            elif change == "type":
+                resend = dataclasses.replace(resend, type="b" if earlier.type == "a" else "a")
+            elif change == "priority":
+                resend = dataclasses.replace(resend, priority=draw(st.sampled_from(Priority)))
+            elif change == "timeout":
+                resend = dataclasses.replace(resend, timeout_ms=earlier.timeout_ms + 1)
+            elif change == "deps":
+                resend = dataclasses.replace(resend, depends_on=(*earlier.depends_on, "t0"))
+            elif change == "cap":
+                resend = dataclasses.replace(resend, backoff_cap_ms=earlier.backoff_cap_ms + 1)
+            batch.append(resend)
+            continue
         known = sorted(model.tasks) + [t.id for t in batch]
         done = sorted(t for t, r in model.tasks.items() if r.status is Status.SUCCEEDED)
         # Mostly no dependency (queued at once, so work flows); else mostly ones that already

@@ -60,7 +60,13 @@ CASES: dict[str, list[list[NewTask]]] = {
         [new("a0")],
         [new("a1", idempotency_key="k")],
         [new("a2", idempotency_key="k"), new("a3")],
-        [new("a4", idempotency_key="k", depends_on=("a1",))],
+        [new("a4", idempotency_key="k", run_at_ms=NOW + 1)],
+    ],
+    "a key resent with another task is refused, in the call that made it and in later ones": [
+        [new("e1", idempotency_key="ke"), new("e2", idempotency_key="ke", type="noop")],
+        [new("e3", idempotency_key="ke")],
+        [new("e4"), new("e5", idempotency_key="ke", payload_json="1")],
+        [new("e6", idempotency_key="ke", payload_json="null")],
     ],
     "a refused call between good ones writes nothing and leaves them be": [
         [new("b1"), new("b2")],
