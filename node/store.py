@@ -8,7 +8,11 @@ which is safe because a NOSCRIPT call ran nothing.
 
 Key layout (``B`` is ``{prefix}``, a hash tag, so one Redis Cluster slot holds every key)::
 
-    B:t:<id>        task hash: every TaskRecord field (depends_on and error as JSON text)
+    B:t:<id>        task hash: the TaskRecord fields (depends_on and error as JSON text) that
+                    do not hold their default (attempt, failures, lease_expiries, started_ms,
+                    finished_ms, lease_node, lease_deadline_ms, result_json, error,
+                    depends_on, idempotency_key: readers fill those in), and idem_def, the
+                    definition fingerprint of a task with an idempotency key
     B:seq           submission counter (INCR), FIFO order within a priority
     B:epoch         fencing epoch: the newest leader term seen
     B:inbox         list of task ids whose change the leader has not read yet
@@ -199,8 +203,10 @@ def _deps(text: str) -> tuple[str, ...]:
 
 
 def _record(flat: Sequence[str]) -> TaskRecord:
-    """A TaskRecord from a task hash's HGETALL (flat field, value list)."""
+    """A TaskRecord from a task hash's HGETALL (flat field, value list). A field the hash
+    leaves out holds its default (DEFAULTS in _lib.lua: submit writes none of those)."""
     h = dict(zip(flat[::2], flat[1::2], strict=True))
+    g = h.get
     return TaskRecord(
         id=h["id"],
         type=h["type"],
@@ -213,21 +219,25 @@ def _record(flat: Sequence[str]) -> TaskRecord:
         backoff_cap_ms=int(h["backoff_cap_ms"]),
         timeout_ms=int(h["timeout_ms"]),
         run_at_ms=int(h["run_at_ms"]),
-        depends_on=_deps(h["depends_on"]),
-        idempotency_key=h["idempotency_key"],
+        depends_on=_deps(g("depends_on", "[]")),
+        idempotency_key=g("idempotency_key", ""),
         created_ms=int(h["created_ms"]),
         updated_ms=int(h["updated_ms"]),
-        attempt=_ints(h["attempt"]),
-        failures=_ints(h["failures"]),
-        lease_expiries=_ints(h["lease_expiries"]),
-        started_ms=_ints(h["started_ms"]),
-        finished_ms=_ints(h["finished_ms"]),
-        lease_node=h["lease_node"],
-        lease_deadline_ms=_ints(h["lease_deadline_ms"]),
-        result_json=h["result_json"],
-        error=json.loads(h["error"]) if h["error"] != "{}" else {},
+        attempt=_ints(g("attempt", "")),
+        failures=_ints(g("failures", "")),
+        lease_expiries=_ints(g("lease_expiries", "")),
+        started_ms=_ints(g("started_ms", "")),
+        finished_ms=_ints(g("finished_ms", "")),
+        lease_node=g("lease_node", ""),
+        lease_deadline_ms=_ints(g("lease_deadline_ms", "")),
+        result_json=g("result_json", ""),
+        error=_error(g("error", "{}")),
         version=int(h["version"]),
     )
+
+
+def _error(text: str) -> dict[str, str]:
+    return json.loads(text) if text != "{}" else {}
 
 
 # Dict lookups, not Enum calls: a rebuild parses a million of these.

@@ -89,13 +89,13 @@ def check_indexes(snap: dict[str, Any], base: str) -> None:
         )
         assert int(qn.get(str(int(p)), 0)) == expect_n
     idem = snap.get(f"{base}:idem", ("hash", {}))[1]
-    assert idem == {h["idempotency_key"]: i for i, h in tasks.items() if h["idempotency_key"]}
+    assert idem == {h["idempotency_key"]: i for i, h in tasks.items() if h.get("idempotency_key")}
     # Reverse dependencies: every existing task's set names exactly the tasks that depend on it.
     # Only those submitted after it: an id swept and then submitted anew (tests reuse ids; the
     # API makes uuids) is another task, which the earlier dependants never named.
     dependants: dict[str, set[str]] = {}
     for i, h in tasks.items():
-        for dep in json.loads(h["depends_on"]):
+        for dep in json.loads(h.get("depends_on", "[]")):
             if dep in tasks and int(tasks[dep]["seq"]) < int(h["seq"]):
                 dependants.setdefault(dep, set()).add(i)
     rd = {
@@ -155,6 +155,71 @@ async def test_submit_creates_task_with_every_field_and_index(store: RedisStore)
     assert snap["{ds}:seq"] == ("string", "1")
     check_indexes(snap, store.base)
     assert (await store.counts())["queued"] == {"high": 1, "medium": 0, "low": 0}
+
+
+# What submit writes of a task: only the fields that do not hold their default.
+_SUBMITTED_FIELDS = {
+    "id", "type", "payload_json", "priority", "seq", "status", "max_retries",
+    "backoff_base_ms", "backoff_cap_ms", "timeout_ms", "run_at_ms", "created_ms", "updated_ms",
+    "version",
+}  # fmt: skip
+# The defaults the hash leaves out, as the full hash of earlier versions stored them.
+_DEFAULT_FIELDS = {
+    "attempt": "0", "failures": "0", "lease_expiries": "0", "started_ms": "0",
+    "finished_ms": "0", "lease_node": "", "lease_deadline_ms": "0", "result_json": "",
+    "error": "{}", "depends_on": "[]", "idempotency_key": "",
+}  # fmt: skip
+
+
+async def test_submit_leaves_default_fields_out_of_the_hash(store: RedisStore) -> None:
+    await store.submit([new("a"), new("b", depends_on=("a",), idempotency_key="k")], NOW)
+    assert set(await store.redis.hkeys(store.key("t", "a"))) == _SUBMITTED_FIELDS
+    assert set(await store.redis.hkeys(store.key("t", "b"))) == _SUBMITTED_FIELDS | {
+        "depends_on",
+        "idempotency_key",
+        "idem_def",
+    }
+
+
+async def test_a_full_hash_and_a_slim_one_read_and_change_alike(redis_url: str) -> None:
+    # Tasks stored with every field (earlier versions) and without the defaults answer the
+    # same to every read and to every change, as the model does.
+    async def run(fill: bool) -> list[object]:
+        s = await RedisStore.connect(redis_url, prefix=f"fill{int(fill)}")
+        try:
+            await s.submit([new("a"), new("b", depends_on=("a",)), new("c")], NOW)
+            if fill:
+                for task_id in ("a", "b", "c"):
+                    for field, value in _DEFAULT_FIELDS.items():
+                        await s.redis.hsetnx(s.key("t", task_id), field, value)
+                assert await s.redis.hlen(s.key("t", "a")) == 25
+            out: list[object] = [await s.get(t) for t in ("a", "b", "c")]
+            assert await s.raise_epoch(1)
+            out.append(await s.drain(1, 10))
+            out.append([x async for x in s.live_states()])
+            out.append(await s.apply([Lease(1, "a", "n1", NOW + 1000, NOW)]))
+            out.append(await s.take("n1"))
+            out.append(await s.heartbeat(Heartbeat("a", 1, "n1", NOW + 2000, NOW + 1)))
+            out.append(
+                await s.finish(
+                    finish("a", 1, "n1", Status.SUCCEEDED, failures=0, run_at_ms=0, result=[1])
+                )
+            )
+            out.append(await s.apply([Promote(1, "b", NOW + 20)]))
+            out.append(await s.cancel("c", NOW + 30))
+            out.append(await s.retry("c", NOW + 40))
+            out.append(await s.list_tasks())
+            out.append(await s.counts())
+            check_indexes(await snapshot(s.redis, s.base), s.base)
+            return out
+        finally:
+            await s.close()
+
+    slim, full = await run(False), await run(True)
+    assert slim == full
+    model = StoreModel()
+    model.submit([new("a"), new("b", depends_on=("a",)), new("c")], NOW)
+    assert slim[:3] == [model.tasks[t] for t in ("a", "b", "c")]
 
 
 async def test_submit_pending_for_delay_and_unfinished_dependency(store: RedisStore) -> None:
