@@ -26,7 +26,9 @@ class Limits:
     # Backoff: exponential from base, capped; jittered so retries of one failure burst spread out.
     backoff_base_ms_max: int = 3600 * 1000
     backoff_cap_ms_max: int = 7 * 24 * 3600 * 1000
-    # How many queued tasks one node's heap may hold before submissions are refused (HTTP 503).
+    # Live backlog of the whole cluster (queued + pending tasks, as Redis counts them): a
+    # submission that would take it past this is refused whole (HTTP 503, Retry-After). Checked
+    # in the submit script, so submitters on several nodes cannot pass it together.
     queued_tasks_max: int = 10_000_000
     # A page of GET /v1/tasks.
     page_tasks_max: int = 1000

@@ -13,6 +13,8 @@ fenced: any node takes them.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 from collections import deque
 from collections.abc import Sequence
@@ -33,12 +35,102 @@ class StoreUnavailable(Exception):
 
 
 class SubmitError(ValueError):
-    """A submission refused as a whole; ``field`` names the offending input."""
+    """A submission refused as a whole; ``field`` names the offending input (None: the
+    submission as a whole), ``index`` the offending task of the batch."""
 
-    def __init__(self, field_name: str, message: str, index: int | None = None) -> None:
+    def __init__(self, field_name: str | None, message: str, index: int | None = None) -> None:
         super().__init__(message)
         self.field = field_name
         self.index = index
+
+
+class IdempotencyConflict(SubmitError):
+    """An idempotency key already stands for a task of another definition (HTTP 409): a key may
+    only be resent with the same task, or a client's bug would pass for a resend."""
+
+    def __init__(self, key: str, task_id: str, index: int) -> None:
+        super().__init__(
+            "idempotency_key",
+            f"idempotency key {key!r} already stands for task {task_id!r}, of another "
+            "definition (type, payload, priority, retries, timeout, backoff or depends_on); "
+            "resend a key only with the same task",
+            index,
+        )
+        self.key = key
+        self.task_id = task_id
+
+
+class QueueFull(SubmitError):
+    """The live backlog (queued + pending tasks) would pass the limit (HTTP 503: try later)."""
+
+    def __init__(self, backlog: int, created: int, limit: int) -> None:
+        super().__init__(
+            None,
+            f"the queue is full: {backlog} tasks are queued or pending and {created} more would "
+            f"pass the limit of {limit}; try again later",
+        )
+        self.backlog = backlog
+        self.created = created
+        self.limit = limit
+
+
+def _canonical_value(text: str) -> object:
+    return json.loads(text)
+
+
+def definition_fingerprint(
+    type_name: str,
+    payload_json: str,
+    priority: int,
+    max_retries: int,
+    backoff_base_ms: int,
+    backoff_cap_ms: int,
+    timeout_ms: int,
+    depends_on: Sequence[str],
+) -> str:
+    """What an idempotency key's resend must match, as a short digest: the task's definition
+    with the payload as a JSON value (key order and spacing do not count; 1 and 1.0 do), and
+    without the start time (a resend computes a new run_at). The Redis store keeps it in the
+    hash of a task with a key and compares digests; :func:`same_definition` is the same test
+    on the values."""
+    canonical = json.dumps(
+        [
+            type_name,
+            _canonical_value(payload_json),
+            int(priority),
+            max_retries,
+            backoff_base_ms,
+            backoff_cap_ms,
+            timeout_ms,
+            list(depends_on),
+        ],
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.blake2b(canonical.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def _same_payload(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    dump = functools.partial(json.dumps, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return bool(dump(_canonical_value(a)) == dump(_canonical_value(b)))
+
+
+def same_definition(new: NewTask, earlier: NewTask | TaskRecord) -> bool:
+    """Whether ``new`` may reuse the idempotency key of ``earlier`` (definition_fingerprint's
+    test, field by field)."""
+    return (
+        new.type == earlier.type
+        and int(new.priority) == int(earlier.priority)
+        and new.max_retries == earlier.max_retries
+        and new.backoff_base_ms == earlier.backoff_base_ms
+        and new.backoff_cap_ms == earlier.backoff_cap_ms
+        and new.timeout_ms == earlier.timeout_ms
+        and tuple(new.depends_on) == tuple(earlier.depends_on)
+        and _same_payload(new.payload_json, earlier.payload_json)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,15 +243,27 @@ class StoreModel:
         self.assignments: dict[str, deque[tuple[str, int]]] = {}
 
     # ------------------------------------------------------------------ clients (any node)
-    def submit(self, batch: list[NewTask], now_ms: int) -> list[tuple[TaskRecord, bool]]:
+    def submit(
+        self, batch: list[NewTask], now_ms: int, queued_tasks_max: int | None = None
+    ) -> list[tuple[TaskRecord, bool]]:
         """Create every task of ``batch`` or none. Returns (record, created) per input, in order;
-        created is False where an idempotency key matched an earlier task."""
+        created is False where an idempotency key matched an earlier task of the same definition
+        (:func:`same_definition`); another definition refuses the batch (IdempotencyConflict).
+        With ``queued_tasks_max``, a batch that would take the queued + pending tasks past it is
+        refused (QueueFull), after the checks of its items."""
         batch_ids: set[str] = set()
         batch_keys: dict[str, int] = {}
+        created = 0
         for i, new in enumerate(batch):
-            if new.idempotency_key and (
-                new.idempotency_key in self.idempotency or new.idempotency_key in batch_keys
-            ):
+            key = new.idempotency_key
+            if key and (key in self.idempotency or key in batch_keys):
+                earlier: NewTask | TaskRecord
+                if key in batch_keys:
+                    earlier = batch[batch_keys[key]]
+                else:
+                    earlier = self.tasks[self.idempotency[key]]
+                if not same_definition(new, earlier):
+                    raise IdempotencyConflict(key, earlier.id, i)
                 continue
             if new.id in self.tasks or new.id in batch_ids:
                 raise SubmitError("id", f"task id {new.id!r} already exists", i)
@@ -167,8 +271,15 @@ class StoreModel:
                 if dep not in self.tasks and dep not in batch_ids:
                     raise SubmitError("depends_on", f"dependency {dep!r} does not exist", i)
             batch_ids.add(new.id)
-            if new.idempotency_key:
-                batch_keys[new.idempotency_key] = i
+            created += 1
+            if key:
+                batch_keys[key] = i
+        if queued_tasks_max is not None and created:
+            backlog = sum(
+                1 for r in self.tasks.values() if r.status in (Status.QUEUED, Status.PENDING)
+            )
+            if backlog + created > queued_tasks_max:
+                raise QueueFull(backlog, created, queued_tasks_max)
         out: list[tuple[TaskRecord, bool]] = []
         for new in batch:
             key = new.idempotency_key

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from core.limits import Limits
 from core.priority import Priority
-from core.store_model import SubmitError, TaskRecord
+from core.store_model import IdempotencyConflict, QueueFull, SubmitError, TaskRecord
 from core.task import Status
 from node import tasks as task_registry
 from node.keys import CONFIG, METRICS, RUNTIME, STORE
@@ -221,6 +221,24 @@ def _conflict(record: TaskRecord, message: str) -> web.Response:
 _LABELS: dict[int, str] = {p: p.label for p in Priority}
 
 
+def _refusal(exc: SubmitError, batch: bool) -> RequestError:
+    """The store's refusal of a submission as the API's error: the field inside a batch is
+    named with its index (``tasks[3].depends_on``)."""
+    field = exc.field
+    if batch and field is not None and exc.index is not None:
+        field = f"tasks[{exc.index}].{field}"
+    if isinstance(exc, QueueFull):
+        # 503 with Retry-After (the middleware adds it): the same request may pass later.
+        return RequestError(
+            None, str(exc), 503, "queue_full", extra={"queued_tasks_max": exc.limit}
+        )
+    if isinstance(exc, IdempotencyConflict):
+        return RequestError(
+            field, str(exc), 409, "idempotency_conflict", extra={"task_id": exc.task_id}
+        )
+    return RequestError(field, str(exc))
+
+
 def _count_submitted(request: web.Request, rows: list[SubmitRow]) -> None:
     metrics = request.app[METRICS]
     by_label = Counter((row[TYPE], row[PRIORITY]) for row in rows)
@@ -236,9 +254,11 @@ async def submit_task(request: web.Request) -> web.Response:
     row = validate_task_row(await read_json(request), _intake(request))
     now = now_ms()
     try:
-        [answer] = await request.app[STORE].submit_rows([row], now)
+        [answer] = await request.app[STORE].submit_rows(
+            [row], now, _limits(request).queued_tasks_max
+        )
     except SubmitError as exc:
-        raise RequestError(exc.field, str(exc)) from None
+        raise _refusal(exc, batch=False) from None
     if isinstance(answer, TaskRecord):
         # The idempotency key matched: the first task, unchanged, and nothing new to wake for.
         return _json_response(task_json(answer), 200)
@@ -254,10 +274,9 @@ async def submit_batch(request: web.Request) -> web.Response:
     rows = validate_batch_rows(await read_json(request), _intake(request))
     now = now_ms()
     try:
-        answers = await request.app[STORE].submit_rows(rows, now)
+        answers = await request.app[STORE].submit_rows(rows, now, _limits(request).queued_tasks_max)
     except SubmitError as exc:
-        field = exc.field if exc.index is None else f"tasks[{exc.index}].{exc.field}"
-        raise RequestError(field, str(exc)) from None
+        raise _refusal(exc, batch=True) from None
     render = CreatedJson(now)
     tasks: list[str] = []
     created: list[SubmitRow] = []

@@ -99,6 +99,12 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=int(_env("PAYLOAD_BYTES_MAX", str(DEFAULT_LIMITS.payload_bytes_max))),
     )
+    a(
+        "--queued-tasks-max",
+        type=int,
+        default=int(_env("QUEUED_TASKS_MAX", str(DEFAULT_LIMITS.queued_tasks_max))),
+        help="refuse submissions (503) that would take queued + pending tasks past this",
+    )
     a("--log-level", default=_env("LOG_LEVEL", d.log_level))
 
 
@@ -108,7 +114,9 @@ def config_from_args(ns: argparse.Namespace) -> NodeConfig:
     if ns.fsync not in ("always", "everysec"):
         raise SystemExit("--fsync must be always or everysec")
     peers = tuple(p.strip() for p in ns.peers.split(",") if p.strip())
-    limits = Limits(payload_bytes_max=ns.payload_bytes_max)
+    if ns.queued_tasks_max < 0:
+        raise SystemExit("--queued-tasks-max must be >= 0")
+    limits = Limits(payload_bytes_max=ns.payload_bytes_max, queued_tasks_max=ns.queued_tasks_max)
     return NodeConfig(
         node_id=ns.node_id,
         http_host=ns.http_host,

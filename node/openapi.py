@@ -65,7 +65,18 @@ _TASK_ID = {
 
 def build_openapi(limits: Limits, task_types: list[str]) -> Schema:
     types = sorted(task_types)
-    submit_errors = _errors(400, 413, 415, 422, 503)
+    submit_errors = {
+        **_errors(400, 413, 415, 422, 503),
+        "409": _json(
+            ref("Error"),
+            "the idempotency key already stands for another task (code idempotency_conflict)",
+        ),
+        "503": _json(
+            ref("Error"),
+            "the queue is full (code queue_full: queued + pending tasks at queued_tasks_max), "
+            "the node is not accepting work or the store is unreachable (see Retry-After)",
+        ),
+    }
     list_params = [
         {
             "name": "status",

@@ -12,12 +12,14 @@ import json
 from typing import Final
 
 from core.priority import Priority
-from core.store_model import NewTask, TaskRecord
+from core.store_model import NewTask, TaskRecord, definition_fingerprint
 from core.task import Status
 
 # (id, type, payload_json, priority, max_retries, backoff_base_ms, backoff_cap_ms, timeout_ms,
-#  run_at_ms, idempotency_key, depends_on_json): the order submit.lua reads.
-SubmitRow = tuple[str, str, str, int, int, int, int, int, int, str, str]
+#  run_at_ms, idempotency_key, depends_on_json, definition): the order submit.lua reads.
+# definition is core.store_model.definition_fingerprint of the task when it has an idempotency
+# key (what a resend with that key must match), else "".
+SubmitRow = tuple[str, str, str, int, int, int, int, int, int, str, str, str]
 
 ID: Final = 0
 TYPE: Final = 1
@@ -30,6 +32,7 @@ TIMEOUT_MS: Final = 7
 RUN_AT_MS: Final = 8
 IDEMPOTENCY_KEY: Final = 9
 DEPENDS_ON_JSON: Final = 10
+DEFINITION: Final = 11
 
 NO_DEPS_JSON: Final = "[]"
 
@@ -67,6 +70,32 @@ def created_record(row: SubmitRow, seq: int, status: Status, now_ms: int) -> Tas
     )
 
 
+def row_definition(
+    type_name: str,
+    payload_json: str,
+    priority: int,
+    max_retries: int,
+    backoff_base_ms: int,
+    backoff_cap_ms: int,
+    timeout_ms: int,
+    depends_on: tuple[str, ...] | list[str],
+    idempotency_key: str,
+) -> str:
+    """The row's definition field: the fingerprint if it has a key (only those pay for it)."""
+    if not idempotency_key:
+        return ""
+    return definition_fingerprint(
+        type_name,
+        payload_json,
+        priority,
+        max_retries,
+        backoff_base_ms,
+        backoff_cap_ms,
+        timeout_ms,
+        depends_on,
+    )
+
+
 def row_of(new: NewTask) -> SubmitRow:
     return (
         new.id,
@@ -80,4 +109,15 @@ def row_of(new: NewTask) -> SubmitRow:
         new.run_at_ms,
         new.idempotency_key,
         deps_json(new.depends_on),
+        row_definition(
+            new.type,
+            new.payload_json,
+            int(new.priority),
+            new.max_retries,
+            new.backoff_base_ms,
+            new.backoff_cap_ms,
+            new.timeout_ms,
+            new.depends_on,
+            new.idempotency_key,
+        ),
     )

@@ -8,7 +8,11 @@ which is safe because a NOSCRIPT call ran nothing.
 
 Key layout (``B`` is ``{prefix}``, a hash tag, so one Redis Cluster slot holds every key)::
 
-    B:t:<id>        task hash: every TaskRecord field (depends_on and error as JSON text)
+    B:t:<id>        task hash: the TaskRecord fields (depends_on and error as JSON text) that
+                    do not hold their default (attempt, failures, lease_expiries, started_ms,
+                    finished_ms, lease_node, lease_deadline_ms, result_json, error,
+                    depends_on, idempotency_key: readers fill those in), and idem_def, the
+                    definition fingerprint of a task with an idempotency key
     B:seq           submission counter (INCR), FIFO order within a priority
     B:epoch         fencing epoch: the newest leader term seen
     B:inbox         list of task ids whose change the leader has not read yet
@@ -50,7 +54,15 @@ from redis.backoff import NoBackoff
 
 from core.effects import Expire, Lease, Promote
 from core.priority import Priority
-from core.store_model import FENCED, NewTask, SubmitError, Taken, TaskRecord
+from core.store_model import (
+    FENCED,
+    IdempotencyConflict,
+    NewTask,
+    QueueFull,
+    SubmitError,
+    Taken,
+    TaskRecord,
+)
 from core.store_model import StoreUnavailable as _CoreStoreUnavailable
 from core.task import Status, TaskState
 from core.worker import Finish, Heartbeat, Release
@@ -191,8 +203,10 @@ def _deps(text: str) -> tuple[str, ...]:
 
 
 def _record(flat: Sequence[str]) -> TaskRecord:
-    """A TaskRecord from a task hash's HGETALL (flat field, value list)."""
+    """A TaskRecord from a task hash's HGETALL (flat field, value list). A field the hash
+    leaves out holds its default (DEFAULTS in _lib.lua: submit writes none of those)."""
     h = dict(zip(flat[::2], flat[1::2], strict=True))
+    g = h.get
     return TaskRecord(
         id=h["id"],
         type=h["type"],
@@ -205,21 +219,25 @@ def _record(flat: Sequence[str]) -> TaskRecord:
         backoff_cap_ms=int(h["backoff_cap_ms"]),
         timeout_ms=int(h["timeout_ms"]),
         run_at_ms=int(h["run_at_ms"]),
-        depends_on=_deps(h["depends_on"]),
-        idempotency_key=h["idempotency_key"],
+        depends_on=_deps(g("depends_on", "[]")),
+        idempotency_key=g("idempotency_key", ""),
         created_ms=int(h["created_ms"]),
         updated_ms=int(h["updated_ms"]),
-        attempt=_ints(h["attempt"]),
-        failures=_ints(h["failures"]),
-        lease_expiries=_ints(h["lease_expiries"]),
-        started_ms=_ints(h["started_ms"]),
-        finished_ms=_ints(h["finished_ms"]),
-        lease_node=h["lease_node"],
-        lease_deadline_ms=_ints(h["lease_deadline_ms"]),
-        result_json=h["result_json"],
-        error=json.loads(h["error"]) if h["error"] != "{}" else {},
+        attempt=_ints(g("attempt", "")),
+        failures=_ints(g("failures", "")),
+        lease_expiries=_ints(g("lease_expiries", "")),
+        started_ms=_ints(g("started_ms", "")),
+        finished_ms=_ints(g("finished_ms", "")),
+        lease_node=g("lease_node", ""),
+        lease_deadline_ms=_ints(g("lease_deadline_ms", "")),
+        result_json=g("result_json", ""),
+        error=_error(g("error", "{}")),
         version=int(h["version"]),
     )
+
+
+def _error(text: str) -> dict[str, str]:
+    return json.loads(text) if text != "{}" else {}
 
 
 # Dict lookups, not Enum calls: a rebuild parses a million of these.
@@ -252,18 +270,31 @@ SubmitAnswer = tuple[int, Status] | TaskRecord
 _CREATED_STATUS: Final = {"q": Status.QUEUED, "p": Status.PENDING}
 
 
-def _submit_args(calls: Sequence[tuple[Sequence[SubmitRow], int]]) -> str:
+# One submit call: its rows, its now_ms and its queued_tasks_max (None: no limit).
+SubmitCall = tuple[list[SubmitRow], int, int | None]
+
+
+def _submit_args(calls: Sequence[SubmitCall]) -> str:
     """One flush of submit calls -> submit.lua's single JSON argument (raw UTF-8)."""
-    return orjson.dumps([[now_ms, rows] for rows, now_ms in calls]).decode()
+    return orjson.dumps(
+        [[now_ms, rows, -1 if limit is None else limit] for rows, now_ms, limit in calls]
+    ).decode()
 
 
-def _submit_answer(rows: Sequence[SubmitRow], reply: list[Any]) -> list[SubmitAnswer] | SubmitError:
+def _submit_answer(call: SubmitCall, reply: list[Any]) -> list[SubmitAnswer] | SubmitError:
     """One call's reply (see submit.lua) -> one answer per row, or the call's refusal."""
+    rows, _, limit = call
     if reply[0] == "!":
-        _, field_name, index, value = reply
+        field_name, index, value = reply[1], reply[2], reply[3]
         if field_name == "id":
             return SubmitError("id", f"task id {value!r} already exists", int(index))
-        return SubmitError("depends_on", f"dependency {value!r} does not exist", int(index))
+        if field_name == "depends_on":
+            return SubmitError("depends_on", f"dependency {value!r} does not exist", int(index))
+        if field_name == "idempotency_key":
+            return IdempotencyConflict(value, reply[4], int(index))
+        if field_name == "backlog" and limit is not None:
+            return QueueFull(int(value), int(index), limit)
+        raise StoreError(f"submit answered an unknown refusal {reply!r}")
     seq = int(reply[1])
     codes: str = reply[2]
     if len(codes) != len(rows):
@@ -428,7 +459,7 @@ class RedisStore:
         self.prefix = prefix
         self.base = "{" + prefix + "}"
         self.retention_ms = retention_ms
-        self._submits: _GroupCommit[tuple[list[SubmitRow], int], list[SubmitAnswer]] = _GroupCommit(
+        self._submits: _GroupCommit[SubmitCall, list[SubmitAnswer]] = _GroupCommit(
             self._flush_submits, lambda call: max(1, len(call[0])), group_commit_max
         )
         self._finishes: _GroupCommit[tuple[list[Finish], bool], list[bool | BaseException]] = (
@@ -587,11 +618,16 @@ class RedisStore:
         return replies
 
     # ------------------------------------------------------------------ clients (any node)
-    async def submit(self, batch: list[NewTask], now_ms: int) -> list[tuple[TaskRecord, bool]]:
-        """Create every task of ``batch`` or none (SubmitError names the first offender).
-        Returns (record, created) per input; created is False where an idempotency key matched.
-        Concurrent calls are group-committed; each batch stays all-or-none on its own."""
-        answers = await self.submit_rows([row_of(new) for new in batch], now_ms)
+    async def submit(
+        self, batch: list[NewTask], now_ms: int, queued_tasks_max: int | None = None
+    ) -> list[tuple[TaskRecord, bool]]:
+        """Create every task of ``batch`` or none (SubmitError names the first offender;
+        IdempotencyConflict for a key of another definition, QueueFull when the queued and
+        pending tasks would pass ``queued_tasks_max``).
+        Returns (record, created) per input; created is False where an idempotency key
+        matched. Concurrent calls are group-committed; each batch stays all-or-none on its
+        own."""
+        answers = await self.submit_rows([row_of(new) for new in batch], now_ms, queued_tasks_max)
         return [
             (answer, False)
             if isinstance(answer, TaskRecord)
@@ -599,23 +635,26 @@ class RedisStore:
             for new, answer in zip(batch, answers, strict=True)
         ]
 
-    async def submit_rows(self, rows: list[SubmitRow], now_ms: int) -> list[SubmitAnswer]:
+    async def submit_rows(
+        self, rows: list[SubmitRow], now_ms: int, queued_tasks_max: int | None = None
+    ) -> list[SubmitAnswer]:
         """:meth:`submit` for rows (node/rows.py), answering per row (seq, status) for a created
         task or the earlier TaskRecord its idempotency key matched: the API renders its answer
-        from these without building a record per created task."""
+        from these without building a record per created task. The limit is checked in the
+        script, against what Redis holds: submitters on several nodes cannot pass it together."""
         if not rows:
             return []
-        return await self._submits((rows, now_ms))
+        return await self._submits((rows, now_ms, queued_tasks_max))
 
     async def _flush_submits(
-        self, calls: list[tuple[list[SubmitRow], int]]
+        self, calls: list[SubmitCall]
     ) -> list[list[SubmitAnswer] | BaseException]:
         # One script call per chunk of calls: the calls run in it one after the other, each
         # all-or-none on its own, which is what one script per call did, in one EVALSHA with
         # one argument. Several chunks go in one pipeline, so still one round trip, and only the
         # last rings the leader's bell (a bell per script cost the leader a drain round each;
         # should the last fail, the leader's timed drain still finds the others' tasks).
-        chunks: list[list[tuple[list[SubmitRow], int]]] = [[]]
+        chunks: list[list[SubmitCall]] = [[]]
         tasks = 0
         for call in calls:
             if chunks[-1] and tasks + len(call[0]) > SUBMIT_SCRIPT_TASKS_MAX:
@@ -638,7 +677,7 @@ class RedisStore:
                 continue
             if len(reply) != len(chunk):
                 raise StoreError(f"submit answered {len(reply)} calls for {len(chunk)}")
-            out += [_submit_answer(rows, r) for (rows, _), r in zip(chunk, reply, strict=True)]
+            out += [_submit_answer(call, r) for call, r in zip(chunk, reply, strict=True)]
         return out
 
     async def cancel(self, task_id: str, now_ms: int) -> TaskRecord | None:

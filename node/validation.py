@@ -23,7 +23,7 @@ from typing import Any
 from core.limits import Limits
 from core.priority import Priority
 from core.store_model import NewTask
-from node.rows import SubmitRow, row_of
+from node.rows import SubmitRow, row_definition, row_of
 
 # Ids are server-made uuid4 hex (32 characters); this bound only keeps an absurd string from
 # reaching the store's scripts. A well-formed id that does not exist is the store's refusal.
@@ -408,7 +408,9 @@ TASK_FIELDS: tuple[FieldSpec, ...] = (
     ),
     FieldSpec(
         "idempotency_key",
-        "Submitting the same key again answers the first task (200), never a second one.",
+        "Submitting the same key again with the same task (type, payload, priority, retries, "
+        "timeout, backoff, depends_on; not the start time) answers the first task (200), never "
+        "a second one; with another task it is refused (409, idempotency_conflict).",
         _parse_idempotency_key,
         lambda lim, types: {
             "type": "string",
@@ -574,8 +576,8 @@ def _fast_row(obj: Any, c: _Compiled, now_ms: int, task_id: str) -> SubmitRow | 
     type_name = obj.get("type")
     if type(type_name) is not str or type_name not in c.types:
         return None
-    _, _, payload_json, priority, max_retries, base_ms, cap_ms, timeout_ms, run_at_ms, key, deps = (
-        _ROW_DEFAULTS
+    payload_json, priority, max_retries, base_ms, cap_ms, timeout_ms, run_at_ms, key, deps = (
+        _ROW_DEFAULTS[2:11]
     )
     payload = obj.get("payload")
     if payload is not None:
@@ -635,6 +637,11 @@ def _fast_row(obj: Any, c: _Compiled, now_ms: int, task_id: str) -> SubmitRow | 
         run_at_ms,
         key,
         deps,
+        row_definition(
+            type_name, payload_json, priority, max_retries, base_ms, cap_ms, timeout_ms, (), key
+        )
+        if key
+        else "",
     )
 
 

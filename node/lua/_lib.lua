@@ -29,6 +29,23 @@ local STATE_FIELDS = {
   "lease_node", "lease_deadline_ms", "failures", "lease_expiries", "version",
 }
 
+-- Fields a task hash leaves out while they hold their default (submit writes none of them:
+-- fewer fields make the submit's HSET and the hash much cheaper). Every read fills them in:
+-- load() and state() here, store.py's _record() for HGETALL answers. A writer may store a
+-- default or leave it out; readers cannot tell. (Also result_json "" and error "{}", which
+-- no script reads.)
+local DEFAULTS = {
+  attempt = "0", failures = "0", lease_expiries = "0", started_ms = "0", finished_ms = "0",
+  lease_node = "", lease_deadline_ms = "0", depends_on = "[]", idempotency_key = "",
+}
+-- The STATE_FIELDS that may be missing, by index.
+local STATE_DEFAULTS = {}
+for i, f in ipairs(STATE_FIELDS) do
+  if DEFAULTS[f] then
+    STATE_DEFAULTS[#STATE_DEFAULTS + 1] = { i, DEFAULTS[f] }
+  end
+end
+
 local function tkey(id)
   return B .. ":t:" .. id
 end
@@ -63,7 +80,7 @@ local function load(id)
   end
   local rec = { _w = {} }
   for i, f in ipairs(STATE_FIELDS) do
-    rec[f] = v[i]
+    rec[f] = v[i] or DEFAULTS[f]
   end
   return rec
 end
@@ -82,8 +99,17 @@ local function flush(id, rec)
   end
 end
 
+-- A task's state as _state() reads it, defaults filled in; v[1] is false if it does not exist.
 local function state(id)
-  return redis.call("HMGET", tkey(id), unpack(STATE_FIELDS))
+  local v = redis.call("HMGET", tkey(id), unpack(STATE_FIELDS))
+  if v[1] then
+    for _, d in ipairs(STATE_DEFAULTS) do
+      if not v[d[1]] then
+        v[d[1]] = d[2]
+      end
+    end
+  end
+  return v
 end
 
 -- state() of a loaded record, without reading the hash again (every field it holds is current:

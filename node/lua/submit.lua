@@ -3,21 +3,27 @@
 -- sees what an earlier one wrote (its idempotency keys, its tasks), and a refused call writes
 -- nothing and leaves the others be.
 --
--- ARGV[1]: JSON [[now_ms, [task, ...]], ...] with task = [id, type, payload_json, priority,
---   max_retries, backoff_base_ms, backoff_cap_ms, timeout_ms, run_at_ms, idempotency_key,
---   depends_on_json]. One argument per script rather than a dozen per task: packing thousands
---   of arguments was the costliest part of a batch on the node, and cjson decodes in C. Numbers
---   are integers below 2^53 (validation bounds them), which cjson keeps exact; text() below
---   writes them as digits. depends_on_json is stored as sent ("[]" when empty).
+-- ARGV[1]: JSON [[now_ms, [task, ...], queued_max], ...] with task = [id, type, payload_json,
+--   priority, max_retries, backoff_base_ms, backoff_cap_ms, timeout_ms, run_at_ms,
+--   idempotency_key, depends_on_json, definition]. queued_max: a call whose new tasks would
+--   take the queued + pending tasks past it is refused (-1: no limit). definition: the
+--   fingerprint of the task's definition (core.store_model.definition_fingerprint) when it has
+--   a key, stored as its hash's "idem_def": a resend of the key must bring the same one. One
+--   argument per script rather than a dozen per task: packing thousands of arguments was the
+--   costliest part of a batch on the node, and cjson decodes in C. Numbers are integers below
+--   2^53 (validation bounds them), which cjson keeps exact; text() below writes them as
+--   digits. depends_on_json is stored as sent ("[]" when empty).
 --
 -- ARGV[2]: "quiet" to push to the inbox without ringing the bell (store.py sends it on every
 --   script of a pipelined flush but the last).
 --
 -- Answers one reply per call, in order: {"!", field, index0, value} for a refused call (nothing
--- of it written), else {"ok", first_seq, codes, HGETALL...}: codes has one letter per task, "q"
--- (created queued), "p" (created pending) or "=" (its idempotency key matched an earlier task,
--- whose HGETALL follows, in order); created tasks take the sequence numbers first_seq,
--- first_seq + 1, ... in order.
+-- of it written; {"!", "idempotency_key", index0, key, earlier_id} for a key that stands for a
+-- task of another definition, {"!", "backlog", created, backlog} for a call over its
+-- queued_max), else {"ok", first_seq, codes, HGETALL...}: codes has one letter per task, "q"
+-- (created queued), "p" (created pending) or "=" (its idempotency key matched an earlier task
+-- of the same definition, whose HGETALL follows, in order); created tasks take the sequence
+-- numbers first_seq, first_seq + 1, ... in order.
 local calls = cjson.decode(ARGV[1])
 local EMPTY = {}
 
@@ -57,14 +63,20 @@ end
 -- The model's checks, item by item in order: the first offender names the error. Only run when
 -- the bulk checks below found something to name (or could not rule it out). ``idem`` answers
 -- the task id an idempotency key already stands for (stored before this script or made by an
--- earlier call in it); existence is read from Redis, which holds the earlier calls' writes.
-local function first_offender(tasks, idem)
+-- earlier call in it), ``conflict`` whether a task's key stands for another definition;
+-- existence is read from Redis, which holds the earlier calls' writes.
+local function first_offender(tasks, idem, conflict)
   local batch_ids = {}
   local batch_keys = {}
   for i, t in ipairs(tasks) do
     local id, key = t[1], t[10]
     local known = key ~= "" and (batch_keys[key] or idem(key))
-    if not known then
+    if known then
+      local earlier_id = conflict(t, batch_keys)
+      if earlier_id then
+        return { "!", "idempotency_key", i - 1, key, earlier_id }
+      end
+    else
       if batch_ids[id] or redis.call("EXISTS", tkey(id)) == 1 then
         return { "!", "id", i - 1, id }
       end
@@ -75,7 +87,7 @@ local function first_offender(tasks, idem)
       end
       batch_ids[id] = true
       if key ~= "" then
-        batch_keys[key] = true
+        batch_keys[key] = t
       end
     end
   end
@@ -88,8 +100,12 @@ end
 local all_ids = {}
 local all_keys = {}
 local tasks_total = 0
+local limited = false
 for _, call in ipairs(calls) do
   tasks_total = tasks_total + #call[2]
+  if call[3] and call[3] >= 0 then
+    limited = true
+  end
   for _, t in ipairs(call[2]) do
     all_ids[#all_ids + 1] = tkey(t[1])
     if t[10] ~= "" then
@@ -113,11 +129,52 @@ end
 local seq_next = nil
 local seq_reserved_last = nil
 
--- What this script's calls made so far: key -> id, and id -> true.
+-- The live backlog (queued + pending) before this script: its own status ZSET entries are
+-- written at the end, so the ZSETs hold the state before it throughout; made_live counts
+-- the tasks its accepted calls created (all queued or pending).
+local backlog_before = 0
+if limited then
+  backlog_before = redis.call("ZCARD", skey("queued")) + redis.call("ZCARD", skey("pending"))
+end
+local made_live = 0
+
+-- What this script's calls made so far: key -> id, key -> definition, and id -> true.
 local made_keys = {}
+local made_defs = {}
 local made_ids = {}
 local function idem(key)
   return stored_idem[key] or made_keys[key]
+end
+
+-- The definition an idempotency key stands for, from a stored task (read once per key; ""
+-- for a task stored before definitions were: it matches anything, as every resend used to).
+local stored_defs = {}
+local function stored_def(key)
+  local d = stored_defs[key]
+  if d == nil then
+    d = redis.call("HGET", tkey(stored_idem[key]), "idem_def") or ""
+    stored_defs[key] = d
+  end
+  return d
+end
+
+-- For a task whose key is known (earlier in its batch, made by an earlier call, or stored):
+-- the id of the task the key stands for if that task's definition differs, else nil.
+local function conflict(t, batch_keys)
+  local key = t[10]
+  local earlier = batch_keys[key]
+  local earlier_id, def
+  if earlier then
+    earlier_id, def = earlier[1], earlier[12]
+  elseif made_keys[key] then
+    earlier_id, def = made_keys[key], made_defs[key]
+  else
+    earlier_id, def = stored_idem[key], stored_def(key)
+  end
+  if def ~= "" and def ~= t[12] then
+    return earlier_id
+  end
+  return nil
 end
 
 -- Index writes, gathered over every call and sent at the end (no check reads them).
@@ -143,7 +200,11 @@ for c, call in ipairs(calls) do
     local id, key = t[1], t[10]
     t.deps = t[11] == "[]" and EMPTY or cjson.decode(t[11])
     local known = key ~= "" and (batch_keys[key] or idem(key))
-    if not known then
+    if known then
+      if conflict(t, batch_keys) then
+        doubt = true
+      end
+    else
       if batch_ids[id] or made_ids[id] then
         doubt = true
       end
@@ -154,14 +215,21 @@ for c, call in ipairs(calls) do
       end
       batch_ids[id] = true
       if key ~= "" then
-        batch_keys[key] = true
+        batch_keys[key] = t
       end
       created = created + 1
     end
   end
   local refused = nil
   if doubt or exists_count(dep_keys) ~= #dep_keys then
-    refused = first_offender(tasks, idem)
+    refused = first_offender(tasks, idem, conflict)
+  end
+  -- The backlog limit, once the tasks themselves are fine (a refusal that says what to fix
+  -- comes before one that says "later").
+  local queued_max = call[3] or -1
+  if not refused and queued_max >= 0 and created > 0
+    and backlog_before + made_live + created > queued_max then
+    refused = { "!", "backlog", created, backlog_before + made_live }
   end
 
   if refused then
@@ -172,6 +240,7 @@ for c, call in ipairs(calls) do
       seq_reserved_last = redis.call("INCRBY", K_SEQ, tasks_total)
       seq_next = seq_reserved_last - tasks_total
     end
+    made_live = made_live + created
     local seq = seq_next or 0
     local codes = {}
     local answer = { "ok", seq + 1, "" }
@@ -189,16 +258,36 @@ for c, call in ipairs(calls) do
           status = "queued"
         end
         local priority = text(t[4])
-        redis.call("HSET", tkey(id),
-          "id", id, "type", t[2], "payload_json", t[3],
-          "priority", priority, "seq", seq_text, "status", status,
-          "max_retries", text(t[5]), "backoff_base_ms", text(t[6]),
-          "backoff_cap_ms", text(t[7]), "timeout_ms", text(t[8]),
-          "run_at_ms", text(t[9]), "depends_on", t[11],
-          "idempotency_key", key, "created_ms", now, "updated_ms", now,
-          "attempt", "0", "failures", "0", "lease_expiries", "0", "started_ms", "0",
-          "finished_ms", "0", "lease_node", "", "lease_deadline_ms", "0", "result_json", "",
-          "error", "{}", "version", "1")
+        -- Only fields that do not hold their default (DEFAULTS in _lib.lua: attempt,
+        -- failures, leases, times, result and error are all at theirs now), in one HSET:
+        -- half the fields of the full record, which made this HSET most of the script's time.
+        if key == "" and t[11] == "[]" then
+          redis.call("HSET", tkey(id),
+            "id", id, "type", t[2], "payload_json", t[3],
+            "priority", priority, "seq", seq_text, "status", status,
+            "max_retries", text(t[5]), "backoff_base_ms", text(t[6]),
+            "backoff_cap_ms", text(t[7]), "timeout_ms", text(t[8]),
+            "run_at_ms", text(t[9]), "created_ms", now, "updated_ms", now, "version", "1")
+        else
+          local fields = {
+            "id", id, "type", t[2], "payload_json", t[3],
+            "priority", priority, "seq", seq_text, "status", status,
+            "max_retries", text(t[5]), "backoff_base_ms", text(t[6]),
+            "backoff_cap_ms", text(t[7]), "timeout_ms", text(t[8]),
+            "run_at_ms", text(t[9]), "created_ms", now, "updated_ms", now, "version", "1",
+          }
+          if t[11] ~= "[]" then
+            fields[#fields + 1] = "depends_on"
+            fields[#fields + 1] = t[11]
+          end
+          if key ~= "" then
+            fields[#fields + 1] = "idempotency_key"
+            fields[#fields + 1] = key
+            fields[#fields + 1] = "idem_def"
+            fields[#fields + 1] = t[12]
+          end
+          redis.call("HSET", tkey(id), unpack(fields))
+        end
         made_ids[id] = true
         all[#all + 1] = seq_text
         all[#all + 1] = id
@@ -213,6 +302,7 @@ for c, call in ipairs(calls) do
         end
         if key ~= "" then
           made_keys[key] = id
+          made_defs[key] = t[12]
           idem_new[#idem_new + 1] = key
           idem_new[#idem_new + 1] = id
         end

@@ -6,6 +6,8 @@ accepting() and readiness(). Everything the API stores goes through the real Lua
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -23,12 +25,13 @@ from core.store_model import TaskRecord
 from core.task import AttemptEnd, Status
 from core.worker import Finish
 from node.api import ROUTES, setup_routes
-from node.config import NodeConfig
+from node.config import NodeConfig, add_node_arguments, config_from_args
 from node.keys import CONFIG, METRICS, RUNTIME, STORE
 from node.metrics import Metrics
 from node.serialize import task_json
 from node.store import RedisStore, StoreUnavailable
 from node.validation import FIELDS_BY_NAME
+from tests.node.test_store import snapshot
 
 LIMITS = Limits(
     payload_bytes_max=1000,
@@ -155,14 +158,83 @@ async def test_delayed_submission_is_pending_with_run_at(client: Client) -> None
 async def test_idempotency_key_answers_the_first_task(
     client: Client, store: RedisStore, runtime: StubRuntime
 ) -> None:
-    body = {"type": "echo", "payload": 1, "idempotency_key": "order-42"}
+    body = {"type": "echo", "payload": {"a": 1, "b": [2]}, "idempotency_key": "order-42"}
     status1, first = await post(client, "/v1/tasks", body)
-    status2, again = await post(client, "/v1/tasks", {**body, "payload": 2})
+    # The same task (payload keys in another order, another delay): the first, unchanged.
+    resend = {**body, "payload": {"b": [2], "a": 1}, "delay_s": 5}
+    status2, again = await post(client, "/v1/tasks", resend)
     assert (status1, status2) == (201, 200)
-    assert again["id"] == first["id"]
-    assert again["payload"] == 1
+    assert again == first
     assert await all_ids(store) == [first["id"]]
     assert runtime.changed == [[first["id"]]]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"payload": {"a": 2, "b": [2]}},
+        {"type": "noop"},
+        {"priority": "high"},
+        {"max_retries": 0},
+        {"timeout_s": 1},
+        {"backoff_base_s": 0.5},
+        {"depends_on": "first"},
+    ],
+)
+async def test_idempotency_key_with_another_task_is_409(
+    client: Client, store: RedisStore, runtime: StubRuntime, change: dict[str, Any]
+) -> None:
+    body = {"type": "echo", "payload": {"a": 1, "b": [2]}, "idempotency_key": "order-42"}
+    _, first = await post(client, "/v1/tasks", body)
+    if change.get("depends_on") == "first":
+        change = {"depends_on": [first["id"]]}
+    status, answer = await post(client, "/v1/tasks", {**body, **change})
+    assert status == 409
+    error = error_of(answer)
+    assert error["code"] == "idempotency_conflict"
+    assert error["field"] == "idempotency_key"
+    assert error["task_id"] == first["id"] and "order-42" in error["message"]
+    assert await all_ids(store) == [first["id"]]
+    # In a batch: refused whole, nothing of it written, the item named.
+    tasks = [{"type": "echo"}, {**body, **change}]
+    status, answer = await post(client, "/v1/tasks/batch", {"tasks": tasks})
+    assert status == 409
+    assert error_of(answer)["field"] == "tasks[1].idempotency_key"
+    assert await all_ids(store) == [first["id"]]
+    assert runtime.changed == [[first["id"]]]
+
+
+async def test_queued_tasks_max_refuses_with_503_and_writes_nothing(
+    aiohttp_client: Callable[[web.Application], Awaitable[Client]],
+    store: RedisStore,
+    runtime: StubRuntime,
+) -> None:
+    app = make_app(store, runtime)
+    app[CONFIG] = NodeConfig(limits=dataclasses.replace(LIMITS, queued_tasks_max=3))
+    client = await aiohttp_client(app)
+    status, body = await post(client, "/v1/tasks/batch", {"tasks": [{"type": "echo"}] * 2})
+    assert status == 201
+    ids = [t["id"] for t in body["tasks"]]
+    before = await snapshot(store.redis, store.base)
+    for path, request in [
+        ("/v1/tasks/batch", {"tasks": [{"type": "echo"}] * 2}),
+        ("/v1/tasks/batch", {"tasks": [{"type": "echo", "delay_s": 60}] * 5}),
+    ]:
+        resp = await client.post(path, json=request)
+        assert resp.status == 503
+        assert resp.headers["Retry-After"] == "1"
+        error = error_of(await resp.json())
+        assert error["code"] == "queue_full" and error["field"] is None
+        assert error["queued_tasks_max"] == 3 and "queue is full" in error["message"]
+        assert await snapshot(store.redis, store.base) == before
+    # One more fits exactly; then a single submission is refused the same way.
+    status, third = await post(client, "/v1/tasks", {"type": "echo"})
+    assert status == 201
+    resp = await client.post("/v1/tasks", json={"type": "echo"})
+    assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+    assert error_of(await resp.json())["code"] == "queue_full"
+    assert await all_ids(store) == [*ids, third["id"]]
+    assert runtime.changed == [ids, [third["id"]]]
 
 
 async def test_dependencies_must_exist(client: Client, store: RedisStore) -> None:
@@ -670,3 +742,19 @@ async def test_openapi_lists_every_route_and_the_accepted_fields(
 
     walk(doc)
     assert refs and all(r.removeprefix("#/components/schemas/") in schemas for r in refs)
+
+
+def test_queued_tasks_max_is_a_flag_and_an_environment_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def limits(*argv: str) -> Limits:
+        parser = argparse.ArgumentParser()
+        add_node_arguments(parser)
+        return config_from_args(parser.parse_args(list(argv))).limits
+
+    assert limits().queued_tasks_max == Limits().queued_tasks_max
+    assert limits("--queued-tasks-max", "7").queued_tasks_max == 7
+    monkeypatch.setenv("DSCHED_QUEUED_TASKS_MAX", "9")
+    assert limits().queued_tasks_max == 9
+    with pytest.raises(SystemExit):
+        limits("--queued-tasks-max", "-1")

@@ -103,8 +103,13 @@ async def test_sync_client_round_trip(url: str, store: RedisStore) -> None:
         client.submit, "echo", {"a": 1}, "high", idempotency_key="k1", delay_s=None
     )
     assert (task["type"], task["priority"], task["payload"]) == ("echo", "high", {"a": 1})
-    again = await asyncio.to_thread(client.submit, "echo", {"a": 2}, idempotency_key="k1")
+    again = await asyncio.to_thread(
+        client.submit, "echo", {"a": 1}, "high", idempotency_key="k1", delay_s=5
+    )
     assert again["id"] == task["id"]
+    with pytest.raises(ApiError) as conflict:  # the key with another task
+        await asyncio.to_thread(client.submit, "echo", {"a": 2}, "high", idempotency_key="k1")
+    assert conflict.value.status == 409
     assert (await asyncio.to_thread(client.get, task["id"]))["id"] == task["id"]
 
     many = await asyncio.to_thread(

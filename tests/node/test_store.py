@@ -18,7 +18,14 @@ from hypothesis import strategies as st
 
 from core.effects import Expire, Lease, Promote
 from core.priority import Priority
-from core.store_model import FENCED, NewTask, StoreModel, SubmitError
+from core.store_model import (
+    FENCED,
+    IdempotencyConflict,
+    NewTask,
+    QueueFull,
+    StoreModel,
+    SubmitError,
+)
 from core.task import AttemptEnd, Status
 from core.worker import Finish, Heartbeat, Release
 from node.redis_server import EmbeddedRedis
@@ -82,12 +89,14 @@ def check_indexes(snap: dict[str, Any], base: str) -> None:
         )
         assert int(qn.get(str(int(p)), 0)) == expect_n
     idem = snap.get(f"{base}:idem", ("hash", {}))[1]
-    assert idem == {h["idempotency_key"]: i for i, h in tasks.items() if h["idempotency_key"]}
+    assert idem == {h["idempotency_key"]: i for i, h in tasks.items() if h.get("idempotency_key")}
     # Reverse dependencies: every existing task's set names exactly the tasks that depend on it.
+    # Only those submitted after it: an id swept and then submitted anew (tests reuse ids; the
+    # API makes uuids) is another task, which the earlier dependants never named.
     dependants: dict[str, set[str]] = {}
     for i, h in tasks.items():
-        for dep in json.loads(h["depends_on"]):
-            if dep in tasks:
+        for dep in json.loads(h.get("depends_on", "[]")):
+            if dep in tasks and int(tasks[dep]["seq"]) < int(h["seq"]):
                 dependants.setdefault(dep, set()).add(i)
     rd = {
         key.removeprefix(f"{base}:rd:"): set(value)
@@ -148,6 +157,71 @@ async def test_submit_creates_task_with_every_field_and_index(store: RedisStore)
     assert (await store.counts())["queued"] == {"high": 1, "medium": 0, "low": 0}
 
 
+# What submit writes of a task: only the fields that do not hold their default.
+_SUBMITTED_FIELDS = {
+    "id", "type", "payload_json", "priority", "seq", "status", "max_retries",
+    "backoff_base_ms", "backoff_cap_ms", "timeout_ms", "run_at_ms", "created_ms", "updated_ms",
+    "version",
+}  # fmt: skip
+# The defaults the hash leaves out, as the full hash of earlier versions stored them.
+_DEFAULT_FIELDS = {
+    "attempt": "0", "failures": "0", "lease_expiries": "0", "started_ms": "0",
+    "finished_ms": "0", "lease_node": "", "lease_deadline_ms": "0", "result_json": "",
+    "error": "{}", "depends_on": "[]", "idempotency_key": "",
+}  # fmt: skip
+
+
+async def test_submit_leaves_default_fields_out_of_the_hash(store: RedisStore) -> None:
+    await store.submit([new("a"), new("b", depends_on=("a",), idempotency_key="k")], NOW)
+    assert set(await store.redis.hkeys(store.key("t", "a"))) == _SUBMITTED_FIELDS
+    assert set(await store.redis.hkeys(store.key("t", "b"))) == _SUBMITTED_FIELDS | {
+        "depends_on",
+        "idempotency_key",
+        "idem_def",
+    }
+
+
+async def test_a_full_hash_and_a_slim_one_read_and_change_alike(redis_url: str) -> None:
+    # Tasks stored with every field (earlier versions) and without the defaults answer the
+    # same to every read and to every change, as the model does.
+    async def run(fill: bool) -> list[object]:
+        s = await RedisStore.connect(redis_url, prefix=f"fill{int(fill)}")
+        try:
+            await s.submit([new("a"), new("b", depends_on=("a",)), new("c")], NOW)
+            if fill:
+                for task_id in ("a", "b", "c"):
+                    for field, value in _DEFAULT_FIELDS.items():
+                        await s.redis.hsetnx(s.key("t", task_id), field, value)
+                assert await s.redis.hlen(s.key("t", "a")) == 25
+            out: list[object] = [await s.get(t) for t in ("a", "b", "c")]
+            assert await s.raise_epoch(1)
+            out.append(await s.drain(1, 10))
+            out.append([x async for x in s.live_states()])
+            out.append(await s.apply([Lease(1, "a", "n1", NOW + 1000, NOW)]))
+            out.append(await s.take("n1"))
+            out.append(await s.heartbeat(Heartbeat("a", 1, "n1", NOW + 2000, NOW + 1)))
+            out.append(
+                await s.finish(
+                    finish("a", 1, "n1", Status.SUCCEEDED, failures=0, run_at_ms=0, result=[1])
+                )
+            )
+            out.append(await s.apply([Promote(1, "b", NOW + 20)]))
+            out.append(await s.cancel("c", NOW + 30))
+            out.append(await s.retry("c", NOW + 40))
+            out.append(await s.list_tasks())
+            out.append(await s.counts())
+            check_indexes(await snapshot(s.redis, s.base), s.base)
+            return out
+        finally:
+            await s.close()
+
+    slim, full = await run(False), await run(True)
+    assert slim == full
+    model = StoreModel()
+    model.submit([new("a"), new("b", depends_on=("a",)), new("c")], NOW)
+    assert slim[:3] == [model.tasks[t] for t in ("a", "b", "c")]
+
+
 async def test_submit_pending_for_delay_and_unfinished_dependency(store: RedisStore) -> None:
     out = await store.submit(
         [new("a"), new("b", depends_on=("a",)), new("c", run_at_ms=NOW + 1)], NOW
@@ -197,6 +271,122 @@ async def test_idempotency_key_answers_the_earlier_task(store: RedisStore) -> No
     assert [(r.id, c) for r, c in out] == [("d", True), ("d", False)]
     assert await store.get("b") is None and await store.get("e") is None
     assert (await store.redis.get(store.key("seq"))) == "3"
+
+
+async def test_idempotency_key_with_another_definition_is_refused(store: RedisStore) -> None:
+    [(first, _)] = await store.submit(
+        [new("a", payload_json='{"x": 1, "y": [2]}', idempotency_key="k")], NOW
+    )
+    # The same task: payload keys in another order and spacing, another start time.
+    again = new("b", payload_json='{"y":[2],"x":1}', run_at_ms=NOW + 5, idempotency_key="k")
+    assert await store.submit([again], NOW + 1) == [(first, False)]
+    before = await snapshot(store.redis, store.base)
+    changes: list[dict[str, Any]] = [
+        {"payload_json": '{"x": 1, "y": [3]}'},
+        {"payload_json": '{"x": 1.0, "y": [2]}'},
+        {"type": "noop"},
+        {"priority": Priority.HIGH},
+        {"max_retries": 4},
+        {"timeout_ms": 1},
+        {"backoff_base_ms": 1},
+        {"backoff_cap_ms": 1},
+        {"depends_on": ("a",)},
+    ]
+    for change in changes:
+        kw = {"payload_json": '{"x": 1, "y": [2]}', **change}
+        # A new task first in the batch: refused with the conflict, so not written either.
+        batch = [new("fresh"), new("c", idempotency_key="k", **kw)]
+        with pytest.raises(IdempotencyConflict) as refused:
+            await store.submit(batch, NOW)
+        assert (refused.value.field, refused.value.index) == ("idempotency_key", 1), change
+        assert refused.value.task_id == "a"
+        assert await snapshot(store.redis, store.base) == before, change
+        model = StoreModel()
+        model.submit([new("a", payload_json='{"x": 1, "y": [2]}', idempotency_key="k")], NOW)
+        with pytest.raises(IdempotencyConflict) as expected:
+            model.submit(batch, NOW)
+        assert str(refused.value) == str(expected.value)
+
+
+async def test_idempotency_conflict_inside_one_batch_and_across_calls(store: RedisStore) -> None:
+    # Two inputs with one new key in one batch must be one task too.
+    with pytest.raises(IdempotencyConflict) as refused:
+        await store.submit(
+            [new("a", idempotency_key="k"), new("b", idempotency_key="k", max_retries=0)], NOW
+        )
+    assert refused.value.index == 1 and refused.value.task_id == "a"
+    assert await store.get("a") is None
+    # In one flush: the first call makes the key, the second conflicts with it, the third
+    # resends it right; each call on its own.
+    results = await asyncio.gather(
+        store.submit([new("c", idempotency_key="j")], NOW),
+        store.submit([new("d"), new("e", idempotency_key="j", type="noop")], NOW),
+        store.submit([new("f", idempotency_key="j")], NOW),
+        return_exceptions=True,
+    )
+    assert not isinstance(results[0], BaseException) and results[0][0][0].id == "c"
+    assert isinstance(results[1], IdempotencyConflict) and results[1].task_id == "c"
+    assert not isinstance(results[2], BaseException) and results[2] == [(results[0][0][0], False)]
+    assert await store.get("d") is None
+    check_indexes(await snapshot(store.redis, store.base), store.base)
+
+
+async def test_a_task_stored_without_a_definition_matches_any_resend(store: RedisStore) -> None:
+    # Tasks written before definitions were stored: a resend is answered as it used to be.
+    [(first, _)] = await store.submit([new("a", idempotency_key="k")], NOW)
+    await store.redis.hdel(store.key("t", "a"), "idem_def")
+    assert await store.submit([new("b", type="noop", idempotency_key="k")], NOW) == [(first, False)]
+
+
+async def test_queued_tasks_max_refuses_a_batch_over_the_backlog(store: RedisStore) -> None:
+    # queued + pending count; running and terminal tasks do not.
+    await store.submit([new("q1"), new("p1", run_at_ms=NOW + 1000)], NOW, 3)
+    before = await snapshot(store.redis, store.base)
+    with pytest.raises(QueueFull) as refused:
+        await store.submit([new("x1"), new("x2")], NOW, 3)
+    assert refused.value.field is None and refused.value.index is None
+    assert (refused.value.backlog, refused.value.created, refused.value.limit) == (2, 2, 3)
+    assert "queue is full" in str(refused.value)
+    assert await snapshot(store.redis, store.base) == before  # nothing written, not even seq
+    # Up to the limit exactly; a resend of a key at the limit creates nothing and passes.
+    [(k, _)] = await store.submit([new("k1", idempotency_key="k")], NOW, 3)
+    assert await store.submit([new("k2", idempotency_key="k")], NOW, 3) == [(k, False)]
+    with pytest.raises(QueueFull):
+        await store.submit([new("x3")], NOW, 3)
+    # A refusal that names an input comes first: it tells what to fix.
+    with pytest.raises(SubmitError) as named:
+        await store.submit([new("x4", depends_on=("missing",))], NOW, 3)
+    assert named.value.field == "depends_on"
+    await leased(store, "q1")  # running: out of the backlog
+    [(r, created)] = await store.submit([new("x5")], NOW, 3)
+    assert created and r.seq == 4
+    assert await store.submit([new("x6")], NOW) != []  # no limit given: none applies
+    check_indexes(await snapshot(store.redis, store.base), store.base)
+
+
+async def test_queued_tasks_max_holds_for_concurrent_submitters_of_several_nodes(
+    redis_url: str,
+) -> None:
+    # Three stores are three nodes' connections; 3 x 40 single submits race for 50 places.
+    stores = [await RedisStore.connect(redis_url) for _ in range(3)]
+    try:
+        results = await asyncio.gather(
+            *(
+                s.submit([new(f"n{n}-{i}")], NOW, 50)
+                for n, s in enumerate(stores)
+                for i in range(40)
+            ),
+            return_exceptions=True,
+        )
+        accepted = [r for r in results if not isinstance(r, BaseException)]
+        refused = [r for r in results if isinstance(r, BaseException)]
+        assert len(accepted) == 50 and all(isinstance(r, QueueFull) for r in refused)
+        assert await stores[0].redis.zcard(stores[0].key("s", "queued")) == 50
+        assert await stores[0].redis.get(stores[0].key("seq")) == "50"
+        check_indexes(await snapshot(stores[0].redis, stores[0].base), stores[0].base)
+    finally:
+        for s in stores:
+            await s.close()
 
 
 async def test_group_commit_200_concurrent_submits(store: RedisStore) -> None:

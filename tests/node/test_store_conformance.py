@@ -40,7 +40,9 @@ START_MS = 1_700_000_000_000
 IDS = ["t0", "t1", "t2", "t3", "t4", "é", "x:1"]
 NODES = ["n1", "n2"]
 KEYS = ["", "", "k1", "k2", "k3"]
-PAYLOADS = ["null", '{"a": 1}', '"ü"', "[1, 2.5]"]
+# Two spellings of one value (key order, spacing): an idempotency key resent with either is the
+# same task; 1 and 1.0 are not.
+PAYLOADS = ["null", '{"a": 1}', '"ü"', "[1, 2.5]", '{"a":1,"b":[2]}', '{"b": [2], "a": 1}', "1.0"]
 _prefixes = itertools.count()
 
 
@@ -64,9 +66,9 @@ def answer(a: object) -> object:
     return a
 
 
-def error(exc: BaseException) -> tuple[str, ...]:
+def error(exc: BaseException) -> tuple[str | None, ...]:
     if isinstance(exc, SubmitError):
-        return ("SubmitError", exc.field, str(exc.index), str(exc))
+        return (type(exc).__name__, exc.field, str(exc.index), str(exc))
     return (type(exc).__name__, str(exc))
 
 
@@ -189,6 +191,47 @@ def batch_st(draw: st.DrawFn, model: StoreModel, now: int) -> list[NewTask]:
             # so give it an id that may well be taken.
             key = batch[-1].idempotency_key or "k3"
             task_id = draw(st.sampled_from(IDS))
+        # A resend: the definition of the task the key stands for (earlier in this batch or
+        # stored), mostly as it was (answered with that task), sometimes with one field
+        # changed (a conflict, refusing the batch), with a new start time either way.
+        earlier: NewTask | TaskRecord | None = (
+            model.tasks[model.idempotency[key]]
+            if key in model.idempotency
+            else next((t for t in batch if key and t.idempotency_key == key), None)
+        )
+        if earlier is not None and draw(st.integers(0, 2)) > 0:
+            resend = NewTask(
+                id=task_id,
+                type=earlier.type,
+                payload_json=earlier.payload_json,
+                priority=earlier.priority,
+                max_retries=earlier.max_retries,
+                backoff_base_ms=earlier.backoff_base_ms,
+                backoff_cap_ms=earlier.backoff_cap_ms,
+                timeout_ms=earlier.timeout_ms,
+                run_at_ms=draw(st.sampled_from([0, now + 1, earlier.run_at_ms])),
+                depends_on=tuple(earlier.depends_on),
+                idempotency_key=key,
+            )
+            change = draw(
+                st.sampled_from(
+                    ["", "", "", "", "payload", "type", "priority", "timeout", "deps", "cap"]
+                )
+            )
+            if change == "payload":
+                resend = dataclasses.replace(resend, payload_json=draw(st.sampled_from(PAYLOADS)))
+            elif change == "type":
+                resend = dataclasses.replace(resend, type="b" if earlier.type == "a" else "a")
+            elif change == "priority":
+                resend = dataclasses.replace(resend, priority=draw(st.sampled_from(Priority)))
+            elif change == "timeout":
+                resend = dataclasses.replace(resend, timeout_ms=earlier.timeout_ms + 1)
+            elif change == "deps":
+                resend = dataclasses.replace(resend, depends_on=(*earlier.depends_on, "t0"))
+            elif change == "cap":
+                resend = dataclasses.replace(resend, backoff_cap_ms=earlier.backoff_cap_ms + 1)
+            batch.append(resend)
+            continue
         known = sorted(model.tasks) + [t.id for t in batch]
         done = sorted(t for t, r in model.tasks.items() if r.status is Status.SUCCEEDED)
         # Mostly no dependency (queued at once, so work flows); else mostly ones that already
@@ -312,7 +355,20 @@ async def test_store_matches_model(redis_server: EmbeddedRedis, data: st.DataObj
                 want, got = await both(store.apply([due_op]), model_apply, model, [due_op])
             elif op == "submit":
                 batch = data.draw(batch_st(model, now), label="batch")
-                want, got = await both(store.submit(batch, now), model.submit, batch, now)
+                # Now and then a backlog limit near the current backlog: at, below or just
+                # above what the batch would need.
+                backlog = sum(
+                    1 for r in model.tasks.values() if r.status in (Status.QUEUED, Status.PENDING)
+                )
+                limit = data.draw(
+                    st.sampled_from(
+                        [None] * 5 + [0, backlog, backlog + 1, backlog + 2, backlog + 3]
+                    ),
+                    label="queued_tasks_max",
+                )
+                want, got = await both(
+                    store.submit(batch, now, limit), model.submit, batch, now, limit
+                )
             elif op == "cancel":
                 want, got = await both(store.cancel(task_id, now), model.cancel, task_id, now)
             elif op == "retry":

@@ -23,30 +23,32 @@ async def store(redis_url: str) -> AsyncIterator[RedisStore]:
         await s.close()
 
 
-def model_answers(calls: list[list[NewTask]]) -> list[object]:
+def model_answers(calls: list[list[NewTask]], limit: int | None = None) -> list[object]:
     model = StoreModel(retention_ms=60_000)
     out: list[object] = []
     for batch in calls:
         try:
             out.append(
-                [(r.id, r.seq, r.status, created) for r, created in model.submit(batch, NOW)]
+                [(r.id, r.seq, r.status, created) for r, created in model.submit(batch, NOW, limit)]
             )
         except SubmitError as exc:
-            out.append(("refused", exc.field, exc.index, str(exc)))
+            out.append(("refused", type(exc).__name__, exc.field, exc.index, str(exc)))
     return out
 
 
-async def store_answers(store: RedisStore, calls: list[list[NewTask]]) -> list[object]:
+async def store_answers(
+    store: RedisStore, calls: list[list[NewTask]], limit: int | None = None
+) -> list[object]:
     flushes = store._submits.flushes
     # Queued together, so that they go in one flush (after the first, which flushes at once).
     results = await asyncio.gather(
-        *(store.submit(batch, NOW) for batch in calls), return_exceptions=True
+        *(store.submit(batch, NOW, limit) for batch in calls), return_exceptions=True
     )
     assert store._submits.flushes - flushes <= 2
     out: list[object] = []
     for result in results:
         if isinstance(result, SubmitError):
-            out.append(("refused", result.field, result.index, str(result)))
+            out.append(("refused", type(result).__name__, result.field, result.index, str(result)))
         else:
             assert not isinstance(result, BaseException), result
             out.append([(r.id, r.seq, r.status, created) for r, created in result])
@@ -58,7 +60,13 @@ CASES: dict[str, list[list[NewTask]]] = {
         [new("a0")],
         [new("a1", idempotency_key="k")],
         [new("a2", idempotency_key="k"), new("a3")],
-        [new("a4", idempotency_key="k", depends_on=("a1",))],
+        [new("a4", idempotency_key="k", run_at_ms=NOW + 1)],
+    ],
+    "a key resent with another task is refused, in the call that made it and in later ones": [
+        [new("e1", idempotency_key="ke"), new("e2", idempotency_key="ke", type="noop")],
+        [new("e3", idempotency_key="ke")],
+        [new("e4"), new("e5", idempotency_key="ke", payload_json="1")],
+        [new("e6", idempotency_key="ke", payload_json="null")],
     ],
     "a refused call between good ones writes nothing and leaves them be": [
         [new("b1"), new("b2")],
@@ -80,6 +88,27 @@ CASES: dict[str, list[list[NewTask]]] = {
         [new("d3", idempotency_key="kd2"), new("d1")],
     ],
 }
+
+
+async def test_a_flush_counts_the_backlog_of_its_earlier_calls(store: RedisStore) -> None:
+    # queued_tasks_max 3: each call sees what the calls before it in the flush created.
+    calls = [
+        [new("l1"), new("l2")],
+        [new("l3"), new("l4")],
+        [new("l5", run_at_ms=NOW + 1)],
+        [new("l6")],
+        [new("l7", idempotency_key="kl")],
+    ]
+    want = model_answers(calls, 3)
+    assert [a[1] if isinstance(a, tuple) else "ok" for a in want] == [
+        "ok",
+        "QueueFull",
+        "ok",
+        "QueueFull",
+        "QueueFull",
+    ]
+    assert await store_answers(store, calls, 3) == want
+    check_indexes(await snapshot(store.redis, store.base), store.base)
 
 
 @pytest.mark.parametrize("name", list(CASES))
