@@ -170,12 +170,10 @@ class NodeRuntime:
         self._accepting = False
         grace_ms = int(1000 * (self.config.shutdown_grace_s if grace_s is None else grace_s))
         await self._carry_out(self.pool.shutdown(now_ms(), grace_ms))
-        while self._direct:  # leased here but not started: give them back to run elsewhere
-            item = self._direct.popleft()
-            with contextlib.suppress(StoreUnavailable):
-                await self.store.release(
-                    Release(item.record.id, item.attempt, self.node_id, now_ms())
-                )
+        # Leased here but not started: give them back to run elsewhere.
+        leftover = list(self._direct)
+        self._direct.clear()
+        await self._give_back(leftover)
         deadline = time.monotonic() + grace_ms / 1000 + 5.0
         while not self.pool.idle and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
@@ -425,7 +423,11 @@ class NodeRuntime:
             return await store.drain(request.term, request.count_max)
         if isinstance(request, ApplyRequest):
             answers, taken = await store.apply_direct(request.ops, self.node_id)
-            if taken:
+            if taken and not self._accepting:
+                # Leased here while we stop (the registry still showed our slots): give them
+                # back now, not after their leases run out.
+                self._background(self._give_back(taken))
+            elif taken:
                 self._direct.extend(taken)
                 rest = self._start_direct()
                 if rest:  # interrupts of older attempts, say: not the leader's to wait for
@@ -534,6 +536,12 @@ class NodeRuntime:
             else:
                 others.append(effect)
         return others
+
+    async def _give_back(self, items: list[Taken]) -> None:
+        for item in items:
+            back = Release(item.record.id, item.attempt, self.node_id, now_ms())
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.release(back)
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         # The loop keeps only weak references to tasks: hold each until it is done.
