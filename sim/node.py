@@ -334,9 +334,14 @@ class SimNode:
                     request = proc.throw(StoreUnavailable(name))
                     continue
                 if type(request) is ApplyRequest:
-                    # As NodeRuntime._execute: the leases to this node came back direct.
+                    # As NodeRuntime._execute: the leases to this node came back direct; while
+                    # stopping they go straight back.
                     answer, taken = answer
-                    if taken:
+                    if taken and not self.pool.accepting:
+                        now = self.now_ms()
+                        backs = [Release(t.record.id, t.attempt, node_id, now) for t in taken]
+                        self.env.process(self._guard(self._carry_out(backs)))
+                    elif taken:
                         self._direct.extend(taken)
                         self._start_direct(inc)
                 request = proc.send(answer)
