@@ -149,6 +149,26 @@ class NewTask:
     depends_on: tuple[str, ...] = ()
     idempotency_key: str = ""
 
+    def created(self, seq: int, status: Status, now_ms: int) -> TaskRecord:
+        """The record a store makes of it, with the seq and status the store gave it."""
+        return TaskRecord(
+            id=self.id,
+            type=self.type,
+            payload_json=self.payload_json,
+            priority=Priority(self.priority),
+            seq=seq,
+            status=status,
+            max_retries=self.max_retries,
+            backoff_base_ms=self.backoff_base_ms,
+            backoff_cap_ms=self.backoff_cap_ms,
+            timeout_ms=self.timeout_ms,
+            run_at_ms=self.run_at_ms,
+            depends_on=tuple(self.depends_on),
+            idempotency_key=self.idempotency_key,
+            created_ms=now_ms,
+            updated_ms=now_ms,
+        )
+
 
 @dataclass(slots=True)
 class TaskRecord:
@@ -291,23 +311,7 @@ class StoreModel:
                 dep in self.tasks and self.tasks[dep].status is Status.SUCCEEDED
                 for dep in new.depends_on
             )
-            record = TaskRecord(
-                id=new.id,
-                type=new.type,
-                payload_json=new.payload_json,
-                priority=Priority(new.priority),
-                seq=self.seq,
-                status=Status.QUEUED if ready else Status.PENDING,
-                max_retries=new.max_retries,
-                backoff_base_ms=new.backoff_base_ms,
-                backoff_cap_ms=new.backoff_cap_ms,
-                timeout_ms=new.timeout_ms,
-                run_at_ms=new.run_at_ms,
-                depends_on=tuple(new.depends_on),
-                idempotency_key=key,
-                created_ms=now_ms,
-                updated_ms=now_ms,
-            )
+            record = new.created(self.seq, Status.QUEUED if ready else Status.PENDING, now_ms)
             self.tasks[new.id] = record
             if key:
                 self.idempotency[key] = new.id

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, Final, cast
@@ -178,7 +177,7 @@ class FastRedis:
                     _, conn = await loop.create_connection(_Connection, self._host, self._port)
         except TimeoutError as exc:
             raise rexc.TimeoutError("timed out connecting to redis") from exc
-        except (OSError, ssl.SSLError) as exc:
+        except OSError as exc:
             raise rexc.ConnectionError(f"cannot connect to redis: {exc}") from exc
         hello: list[bytes] = []
         if self._password is not None:

@@ -70,32 +70,6 @@ def created_record(row: SubmitRow, seq: int, status: Status, now_ms: int) -> Tas
     )
 
 
-def row_definition(
-    type_name: str,
-    payload_json: str,
-    priority: int,
-    max_retries: int,
-    backoff_base_ms: int,
-    backoff_cap_ms: int,
-    timeout_ms: int,
-    depends_on: tuple[str, ...] | list[str],
-    idempotency_key: str,
-) -> str:
-    """The row's definition field: the fingerprint if it has a key (only those pay for it)."""
-    if not idempotency_key:
-        return ""
-    return definition_fingerprint(
-        type_name,
-        payload_json,
-        priority,
-        max_retries,
-        backoff_base_ms,
-        backoff_cap_ms,
-        timeout_ms,
-        depends_on,
-    )
-
-
 def row_of(new: NewTask) -> SubmitRow:
     return (
         new.id,
@@ -109,7 +83,7 @@ def row_of(new: NewTask) -> SubmitRow:
         new.run_at_ms,
         new.idempotency_key,
         deps_json(new.depends_on),
-        row_definition(
+        definition_fingerprint(
             new.type,
             new.payload_json,
             int(new.priority),
@@ -118,6 +92,7 @@ def row_of(new: NewTask) -> SubmitRow:
             new.backoff_cap_ms,
             new.timeout_ms,
             new.depends_on,
-            new.idempotency_key,
-        ),
+        )
+        if new.idempotency_key
+        else "",
     )

@@ -127,10 +127,9 @@ class NodeRuntime:
         self._slot_free = asyncio.Event()
         # Leases this node's own leader made to this node come back from the apply script
         # itself (StoreModel.apply's direct node): no assignment list, no take round trip. They
-        # wait here for a free slot; _assigned wakes the take loop.
+        # wait here for a free slot.
         self._direct: deque[Taken] = deque()
         self._background_tasks: set[asyncio.Task[None]] = set()
-        self._assigned = asyncio.Event()
         self._list_check_at = 0.0
         self.leader_stats = LeaderStats()
         self._fenced_reported = 0
@@ -181,7 +180,6 @@ class NodeRuntime:
         self._stopping = True
         self._wake.set()
         self._slot_free.set()
-        self._assigned.set()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -432,7 +430,6 @@ class NodeRuntime:
                 rest = self._start_direct()
                 if rest:  # interrupts of older attempts, say: not the leader's to wait for
                     self._background(self._carry_out_logged(rest))
-                self._assigned.set()
             return answers
         if isinstance(request, RaiseEpochRequest):
             ok = await store.raise_epoch(request.term, request.holder)
@@ -480,11 +477,11 @@ class NodeRuntime:
                 continue
             leading = self.scheduler.leading
             if leading:
-                self._assigned.clear()
+                # Its own leases start as their apply answers (_execute); only the list is
+                # left to look at, now and then.
                 wait_s = self._list_check_at - loop.time()
                 if wait_s > 0:
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._assigned.wait(), wait_s)
+                    await asyncio.sleep(wait_s)
                     continue
                 self._list_check_at = loop.time() + TAKE_LIST_CHECK_S
             try:

@@ -310,26 +310,6 @@ def _submit_answer(call: SubmitCall, reply: list[Any]) -> list[SubmitAnswer] | S
     return out
 
 
-def _created_record(new: NewTask, seq: int, status: Status, now_ms: int) -> TaskRecord:
-    return TaskRecord(
-        id=new.id,
-        type=new.type,
-        payload_json=new.payload_json,
-        priority=Priority(new.priority),
-        seq=seq,
-        status=status,
-        max_retries=new.max_retries,
-        backoff_base_ms=new.backoff_base_ms,
-        backoff_cap_ms=new.backoff_cap_ms,
-        timeout_ms=new.timeout_ms,
-        run_at_ms=new.run_at_ms,
-        depends_on=tuple(new.depends_on),
-        idempotency_key=new.idempotency_key,
-        created_ms=now_ms,
-        updated_ms=now_ms,
-    )
-
-
 def _finish_args(f: Finish) -> list[str | int]:
     end = f.end
     return [
@@ -631,7 +611,7 @@ class RedisStore:
         return [
             (answer, False)
             if isinstance(answer, TaskRecord)
-            else (_created_record(new, answer[0], answer[1], now_ms), True)
+            else (new.created(answer[0], answer[1], now_ms), True)
             for new, answer in zip(batch, answers, strict=True)
         ]
 

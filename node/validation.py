@@ -22,8 +22,8 @@ from typing import Any
 
 from core.limits import Limits
 from core.priority import Priority
-from core.store_model import NewTask
-from node.rows import SubmitRow, row_definition, row_of
+from core.store_model import NewTask, definition_fingerprint
+from node.rows import SubmitRow, row_of
 
 # Ids are server-made uuid4 hex (32 characters); this bound only keeps an absurd string from
 # reaching the store's scripts. A well-formed id that does not exist is the store's refusal.
@@ -637,8 +637,8 @@ def _fast_row(obj: Any, c: _Compiled, now_ms: int, task_id: str) -> SubmitRow | 
         run_at_ms,
         key,
         deps,
-        row_definition(
-            type_name, payload_json, priority, max_retries, base_ms, cap_ms, timeout_ms, (), key
+        definition_fingerprint(
+            type_name, payload_json, priority, max_retries, base_ms, cap_ms, timeout_ms, ()
         )
         if key
         else "",

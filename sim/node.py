@@ -251,9 +251,7 @@ class SimNode:
             return
         inc = self.incarnation
         self.stopping = True
-        effects = self.pool.shutdown(self.now_ms(), int(grace_s * 1000))
-        with contextlib.suppress(StoreUnavailable):
-            yield from self.serve(worker_effects(self.pool, effects))
+        yield from self._carry_out(self.pool.shutdown(self.now_ms(), int(grace_s * 1000)))
         # Direct leases not started yet go back, as NodeRuntime.stop gives them back.
         backs = [Release(t.record.id, t.attempt, self.id, self.now_ms()) for t in self._direct]
         self._direct.clear()
@@ -459,9 +457,7 @@ class SimNode:
             if leading:
                 wait_s = self._list_check_at - env.now
                 if wait_s > 0:
-                    slot = self._slot_event = env.event()
-                    yield env.any_of([slot, env.timeout(wait_s)])
-                    self._slot_event = None
+                    yield env.timeout(wait_s)
                     continue
                 self._list_check_at = env.now + TAKE_LIST_CHECK_S
             try:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -112,15 +111,6 @@ def new(task_id: str, **kw: Any) -> NewTask:
 
 def finish(task_id: str, attempt: int, node: str, status: Status, **kw: Any) -> Finish:
     return Finish(task_id, attempt, node, AttemptEnd(status, **kw), NOW + 10)
-
-
-@pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[RedisStore]:
-    s = await RedisStore.connect(redis_url, retention_ms=60_000)
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 async def leased(store: RedisStore, task_id: str, node: str = "n1", term: int = 1) -> int:

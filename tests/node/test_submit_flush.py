@@ -5,22 +5,12 @@ compared with the model."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
 from core.store_model import NewTask, StoreModel, SubmitError
 from node.store import RedisStore
 from tests.node.test_store import NOW, check_indexes, new, snapshot
-
-
-@pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[RedisStore]:
-    s = await RedisStore.connect(redis_url, retention_ms=60_000)
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 def model_answers(calls: list[list[NewTask]], limit: int | None = None) -> list[object]:
