@@ -62,6 +62,8 @@ LEADER_IDLE_S = 0.05
 SWEEP_PERIOD_S = 60.0
 # How long a follower's BLPOP waits before it re-checks for shutdown and leadership.
 TAKE_WAIT_S = 1.0
+# How often the leader refreshes its own entry in its scheduler's node table (NodeSeen).
+OWN_SEEN_PERIOD_MS = 100
 # How often the leader's own take loop looks at its assignment list, where its own leases do
 # not go (they come back from the apply script) but an earlier leader's may have.
 TAKE_LIST_CHECK_S = 0.1
@@ -144,6 +146,13 @@ class NodeRuntime:
         self._loop_alive_ms = now_ms()
         self._seen_leader: str | None = None
         self._taking = 0
+        # This node's finishes while it leads: its leader's next drain carries them to Redis
+        # (finish, then drain, one round trip), so the drain sees them at once.
+        self._local_finishes: list[tuple[Finish, asyncio.Future[bool]]] = []
+        self._depth_shown: dict[Priority, int] | None = None
+        # This node's own entry in the leader's NodeSeen events: refreshed at most this often
+        # (the leader steps every round; its own liveness needs no millisecond stamp).
+        self._own_seen: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -185,6 +194,7 @@ class NodeRuntime:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        await self._flush_local_finishes()
         with contextlib.suppress(Exception):
             await self.store.unregister_node(self.node_id)
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -309,7 +319,13 @@ class NodeRuntime:
         leader timestamps with its own clock: another node's clock only tells 'it changed'."""
         events: list[Event] = []
         info_now = dict(self._registry_info)
-        info_now[self.node_id] = self._own_info()
+        slots = self.pool.slots if self._accepting else 0
+        own = self._own_seen
+        if own is None or own[1] != slots or now - own[0] >= OWN_SEEN_PERIOD_MS:
+            self._own_seen = (now, slots)
+            info_now[self.node_id] = self._own_info()
+        else:
+            info_now.pop(self.node_id, None)
         for node_id, info in sorted(info_now.items()):
             stamp = int(info.get("last_seen_ms", 0))
             if self._registry_seen.get(node_id) == stamp:
@@ -360,6 +376,8 @@ class NodeRuntime:
             try:
                 await self._serve(proc)
                 self._store_ok = True
+                if self._local_finishes and not self.scheduler.leading:
+                    await self._flush_local_finishes()
             except StoreUnavailable as exc:
                 self._store_ok = False
                 log.warning("store unavailable in leader loop: %s", exc)
@@ -380,7 +398,15 @@ class NodeRuntime:
                 self.metrics.fenced(fenced - self._fenced_reported)
                 self._fenced_reported = fenced
             counts = self.scheduler.queue.counts()
-            self.metrics.set_queue_depth({p.label: n for p, n in counts.items()})
+            if counts != self._depth_shown:
+                self._depth_shown = counts
+                self.metrics.set_queue_depth({p.label: n for p, n in counts.items()})
+            if self._wake.is_set():
+                # Woken during the round (a finish, a submission): go again at once, without
+                # the cost of a timed wait.
+                self._wake.clear()
+                await asyncio.sleep(0)
+                continue
             timeout = LEADER_IDLE_S
             timer_at = self.leader_stats.timer_at_ms
             if timer_at is not None:
@@ -388,6 +414,45 @@ class NodeRuntime:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
+
+    async def _finish_drain(self, request: DrainRequest) -> list[Any] | str:
+        batch, self._local_finishes = self._local_finishes, []
+        try:
+            answers, drained = await self.store.finish_drain(
+                [f for f, _ in batch], request.term, request.count_max
+            )
+        except BaseException as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(
+                        exc if isinstance(exc, StoreUnavailable) else StoreUnavailable(str(exc))
+                    )
+            raise
+        for (_, future), answer in zip(batch, answers, strict=True):
+            if future.done():  # its caller went away meanwhile
+                continue
+            if isinstance(answer, BaseException):
+                future.set_exception(answer)
+            else:
+                future.set_result(answer)
+        return drained
+
+    async def _flush_local_finishes(self) -> None:
+        """Finishes queued for a drain that will not come (deposed, stopping): each alone, as
+        a follower's are (group-committed all the same)."""
+        batch, self._local_finishes = self._local_finishes, []
+
+        async def alone(finish: Finish, future: asyncio.Future[bool]) -> None:
+            try:
+                [ok] = await self.store.finish_many([finish])
+            except Exception as exc:
+                if not future.done():
+                    future.set_exception(exc)
+                return
+            if not future.done():
+                future.set_result(ok)
+
+        await asyncio.gather(*(alone(f, future) for f, future in batch))
 
     async def _sweep_loop(self) -> None:
         """Retention: only the leader sweeps, so nodes do not all scan the same indexes."""
@@ -418,7 +483,9 @@ class NodeRuntime:
     async def _execute(self, request: Request) -> Any:
         store = self.store
         if isinstance(request, DrainRequest):
-            return await store.drain(request.term, request.count_max)
+            if not self._local_finishes:
+                return await store.drain(request.term, request.count_max)
+            return await self._finish_drain(request)
         if isinstance(request, ApplyRequest):
             answers, taken = await store.apply_direct(request.ops, self.node_id)
             if taken and not self._accepting:
@@ -441,12 +508,14 @@ class NodeRuntime:
         if isinstance(request, HeartbeatRequest):
             return await store.heartbeat_many(list(request.beats))
         if isinstance(request, FinishRequest):
-            # Our own leader needs no bell (a message to every subscriber): it is woken here.
-            # Should leadership move meanwhile, the new leader's periodic drain finds the task.
-            leading = self.scheduler.leading
-            [ok] = await store.finish_many([request.finish], ring=not leading)
-            if leading:
+            if self.scheduler.leading and not self._stopping:
+                # Our own leader carries it with its next drain (woken now): no bell, and one
+                # round trip for the finish and for the leader to hear of it.
+                future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+                self._local_finishes.append((request.finish, future))
                 self._wake.set()
+                return await future
+            [ok] = await store.finish_many([request.finish])
             return ok
         if isinstance(request, ReleaseRequest):
             return await store.release(request.release)

@@ -236,6 +236,38 @@ def _record(flat: Sequence[str]) -> TaskRecord:
     )
 
 
+def _direct_record(s: TaskState, x: Sequence[str | None]) -> TaskRecord:
+    """The TaskRecord of a direct lease: its state plus apply.lua's EXTRA_FIELDS (positional,
+    None where the hash holds the default), without a second parse of the state's fields."""
+    return TaskRecord(
+        s.id,
+        s.type,
+        x[0] or "",
+        s.priority,
+        s.seq,
+        s.status,
+        int(x[1] or 0),
+        int(x[2] or 0),
+        int(x[3] or 0),
+        int(x[4] or 0),
+        s.run_at_ms,
+        s.depends_on,
+        x[5] or "",
+        int(x[6] or 0),
+        int(x[7] or 0),
+        s.attempt,
+        s.failures,
+        s.lease_expiries,
+        int(x[8] or 0),
+        int(x[9] or 0),
+        s.lease_node,
+        s.lease_deadline_ms,
+        x[10] or "",
+        _error(x[11] or "{}"),
+        s.version,
+    )
+
+
 def _error(text: str) -> dict[str, str]:
     return json.loads(text) if text != "{}" else {}
 
@@ -585,6 +617,32 @@ class RedisStore:
                     replies[i] = reply
         return replies
 
+    async def _eval_seq(self, calls: list[tuple[str, list[str | int]]]) -> list[Any]:
+        """Several scripts in one pipeline on one connection, so Redis runs them in this order
+        (other clients' commands may come between them); each answer or exception in its
+        place. Not resent after a broken connection: none of them needs to be idempotent."""
+        with _redis_errors():
+            replies = await self._pipeline_seq(calls)
+            missing = [i for i, r in enumerate(replies) if isinstance(r, rexc.NoScriptError)]
+            if missing:
+                # NOSCRIPT ran nothing; the ones before it (if any) stay as they were.
+                await self._load_scripts()
+                again = await self._pipeline_seq([calls[i] for i in missing])
+                for i, reply in zip(missing, again, strict=True):
+                    replies[i] = reply
+        return replies
+
+    async def _pipeline_seq(self, calls: list[tuple[str, list[str | int]]]) -> list[Any]:
+        if self._fast is not None:
+            return await self._fast.pipeline(
+                [("EVALSHA", _SHAS[name], 1, self.base, *args) for name, args in calls]
+            )
+        async with self._r.pipeline(transaction=False) as pipe:
+            for name, args in calls:
+                pipe.evalsha(_SHAS[name], 1, self.base, *args)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
+
     async def _pipeline(self, name: str, argvs: list[list[str | int]]) -> list[Any]:
         if self._fast is not None:
             sha = _SHAS[name]
@@ -744,6 +802,29 @@ class RedisStore:
             return FENCED
         return [_state(v) for v in reply]
 
+    async def finish_drain(
+        self, finishes: Sequence[Finish], term: int, count_max: int
+    ) -> tuple[list[bool | BaseException], list[TaskState] | str]:
+        """The leader's own node's finishes, then the leader's drain, in one round trip: as
+        ``finish_many(finishes, ring=False)`` followed by ``drain(term, count_max)`` (Redis
+        runs them in that order), so the drain sees these ends as the store applied them.
+        Answers each finish's outcome (True, False or its ValueError) and the drain's."""
+        finish_args: list[str | int] = [len(finishes), 0]
+        for f in finishes:
+            finish_args += _finish_args(f)
+        replies = await self._eval_seq([("finish", finish_args), ("drain", [term, count_max])])
+        done, drained = replies
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise _translate(reply)
+        answers: list[bool | BaseException] = [
+            ValueError(f"an attempt cannot end as {f.end.status}") if a == "!status" else a == 1
+            for f, a in zip(finishes, done, strict=True)
+        ]
+        if drained == FENCED:
+            return answers, FENCED
+        return answers, [_state(v) for v in drained]
+
     async def live_states_after(
         self, after_seq: int = 0, count_max: int | None = None
     ) -> list[TaskState]:
@@ -802,10 +883,10 @@ class RedisStore:
                 out.append(None)
             elif answer == FENCED:
                 out.append(FENCED)
-            elif len(answer) == 2 and answer[0] == "+":
-                record = _record(answer[1])
-                out.append(record.state())
-                taken.append(Taken(record, record.attempt))
+            elif len(answer) == 3 and answer[0] == "+":
+                state = _state(answer[1])
+                out.append(state)
+                taken.append(Taken(_direct_record(state, answer[2]), state.attempt))
             elif len(answer) == 2 and answer[0] == "!target":
                 # The model raises here, after applying the ops before this one; so did we.
                 raise ValueError("an expired lease goes back to queued or to dead")

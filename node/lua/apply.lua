@@ -7,10 +7,17 @@
 -- After the ops, ARGV[2 + n * 6] (optional) is the direct node: the caller's own node, whose
 -- leases skip its assignment list because the caller starts them itself (StoreModel.apply).
 -- Answers one entry per op: "fenced", false (unknown task), the task's state, or, for a lease
--- to the direct node that took effect, {"+", {HGETALL...}} (the state is the record's). A state
--- has 13 entries, so two-entry answers are markers whatever a task id may be. An Expire
+-- to the direct node that took effect, {"+", state, {EXTRA_FIELDS...}}. A state has 13
+-- entries, so two- and three-entry answers are markers whatever a task id may be. An Expire
 -- with a target other than queued or dead (a caller bug) ends the batch with {"!target", index0}
 -- as its last entry: the ops before it were applied, as in the model, which raises there.
+-- What a direct lease answers beside its state: the rest of the task's fields, in the order
+-- store.py's _direct_record() reads them (a missing one holds its default there).
+local EXTRA_FIELDS = {
+  "payload_json", "max_retries", "backoff_base_ms", "backoff_cap_ms", "timeout_ms",
+  "idempotency_key", "created_ms", "updated_ms", "started_ms", "finished_ms", "result_json",
+  "error",
+}
 local n = tonumber(ARGV[1])
 local direct = ARGV[2 + n * 6] or ""
 local out = {}
@@ -28,7 +35,7 @@ local function lease(id, node, deadline, now)
     put(rec, "started_ms", now)
     touch(id, rec, now)
     if direct ~= "" and node == direct then
-      return { "+", redis.call("HGETALL", tkey(id)) }
+      return { "+", state_of(rec), redis.call("HMGET", tkey(id), unpack(EXTRA_FIELDS)) }
     end
     -- The assignment is queued in the same step as the lease: durable before anyone is told.
     redis.call("RPUSH", akey(node), id .. ":" .. string.format("%d", attempt))
