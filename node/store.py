@@ -15,7 +15,8 @@ Key layout (``B`` is ``{prefix}``, a hash tag, so one Redis Cluster slot holds e
                     definition fingerprint of a task with an idempotency key
     B:seq           submission counter (INCR), FIFO order within a priority
     B:epoch         fencing epoch: the newest leader term seen
-    B:inbox         list of task ids whose change the leader has not read yet
+    B:inbox         list of changes the leader has not read yet: task ids, or snapshots of
+                    a state as written (drain.lua answers those unread while still current)
     B:a:<node>      list of "id:attempt" assignments for a node's slots
     B:idem          hash idempotency key -> task id
     B:s:<status>    ZSET id -> seq per status (listing, counts, rebuild)
@@ -294,6 +295,11 @@ def _state(v: Sequence[str]) -> TaskState:
         lease_expiries=int(v[11]),
         version=int(v[12]),
     )
+
+
+def _drained(reply: Sequence[Sequence[str] | str]) -> list[TaskState]:
+    """drain.lua's answer: states, each a list or a snapshot string (fields joined by SEP)."""
+    return [_state(v.split("\x1f") if isinstance(v, str) else v) for v in reply]
 
 
 # What submit.lua answers per task: (seq, status) for a task it created, or the earlier task an
@@ -800,7 +806,7 @@ class RedisStore:
         reply = await self._eval("drain", term, count_max)
         if reply == FENCED:
             return FENCED
-        return [_state(v) for v in reply]
+        return _drained(reply)
 
     async def finish_drain(
         self, finishes: Sequence[Finish], term: int, count_max: int
@@ -823,7 +829,7 @@ class RedisStore:
         ]
         if drained == FENCED:
             return answers, FENCED
-        return answers, [_state(v) for v in drained]
+        return answers, _drained(drained)
 
     async def live_states_after(
         self, after_seq: int = 0, count_max: int | None = None

@@ -188,6 +188,22 @@ local function deps_succeeded(deps)
   return true
 end
 
+-- Inbox entries are task ids, or snapshots of a task's state as a script wrote it:
+-- "version SEP seq SEP state..." (the 13 STATE_FIELDS joined by SEP). drain answers a snapshot
+-- as it stands while the task's version and seq are unchanged, without reading the hash: every
+-- write to a task bumps its version (touch), and seq tells a re-created id from the old task.
+local SEP = "\31"
+
+-- The snapshot entry of a state (a list in STATE_FIELDS order, all strings), or its id alone
+-- if a field that a client or operator chose holds the separator.
+local function snapshot(v)
+  if string.find(v[1], SEP, 1, true) or string.find(v[2], SEP, 1, true)
+    or string.find(v[8], SEP, 1, true) or string.find(v[9], SEP, 1, true) then
+    return v[1]
+  end
+  return v[13] .. SEP .. v[4] .. SEP .. table.concat(v, SEP)
+end
+
 -- Lua's unpack() is bounded by the C stack (~8000 values): push in slices.
 local UNPACK_MAX = 1000
 

@@ -26,7 +26,7 @@ for i = 1, n do
       put(rec, "run_at_ms", ARGV[p + 5])
     end
     end_as(id, rec, status, now)
-    pushed[#pushed + 1] = id
+    pushed[#pushed + 1] = snapshot(state_of(rec))
     out[i] = 1
   end
 end

@@ -177,6 +177,10 @@ local function conflict(t, batch_keys)
   return nil
 end
 
+-- The end of a new task's snapshot: lease_node "", lease_deadline_ms, failures,
+-- lease_expiries 0, version 1.
+local FRESH_TAIL = SEP .. SEP .. "0" .. SEP .. "0" .. SEP .. "0" .. SEP .. "1"
+
 -- Index writes, gathered over every call and sent at the end (no check reads them).
 local queued = {}
 local pushed = {}
@@ -309,7 +313,15 @@ for c, call in ipairs(calls) do
         for _, dep in ipairs(t.deps) do
           redis.call("SADD", rdkey(dep), id)
         end
-        pushed[#pushed + 1] = id
+        -- snapshot() of the new state, spelled out: the one concatenation costs less here.
+        if string.find(id, SEP, 1, true) or string.find(t[2], SEP, 1, true)
+          or string.find(t[11], SEP, 1, true) then
+          pushed[#pushed + 1] = id
+        else
+          pushed[#pushed + 1] = "1" .. SEP .. seq_text .. SEP .. id .. SEP .. t[2] .. SEP
+            .. priority .. SEP .. seq_text .. SEP .. status .. SEP .. "0" .. SEP .. text(t[9])
+            .. SEP .. t[11] .. FRESH_TAIL
+        end
       end
     end
     seq_next = seq_next and seq

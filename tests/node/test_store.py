@@ -28,7 +28,7 @@ from core.store_model import (
 from core.task import AttemptEnd, Status
 from core.worker import Finish, Heartbeat, Release
 from node.redis_server import EmbeddedRedis
-from node.store import RedisStore, StoreUnavailable
+from node.store import RedisStore, StoreUnavailable, _state
 from tests.conftest import RedisFactory, WaitUntil
 
 NOW = 1_700_000_000_000
@@ -141,7 +141,11 @@ async def test_submit_creates_task_with_every_field_and_index(store: RedisStore)
     assert await store.get("a") == record
     assert record.payload_json == '{"x": "é"}' and record.priority is Priority.HIGH
     snap = await snapshot(store.redis, store.base)
-    assert snap["{ds}:inbox"] == ("list", ["a"])
+    # The inbox entry is a snapshot of the state as written: version, seq, then the state.
+    kind, [entry] = snap["{ds}:inbox"]
+    version, seq, *fields = entry.split("\x1f")
+    assert kind == "list" and (version, seq) == ("1", "1")
+    assert _state(fields) == record.state()
     assert snap["{ds}:seq"] == ("string", "1")
     check_indexes(snap, store.base)
     assert (await store.counts())["queued"] == {"high": 1, "medium": 0, "low": 0}
@@ -515,6 +519,21 @@ async def test_drain_dedups_and_skips_forgotten_tasks(store: RedisStore) -> None
     assert isinstance(rest, list) and [s.id for s in rest] == ["a"]
     await store.redis.rpush(store.key("inbox"), "gone")
     assert await store.drain(0, 10) == []
+
+
+async def test_drain_answers_a_snapshot_only_while_it_is_current(store: RedisStore) -> None:
+    # A task re-created under the same id has version 1 again: its seq tells it apart.
+    await store.submit([new("a")], NOW)
+    await store.redis.delete(store.key("t", "a"))
+    [(again, created)] = await store.submit([new("a", priority=Priority.LOW)], NOW + 1)
+    assert created and again.seq == 2
+    drained = await store.drain(0, 10)
+    assert drained == [again.state()]
+    # A field holding the separator: the entry is the bare id, and the state is read.
+    [(odd, _)] = await store.submit([new("b", type="we\x1fird")], NOW)
+    entries = await store.redis.lrange(store.key("inbox"), 0, -1)
+    assert entries == ["b"]
+    assert await store.drain(0, 10) == [odd.state()]
 
 
 async def test_lease_expire_and_promote(store: RedisStore) -> None:
