@@ -100,11 +100,18 @@ for i = 1, n do
   end
 end
 
+-- fenced() per distinct term, not per op: no op here raises the epoch.
+local fenced_by_term = {}
 for i = 1, n do
   local p = 2 + (i - 1) * 6
   local kind, term, id = ARGV[p], ARGV[p + 1], ARGV[p + 2]
   local x, y, z = ARGV[p + 3], ARGV[p + 4], ARGV[p + 5]
-  if fenced(term) then
+  local is_fenced = fenced_by_term[term]
+  if is_fenced == nil then
+    is_fenced = fenced(term) and true or false
+    fenced_by_term[term] = is_fenced
+  end
+  if is_fenced then
     out[i] = "fenced"
   elseif kind == "L" then
     out[i] = lease(id, x, y, z)
