@@ -773,12 +773,22 @@ class RedisStore:
         """{"queued": {"high": n, "medium": n, "low": n}, "pending": n, "running": n, ...}"""
 
         async def read() -> list[Any]:
+            fast = self._fast
+            if fast is not None:
+                # GET /v1/queues is what clients poll: the lean client, as for scripts.
+                commands: list[tuple[str, ...]] = [("HGETALL", self.key("qn"))]
+                commands += [("ZCARD", self.key("s", status)) for status in _STATUS_INDEX]
+                replies = await fast.pipeline(commands)
+                for reply in replies:
+                    if isinstance(reply, BaseException):
+                        raise reply
+                flat = replies[0]
+                return [dict(zip(flat[::2], flat[1::2], strict=True)), *replies[1:]]
             async with self._r.pipeline(transaction=False) as pipe:
                 pipe.hgetall(self.key("qn"))
                 for status in _STATUS_INDEX:
                     pipe.zcard(self.key("s", status))
-                replies: list[Any] = await pipe.execute()
-            return replies
+                return list(await pipe.execute())
 
         replies = await self._read(read)
         queued: dict[str, str] = replies[0]
