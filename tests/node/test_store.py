@@ -741,6 +741,35 @@ async def test_finish_each_end_and_refusals(store: RedisStore) -> None:
     check_indexes(await snapshot(store.redis, store.base), store.base)
 
 
+async def test_finish_drain_is_finish_then_drain(store: RedisStore) -> None:
+    await store.submit([new("s"), new("d"), new("q")], NOW)
+    attempts = {t: await leased(store, t) for t in "sdq"}
+    assert await store.drain(1, 100) != FENCED  # the inbox is empty now
+    answers, drained = await store.finish_drain(
+        [
+            finish("s", attempts["s"], "n1", Status.SUCCEEDED, failures=0, result=[7]),
+            finish("d", attempts["d"], "n1", Status.QUEUED, failures=0),  # not an end
+            finish("q", attempts["q"] + 1, "n1", Status.DEAD, failures=9),  # stale attempt
+        ],
+        1,
+        100,
+    )  # fmt: skip
+    assert answers[0] is True and answers[2] is False
+    assert isinstance(answers[1], ValueError)
+    s = await store.get("s")
+    assert s is not None and s.status is Status.SUCCEEDED and s.result_json == "[7]"
+    # The drain ran after the finishes: it answers the end just written, and only that.
+    assert drained == [s.state()]
+    # A deposed leader's drain is refused; the finishes (worker writes) are applied anyway.
+    assert await store.raise_epoch(2)
+    [ok], fenced = await store.finish_drain(
+        [finish("d", attempts["d"], "n1", Status.DEAD, failures=1)], 1, 100
+    )
+    assert ok is True and fenced == FENCED
+    d = await store.get("d")
+    assert d is not None and d.status is Status.DEAD
+
+
 async def test_concurrent_finishes_are_group_committed(store: RedisStore) -> None:
     await store.submit([new(f"t{i}") for i in range(40)], NOW)
     attempts = [await leased(store, f"t{i}") for i in range(40)]
