@@ -28,6 +28,8 @@ from simpy.events import URGENT
 
 from core.driver import (
     ApplyRequest,
+    DrainRequest,
+    FinishRequest,
     InterruptHandler,
     LeaderStats,
     Procedure,
@@ -41,12 +43,13 @@ from core.events import Event, NodeSeen
 from core.scheduler import Role, Scheduler, SchedulerConfig
 from core.store_model import StoreUnavailable, Taken
 from core.task import Outcome
-from core.worker import Assignment, Release, RunHandler, WorkerPool
+from core.worker import Assignment, Finish, Release, RunHandler, WorkerPool
 from sim.checker import TaskFacts
 from sim.net import UNAVAILABLE
 from sim.simenv import Timer, call_later, fire, fire_if_pending
 from sim.store import (
     EpochRequest,
+    FinishDrainRequest,
     RegistryRequest,
     SubmitRefused,
     SubmitRequest,
@@ -163,6 +166,8 @@ class SimNode:
         self._slot_event: simpy.Event | None = None
         self._submit_event: simpy.Event | None = None
         self._direct: deque[Taken] = deque()
+        # As NodeRuntime: this node's finishes while it leads ride its leader's next drain.
+        self._local_finishes: list[tuple[Finish, simpy.Event]] = []
         self._list_check_at = 0.0
         self._registry_info: dict[str, tuple[int, int]] = {}
         self._registry_seen: dict[str, int] = {}
@@ -190,6 +195,7 @@ class SimNode:
         self._registry_seen = {}
         self._registry_looked_at = None
         self._direct = deque()
+        self._local_finishes = []
         self._list_check_at = 0.0
         inc = self.incarnation
         env = self.env
@@ -263,6 +269,13 @@ class SimNode:
             yield self.env.timeout(0.02)
         if self.incarnation != inc:
             return  # crashed meanwhile
+        # As NodeRuntime.stop once its loops have stopped: finishes still queued go alone.
+        leftover, self._local_finishes = self._local_finishes, []
+        for finish, done in leftover:
+            try:
+                done.succeed((yield from self.call(FinishRequest(finish))))
+            except StoreUnavailable:
+                done.succeed(UNAVAILABLE)
         # The runtime's loops stop here; the Raft member lives on for the handover. Leadership
         # is lost now, not when the stop began: the leader led through its grace.
         self.world._lose_leader_if(self.index)
@@ -323,7 +336,26 @@ class SimNode:
                     request = proc.send(None)
                     continue
                 inc = self.incarnation
-                answer = yield caller.call(node_id, request)
+                kind = type(request)
+                if kind is FinishRequest and self.sched.leading:
+                    # As NodeRuntime._execute: our own leader carries it with its next drain.
+                    done = self.env.event()
+                    self._local_finishes.append((request.finish, done))
+                    self.wake()
+                    answer = yield done
+                elif kind is DrainRequest and self._local_finishes:
+                    batch, self._local_finishes = self._local_finishes, []
+                    finishes = tuple(f for f, _ in batch)
+                    answer = yield caller.call(node_id, FinishDrainRequest(finishes, request))
+                    if answer is UNAVAILABLE:
+                        for _, done in batch:
+                            done.succeed(UNAVAILABLE)
+                    else:
+                        written, answer = answer
+                        for (_, done), ok in zip(batch, written, strict=True):
+                            done.succeed(ok)
+                else:
+                    answer = yield caller.call(node_id, request)
                 if self.paused or self.incarnation != inc:
                     yield from self._gate(inc)
                 if answer is UNAVAILABLE:
@@ -399,6 +431,8 @@ class SimNode:
             )
             try:
                 yield from self.serve(proc)
+                if self._local_finishes and not self.sched.leading:
+                    self._flush_local_finishes()
             except StoreUnavailable:
                 yield env.timeout(STORE_RETRY_S)
                 if self.paused or self.incarnation != inc:
@@ -430,6 +464,17 @@ class SimNode:
             yield wake
             self._wake_event = None
             self._wake_flag = False
+
+    def _flush_local_finishes(self) -> None:
+        """As NodeRuntime._flush_local_finishes: finishes queued for a drain that will not
+        come (deposed, stopping) go alone."""
+        batch, self._local_finishes = self._local_finishes, []
+        for finish, done in batch:
+            self.env.process(self._guard(self._finish_alone(finish, done)))
+
+    def _finish_alone(self, finish: Finish, done: simpy.Event) -> ProcessGen:
+        answer = yield self.world.caller.call(self.id, FinishRequest(finish))
+        done.succeed(answer)
 
     # ------------------------------------------------------------------ workers
     def _take_loop(self, inc: int) -> ProcessGen:

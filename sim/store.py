@@ -39,6 +39,7 @@ from core.driver import (
 from core.effects import Expire, Lease
 from core.store_model import FENCED, NewTask, StoreModel, SubmitError, Taken, TaskRecord
 from core.task import Status, TaskState
+from core.worker import Finish
 from sim.checker import Checker
 from sim.net import STORE, UNAVAILABLE
 from sim.trace import Trace
@@ -62,6 +63,15 @@ class SubmitRequest:
 class SubmitRefused:
     index: int
     message: str
+
+
+@dataclass(frozen=True, slots=True)
+class FinishDrainRequest:
+    """RedisStore.finish_drain: the leader's own node's finishes, then its drain, in one round
+    trip. Answer: ([written per finish], drain's answer)."""
+
+    finishes: tuple[Finish, ...]
+    drain: DrainRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +227,9 @@ class SimStore:
             answer(self._drain(node, request))
         elif kind is FinishRequest:
             answer(self._finish(request))
+        elif kind is FinishDrainRequest:
+            written = [self._finish(FinishRequest(f)) for f in request.finishes]
+            answer((written, self._drain(node, request.drain)))
         elif kind is HeartbeatRequest:
             answer(self._heartbeat(request))
         elif kind is SubmitRequest:
