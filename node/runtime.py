@@ -62,6 +62,8 @@ LEADER_IDLE_S = 0.05
 SWEEP_PERIOD_S = 60.0
 # How long a follower's BLPOP waits before it re-checks for shutdown and leadership.
 TAKE_WAIT_S = 1.0
+# At most this many of the node's own finishes ride one drain (one script call's worth).
+LOCAL_FINISHES_PER_DRAIN_MAX = 1000
 # How often the leader refreshes its own entry in its scheduler's node table (NodeSeen).
 OWN_SEEN_PERIOD_MS = 100
 # How often the leader's own take loop looks at its assignment list, where its own leases do
@@ -416,7 +418,10 @@ class NodeRuntime:
             self._wake.clear()
 
     async def _finish_drain(self, request: DrainRequest) -> list[Any] | str:
-        batch, self._local_finishes = self._local_finishes, []
+        batch = self._local_finishes[:LOCAL_FINISHES_PER_DRAIN_MAX]
+        del self._local_finishes[:LOCAL_FINISHES_PER_DRAIN_MAX]
+        if self._local_finishes:
+            self._wake.set()  # the rest go with the next drain, at once
         try:
             answers, drained = await self.store.finish_drain(
                 [f for f, _ in batch], request.term, request.count_max
