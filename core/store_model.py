@@ -16,9 +16,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import operator
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from typing import Final
 
 from core.effects import Expire, Lease, Promote
@@ -230,6 +231,16 @@ class TaskRecord:
         self.touch(now_ms)
 
 
+# Every field of a record, in __init__ order: _copy_record() is replace(record) without
+# dataclasses.replace's per-field Python loop (a copy per lease taken).
+_RECORD_FIELDS = operator.attrgetter(*(f.name for f in fields(TaskRecord)))
+
+
+def _copy_record(record: TaskRecord) -> TaskRecord:
+    """A shallow copy, as ``dataclasses.replace(record)`` makes."""
+    return TaskRecord(*_RECORD_FIELDS(record))
+
+
 @dataclass(frozen=True, slots=True)
 class Taken:
     """An assignment a node's slot took: the task as the store has it for this attempt."""
@@ -437,7 +448,7 @@ class StoreModel:
                 )
                 answers.append(answer)
                 if direct and was_queued and record is not None and isinstance(answer, TaskState):
-                    taken.append(Taken(replace(record), record.attempt))
+                    taken.append(Taken(_copy_record(record), record.attempt))
             elif isinstance(op, Expire):
                 answers.append(self.expire(op.term, op.task_id, op.attempt, op.now_ms, op.target))
             else:
@@ -509,7 +520,7 @@ class StoreModel:
                 and record.attempt == attempt
                 and record.lease_node == node_id
             ):
-                return Taken(replace(record), attempt)
+                return Taken(_copy_record(record), attempt)
         return None
 
     def take_many(self, node_id: str, count_max: int) -> list[Taken]:

@@ -134,9 +134,12 @@ class Checker:
     def on_epoch_raised(self, term: int) -> None:
         self.max_epoch = max(self.max_epoch, term)
 
-    def on_leader_write(self, term: int, what: str) -> None:
+    def on_leader_write(self, term: int, what: str, *what_args: object) -> None:
+        """``what.format(*what_args)`` names the write: formatted only for a violation (one
+        call per leader write)."""
         self.counters.leader_writes += 1
         if term < self.max_epoch:
+            what = what.format(*what_args)
             self.fail(3, f"{what} of term {term} applied after epoch {self.max_epoch} was raised")
 
     def on_leader_lost(self, term: int) -> None:

@@ -20,9 +20,10 @@ checker must catch.
 
 from __future__ import annotations
 
+import operator
 from collections import deque
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import simpy
@@ -45,6 +46,15 @@ from sim.net import STORE, UNAVAILABLE
 from sim.trace import Trace
 
 Answer = Callable[[Any], None]
+# Every field of a record, in __init__ order: _copy_record(r) is replace(r) without its
+# per-field Python loop (one copy per direct lease).
+_RECORD_FIELDS = operator.attrgetter(*(f.name for f in fields(TaskRecord)))
+
+
+def _copy_record(record: TaskRecord) -> TaskRecord:
+    return TaskRecord(*_RECORD_FIELDS(record))
+
+
 # How often blocked takes are checked for an expired wait.
 PARK_SWEEP_S = 0.25
 
@@ -129,12 +139,6 @@ class _Parked:
     answer: Answer
     expires_at: float
     done: bool = False
-
-
-def _effect(before: Status | None) -> str:
-    """What a leader's write found, for the violation report: every accepted write of a stale
-    term breaks the fence, whether or not the task's compare-and-set made it a no-op."""
-    return "task was " + (before.value if before is not None else "unknown")
 
 
 def _snapshot(model: StoreModel) -> StoreModel:
@@ -307,7 +311,7 @@ class SimStore:
         drained = self.model.drain(request.term, request.count_max)
         if drained != FENCED:
             self.checker.on_leader_write(
-                request.term, f"drain by {node} (took {len(drained)} notifications)"
+                request.term, "drain by {} (took {} notifications)", node, len(drained)
             )
             self._bell_armed[node] = True
         return drained
@@ -324,6 +328,8 @@ class SimStore:
         taken: list[Taken] = []
         leased_nodes: list[str] = []
         now = self.env.now
+        # Each write names what it found for the violation report: every accepted write of a
+        # stale term breaks the fence, whether or not the compare-and-set made it a no-op.
         for op in request.ops:
             record = tasks.get(op.task_id)
             before = record.status if record is not None else None
@@ -334,7 +340,11 @@ class SimStore:
                 )
                 if answer != FENCED:
                     checker.on_leader_write(
-                        op.term, f"lease of {op.task_id} to {op.node_id} ({_effect(before)})"
+                        op.term,
+                        "lease of {} to {} (task was {})",
+                        op.task_id,
+                        op.node_id,
+                        before or "unknown",
                     )
                     if before is Status.QUEUED:
                         assert isinstance(answer, TaskState)
@@ -345,14 +355,18 @@ class SimStore:
                             op.task_id, answer.attempt, op.node_id, op.deadline_ms, op.term
                         )
                         if direct and record is not None:
-                            taken.append(Taken(replace(record), answer.attempt))
+                            taken.append(Taken(_copy_record(record), answer.attempt))
                         elif op.node_id not in leased_nodes:
                             leased_nodes.append(op.node_id)
             elif type(op) is Expire:
                 answer = model.expire(op.term, op.task_id, op.attempt, op.now_ms, op.target)
                 if answer != FENCED:
                     checker.on_leader_write(
-                        op.term, f"expiry of {op.task_id} attempt {op.attempt} ({_effect(before)})"
+                        op.term,
+                        "expiry of {} attempt {} (task was {})",
+                        op.task_id,
+                        op.attempt,
+                        before or "unknown",
                     )
                     if (
                         before is Status.RUNNING
@@ -365,7 +379,7 @@ class SimStore:
                 answer = model.promote(op.term, op.task_id, op.now_ms)
                 if answer != FENCED:
                     checker.on_leader_write(
-                        op.term, f"promotion of {op.task_id} ({_effect(before)})"
+                        op.term, "promotion of {} (task was {})", op.task_id, before or "unknown"
                     )
                     if isinstance(answer, TaskState) and answer.status is not before:
                         self.trace.emit(now, "promote", op.task_id, answer.status.value)
