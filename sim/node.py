@@ -68,6 +68,7 @@ LEADER_IDLE_S = 0.05
 TAKE_WAIT_S = 1.0
 # As node/runtime.py: how often the leader's take loop looks at its own assignment list.
 TAKE_LIST_CHECK_S = 0.1
+OWN_SEEN_PERIOD_MS = 100
 SWEEP_PERIOD_S = 60.0
 STORE_RETRY_S = 0.2
 WORKER_TICK_MAX_S = 0.1
@@ -172,6 +173,7 @@ class SimNode:
         self._registry_info: dict[str, tuple[int, int]] = {}
         self._registry_seen: dict[str, int] = {}
         self._registry_looked_at: dict[str, tuple[int, int]] | None = None
+        self._own_seen: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ clock
     def now_ms(self) -> int:
@@ -194,6 +196,7 @@ class SimNode:
         self._registry_info = {}
         self._registry_seen = {}
         self._registry_looked_at = None
+        self._own_seen = None
         self._direct = deque()
         self._local_finishes = []
         self._list_check_at = 0.0
@@ -395,19 +398,27 @@ class SimNode:
 
     def _node_events(self, now: int) -> list[Event]:
         """NodeSeen for every registry entry refreshed since the last look (as the runtime)."""
-        own = (self.pool.slots if self.pool.accepting else 0, now)
+        slots = self.pool.slots if self.pool.accepting else 0
+        # As the runtime: our own entry at most every OWN_SEEN_PERIOD_MS, or when slots change.
+        last = self._own_seen
+        refresh = last is None or last[1] != slots or now - last[0] >= OWN_SEEN_PERIOD_MS
+        if refresh:
+            self._own_seen = (now, slots)
         info = self._registry_info
         seen = self._registry_seen
         if info is self._registry_looked_at:
             # No registry read since the last look: only our own entry can have changed.
-            if seen.get(self.id) == now:
+            if not refresh or seen.get(self.id) == now:
                 return []
             seen[self.id] = now
-            return [NodeSeen(self.id, own[0], None, now)]
+            return [NodeSeen(self.id, slots, None, now)]
         self._registry_looked_at = info
         events: list[Event] = []
         info_now = dict(info)
-        info_now[self.id] = own
+        if refresh:
+            info_now[self.id] = (slots, now)
+        else:
+            info_now.pop(self.id, None)
         for node_id, (slots, stamp) in sorted(info_now.items()):
             if seen.get(node_id) == stamp:
                 continue
