@@ -297,6 +297,13 @@ def _state(v: Sequence[str]) -> TaskState:
     )
 
 
+def _finish_answer(f: Finish, answer: Any) -> bool | BaseException:
+    """finish.lua's answer for one finish: written, refused, or a status no attempt ends with."""
+    if answer == "!status":
+        return ValueError(f"an attempt cannot end as {f.end.status}")
+    return bool(answer == 1)
+
+
 def _drained(reply: Sequence[Sequence[str] | str]) -> list[TaskState]:
     """drain.lua's answer: states, each a list or a snapshot string (fields joined by SEP)."""
     return [_state(v.split("\x1f") if isinstance(v, str) else v) for v in reply]
@@ -480,8 +487,8 @@ class RedisStore:
         self._submits: _GroupCommit[SubmitCall, list[SubmitAnswer]] = _GroupCommit(
             self._flush_submits, lambda call: max(1, len(call[0])), group_commit_max
         )
-        self._finishes: _GroupCommit[tuple[list[Finish], bool], list[bool | BaseException]] = (
-            _GroupCommit(self._flush_finishes, lambda call: max(1, len(call[0])), group_commit_max)
+        self._finishes: _GroupCommit[list[Finish], list[bool | BaseException]] = _GroupCommit(
+            self._flush_finishes, lambda call: max(1, len(call)), group_commit_max
         )
 
     @classmethod
@@ -612,16 +619,7 @@ class RedisStore:
     async def _eval_many(self, name: str, argvs: list[list[str | int]]) -> list[Any]:
         """Run one script per argv in one pipeline (one round trip); each answer or exception in
         its place. Each script is atomic on its own; a failure of one leaves the others be."""
-        with _redis_errors():
-            replies = await self._pipeline(name, argvs)
-            missing = [i for i, r in enumerate(replies) if isinstance(r, rexc.NoScriptError)]
-            if missing:
-                # NOSCRIPT ran nothing, so sending exactly those calls again is safe.
-                await self._load_scripts()
-                again = await self._pipeline(name, [argvs[i] for i in missing])
-                for i, reply in zip(missing, again, strict=True):
-                    replies[i] = reply
-        return replies
+        return await self._eval_seq([(name, argv) for argv in argvs])
 
     async def _eval_seq(self, calls: list[tuple[str, list[str | int]]]) -> list[Any]:
         """Several scripts in one pipeline on one connection, so Redis runs them in this order
@@ -645,18 +643,6 @@ class RedisStore:
             )
         async with self._r.pipeline(transaction=False) as pipe:
             for name, args in calls:
-                pipe.evalsha(_SHAS[name], 1, self.base, *args)
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
-        return replies
-
-    async def _pipeline(self, name: str, argvs: list[list[str | int]]) -> list[Any]:
-        if self._fast is not None:
-            sha = _SHAS[name]
-            return await self._fast.pipeline(
-                [("EVALSHA", sha, 1, self.base, *args) for args in argvs]
-            )
-        async with self._r.pipeline(transaction=False) as pipe:
-            for args in argvs:
                 pipe.evalsha(_SHAS[name], 1, self.base, *args)
             replies: list[Any] = await pipe.execute(raise_on_error=False)
         return replies
@@ -822,9 +808,10 @@ class RedisStore:
         self, finishes: Sequence[Finish], term: int, count_max: int
     ) -> tuple[list[bool | BaseException], list[TaskState] | str]:
         """The leader's own node's finishes, then the leader's drain, in one round trip: as
-        ``finish_many(finishes, ring=False)`` followed by ``drain(term, count_max)`` (Redis
-        runs them in that order), so the drain sees these ends as the store applied them.
-        Answers each finish's outcome (True, False or its ValueError) and the drain's."""
+        ``finish_many(finishes)`` followed by ``drain(term, count_max)`` (Redis runs them in
+        that order), so the drain sees these ends as the store applied them; no bell (the
+        caller leads, and is the one who would hear it). Answers each finish's outcome (True,
+        False or its ValueError) and the drain's."""
         finish_args: list[str | int] = [len(finishes), 0]
         for f in finishes:
             finish_args += _finish_args(f)
@@ -833,10 +820,7 @@ class RedisStore:
         for reply in replies:
             if isinstance(reply, BaseException):
                 raise _translate(reply)
-        answers: list[bool | BaseException] = [
-            ValueError(f"an attempt cannot end as {f.end.status}") if a == "!status" else a == 1
-            for f, a in zip(finishes, done, strict=True)
-        ]
+        answers = [_finish_answer(f, a) for f, a in zip(finishes, done, strict=True)]
         if drained == FENCED:
             return answers, FENCED
         return answers, _drained(drained)
@@ -961,16 +945,14 @@ class RedisStore:
         [answer] = await self.heartbeat_many([beat])
         return answer
 
-    async def finish_many(self, finishes: Sequence[Finish], ring: bool = True) -> list[bool]:
+    async def finish_many(self, finishes: Sequence[Finish]) -> list[bool]:
         """Write each attempt's end if that attempt still holds its task: True if written.
         Concurrent calls are group-committed. A finish whose status no attempt can end with
         raises ValueError if its attempt holds the task (as the model does); the other
-        finishes are written all the same. ``ring=False``: the caller's own node leads and
-        wakes its leader itself, so the bell is not rung for these (unless another call in the
-        same group commit asks for it)."""
+        finishes are written all the same."""
         if not finishes:
             return []
-        answers = await self._finishes((list(finishes), ring))
+        answers = await self._finishes(list(finishes))
         for answer in answers:
             if isinstance(answer, BaseException):
                 raise answer
@@ -981,27 +963,14 @@ class RedisStore:
         return ok
 
     async def _flush_finishes(
-        self, calls: list[tuple[list[Finish], bool]]
+        self, calls: list[list[Finish]]
     ) -> list[list[bool | BaseException] | BaseException]:
-        items = [f for call, _ in calls for f in call]
-        ring = any(r for _, r in calls)
-        args: list[str | int] = [len(items), 1 if ring else 0]
+        items = [f for call in calls for f in call]
+        args: list[str | int] = [len(items), 1]
         for f in items:
             args += _finish_args(f)
-        reply = await self._eval("finish", *args)
-        out: list[list[bool | BaseException] | BaseException] = []
-        i = 0
-        for call, _ in calls:
-            answers: list[bool | BaseException] = []
-            for f in call:
-                answer = reply[i]
-                i += 1
-                if answer == "!status":
-                    answers.append(ValueError(f"an attempt cannot end as {f.end.status}"))
-                else:
-                    answers.append(answer == 1)
-            out.append(answers)
-        return out
+        reply = iter(await self._eval("finish", *args))
+        return [[_finish_answer(f, next(reply)) for f in call] for call in calls]
 
     async def release(self, r: Release) -> bool:
         """running (this attempt, this node) -> queued: the node gives the task back unrun."""

@@ -25,8 +25,8 @@ for _, entry in ipairs(ids) do
   end
   if not seen[id] then
     seen[id] = true
-    local now = packed and redis.call("HMGET", tkey(id), "version", "seq")
-    if now and now[1] == version and now[2] == seq then
+    local current = packed and redis.call("HMGET", tkey(id), "version", "seq")
+    if current and current[1] == version and current[2] == seq then
       out[#out + 1] = packed -- unchanged since: answered as written (store.py splits it)
     else
       local v = state(id)
