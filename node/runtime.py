@@ -41,6 +41,16 @@ from core.driver import (
     worker_effects,
 )
 from core.events import Event, NodeLeft, NodeSeen
+from core.pacing import (
+    REGISTRY_PERIOD_S,
+    SWEEP_PERIOD_S,
+    TAKE_WAIT_S,
+    LocalFinishes,
+    TakePolicy,
+    TakeStep,
+    leader_wait_s,
+    own_seen_due,
+)
 from core.priority import Priority
 from core.scheduler import Scheduler, SchedulerConfig
 from core.store_model import Taken, TaskRecord
@@ -52,23 +62,6 @@ from node.store import RedisStore, StoreUnavailable
 from node.tasks import Handler, TaskContext, is_async, set_current
 
 log = logging.getLogger("dsched.runtime")
-
-# The leader reads the node registry this often, and each node writes its entry this often.
-REGISTRY_PERIOD_S = 0.5
-# Upper bound on how long the leader loop sleeps with nothing to do: a lost pub/sub message
-# (Redis pub/sub is fire-and-forget) costs at most this much latency, never a stuck task.
-LEADER_IDLE_S = 0.05
-# How often the leader removes finished tasks past their retention (bounded work per call).
-SWEEP_PERIOD_S = 60.0
-# How long a follower's BLPOP waits before it re-checks for shutdown and leadership.
-TAKE_WAIT_S = 1.0
-# At most this many of the node's own finishes ride one drain (one script call's worth).
-LOCAL_FINISHES_PER_DRAIN_MAX = 1000
-# How often the leader refreshes its own entry in its scheduler's node table (NodeSeen).
-OWN_SEEN_PERIOD_MS = 100
-# How often the leader's own take loop looks at its assignment list, where its own leases do
-# not go (they come back from the apply script) but an earlier leader's may have.
-TAKE_LIST_CHECK_S = 0.1
 
 
 def now_ms() -> int:
@@ -134,7 +127,7 @@ class NodeRuntime:
         # wait here for a free slot.
         self._direct: deque[Taken] = deque()
         self._background_tasks: set[asyncio.Task[None]] = set()
-        self._list_check_at = 0.0
+        self._take_policy = TakePolicy()
         self.leader_stats = LeaderStats()
         self._fenced_reported = 0
         self._handlers_running: dict[tuple[str, int], asyncio.Task[None]] = {}
@@ -150,10 +143,9 @@ class NodeRuntime:
         self._taking = 0
         # This node's finishes while it leads: its leader's next drain carries them to Redis
         # (finish, then drain, one round trip), so the drain sees them at once.
-        self._local_finishes: list[tuple[Finish, asyncio.Future[bool]]] = []
+        self._local_finishes: LocalFinishes[asyncio.Future[bool]] = LocalFinishes()
         self._depth_shown: dict[Priority, int] | None = None
-        # This node's own entry in the leader's NodeSeen events: refreshed at most this often
-        # (the leader steps every round; its own liveness needs no millisecond stamp).
+        # This node's own entry in the leader's NodeSeen events (own_seen_due).
         self._own_seen: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -196,7 +188,7 @@ class NodeRuntime:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        await self._flush_local_finishes()
+        await self._finishes_alone(self._local_finishes.take_all())
         with contextlib.suppress(Exception):
             await self.store.unregister_node(self.node_id)
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -322,8 +314,7 @@ class NodeRuntime:
         events: list[Event] = []
         info_now = dict(self._registry_info)
         slots = self.pool.slots if self._accepting else 0
-        own = self._own_seen
-        if own is None or own[1] != slots or now - own[0] >= OWN_SEEN_PERIOD_MS:
+        if own_seen_due(self._own_seen, slots, now):
             self._own_seen = (now, slots)
             info_now[self.node_id] = self._own_info()
         else:
@@ -378,8 +369,7 @@ class NodeRuntime:
             try:
                 await self._serve(proc)
                 self._store_ok = True
-                if self._local_finishes and not self.scheduler.leading:
-                    await self._flush_local_finishes()
+                await self._finishes_alone(self._local_finishes.to_flush(self.scheduler.leading))
             except StoreUnavailable as exc:
                 self._store_ok = False
                 log.warning("store unavailable in leader loop: %s", exc)
@@ -409,18 +399,14 @@ class NodeRuntime:
                 self._wake.clear()
                 await asyncio.sleep(0)
                 continue
-            timeout = LEADER_IDLE_S
-            timer_at = self.leader_stats.timer_at_ms
-            if timer_at is not None:
-                timeout = max(0.0, min(timeout, (timer_at - now_ms()) / 1000))
+            timeout = leader_wait_s(self.leader_stats.timer_at_ms, now_ms())
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
 
     async def _finish_drain(self, request: DrainRequest) -> list[Any] | str:
-        batch = self._local_finishes[:LOCAL_FINISHES_PER_DRAIN_MAX]
-        del self._local_finishes[:LOCAL_FINISHES_PER_DRAIN_MAX]
-        if self._local_finishes:
+        batch, more = self._local_finishes.for_drain()
+        if more:
             self._wake.set()  # the rest go with the next drain, at once
         try:
             answers, drained = await self.store.finish_drain(
@@ -442,10 +428,11 @@ class NodeRuntime:
                 future.set_result(answer)
         return drained
 
-    async def _flush_local_finishes(self) -> None:
+    async def _finishes_alone(self, batch: list[tuple[Finish, asyncio.Future[bool]]]) -> None:
         """Finishes queued for a drain that will not come (deposed, stopping): each alone, as
         a follower's are (group-committed all the same)."""
-        batch, self._local_finishes = self._local_finishes, []
+        if not batch:
+            return
 
         async def alone(finish: Finish, future: asyncio.Future[bool]) -> None:
             try:
@@ -513,11 +500,11 @@ class NodeRuntime:
         if isinstance(request, HeartbeatRequest):
             return await store.heartbeat_many(list(request.beats))
         if isinstance(request, FinishRequest):
-            if self.scheduler.leading and not self._stopping:
+            if LocalFinishes.wanted(self.scheduler.leading, self._stopping):
                 # Our own leader carries it with its next drain (woken now): no bell, and one
                 # round trip for the finish and for the leader to hear of it.
                 future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-                self._local_finishes.append((request.finish, future))
+                self._local_finishes.add(request.finish, future)
                 self._wake.set()
                 return await future
             [ok] = await store.finish_many([request.finish])
@@ -534,37 +521,31 @@ class NodeRuntime:
 
     # ------------------------------------------------------------------ worker driver
     async def _take_loop(self) -> None:
-        """Pull when slots are free: a slot takes an assignment only when it can start it (no
-        prefetch). First what this node's own leader leased to it directly; then its
-        assignment list, all free slots in one round trip: a follower waits in BLPOP (one slot
-        reserved, so direct leases can still start elsewhere should this node be elected
-        meanwhile), the leader looks now and then for entries an earlier leader queued."""
+        """Pull when slots are free, as TakePolicy says (no prefetch)."""
         loop = asyncio.get_running_loop()
+        policy = self._take_policy
         while not self._stopping:
             free = self.pool.free - self._taking
-            if free <= 0:
+            leading = self.scheduler.leading
+            plan = policy.next(free, bool(self._direct), leading, loop.time())
+            step = plan.step
+            if step is TakeStep.WAIT_SLOT:
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue
-            if self._direct:
+            if step is TakeStep.START_DIRECT:
                 await self._carry_out(self._start_direct())
                 continue
-            leading = self.scheduler.leading
-            if leading:
-                # Its own leases start as their apply answers (_execute); only the list is
-                # left to look at, now and then.
-                wait_s = self._list_check_at - loop.time()
-                if wait_s > 0:
-                    await asyncio.sleep(wait_s)
-                    continue
-                self._list_check_at = loop.time() + TAKE_LIST_CHECK_S
+            if step is TakeStep.SLEEP:
+                await asyncio.sleep(plan.sleep_s)
+                continue
             try:
-                self._taking += free
+                self._taking += plan.count
                 try:
-                    taken = await self.store.take_many(self.node_id, free)
+                    taken = await self.store.take_many(self.node_id, plan.count)
                 finally:
-                    self._taking -= free
-                if not taken and not leading:
+                    self._taking -= plan.count
+                if not taken and plan.block_one:
                     self._taking += 1
                     try:
                         one = await self.store.take(self.node_id, TAKE_WAIT_S)

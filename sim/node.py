@@ -40,6 +40,16 @@ from core.driver import (
 )
 from core.effects import Effect, Lease
 from core.events import Event, NodeSeen
+from core.pacing import (
+    REGISTRY_PERIOD_S,
+    SWEEP_PERIOD_S,
+    TAKE_WAIT_S,
+    LocalFinishes,
+    TakePolicy,
+    TakeStep,
+    leader_wait_s,
+    own_seen_due,
+)
 from core.scheduler import Role, Scheduler, SchedulerConfig
 from core.store_model import StoreUnavailable, Taken
 from core.task import Outcome
@@ -62,14 +72,7 @@ if TYPE_CHECKING:
     from sim.load import Submission
     from sim.world import World
 
-# The runtime's timings (node/runtime.py), so the simulated node paces itself as the real one.
-REGISTRY_PERIOD_S = 0.5
-LEADER_IDLE_S = 0.05
-TAKE_WAIT_S = 1.0
-# As node/runtime.py: how often the leader's take loop looks at its own assignment list.
-TAKE_LIST_CHECK_S = 0.1
-OWN_SEEN_PERIOD_MS = 100
-SWEEP_PERIOD_S = 60.0
+# The runtime's pacing is core.pacing's, shared; these are the runtime's other timings.
 STORE_RETRY_S = 0.2
 WORKER_TICK_MAX_S = 0.1
 # Submissions group-committed per store round trip (the API's batch limit).
@@ -168,8 +171,8 @@ class SimNode:
         self._submit_event: simpy.Event | None = None
         self._direct: deque[Taken] = deque()
         # As NodeRuntime: this node's finishes while it leads ride its leader's next drain.
-        self._local_finishes: list[tuple[Finish, simpy.Event]] = []
-        self._list_check_at = 0.0
+        self._local_finishes: LocalFinishes[simpy.Event] = LocalFinishes()
+        self._take_policy = TakePolicy()
         self._registry_info: dict[str, tuple[int, int]] = {}
         self._registry_seen: dict[str, int] = {}
         self._registry_looked_at: dict[str, tuple[int, int]] | None = None
@@ -198,8 +201,8 @@ class SimNode:
         self._registry_looked_at = None
         self._own_seen = None
         self._direct = deque()
-        self._local_finishes = []
-        self._list_check_at = 0.0
+        self._local_finishes = LocalFinishes()
+        self._take_policy = TakePolicy()
         inc = self.incarnation
         env = self.env
         for loop in (
@@ -273,8 +276,7 @@ class SimNode:
         if self.incarnation != inc:
             return  # crashed meanwhile
         # As NodeRuntime.stop once its loops have stopped: finishes still queued go alone.
-        leftover, self._local_finishes = self._local_finishes, []
-        for finish, done in leftover:
+        for finish, done in self._local_finishes.take_all():
             try:
                 done.succeed((yield from self.call(FinishRequest(finish))))
             except StoreUnavailable:
@@ -340,14 +342,17 @@ class SimNode:
                     continue
                 inc = self.incarnation
                 kind = type(request)
-                if kind is FinishRequest and self.sched.leading:
+                if kind is FinishRequest and LocalFinishes.wanted(self.sched.leading, False):
                     # As NodeRuntime._execute: our own leader carries it with its next drain.
+                    # (The runtime's loops stop only once the node is down here: never False.)
                     done = self.env.event()
-                    self._local_finishes.append((request.finish, done))
+                    self._local_finishes.add(request.finish, done)
                     self.wake()
                     answer = yield done
                 elif kind is DrainRequest and self._local_finishes:
-                    batch, self._local_finishes = self._local_finishes, []
+                    batch, more = self._local_finishes.for_drain()
+                    if more:
+                        self.wake()  # as the runtime: the rest go with the next drain, at once
                     finishes = tuple(f for f, _ in batch)
                     answer = yield caller.call(node_id, FinishDrainRequest(finishes, request))
                     if answer is UNAVAILABLE:
@@ -400,8 +405,7 @@ class SimNode:
         """NodeSeen for every registry entry refreshed since the last look (as the runtime)."""
         slots = self.pool.slots if self.pool.accepting else 0
         # As the runtime: our own entry at most every OWN_SEEN_PERIOD_MS, or when slots change.
-        last = self._own_seen
-        refresh = last is None or last[1] != slots or now - last[0] >= OWN_SEEN_PERIOD_MS
+        refresh = own_seen_due(self._own_seen, slots, now)
         if refresh:
             self._own_seen = (now, slots)
         info = self._registry_info
@@ -442,8 +446,7 @@ class SimNode:
             )
             try:
                 yield from self.serve(proc)
-                if self._local_finishes and not self.sched.leading:
-                    self._flush_local_finishes()
+                self._finishes_alone(self._local_finishes.to_flush(self.sched.leading))
             except StoreUnavailable:
                 yield env.timeout(STORE_RETRY_S)
                 if self.paused or self.incarnation != inc:
@@ -461,14 +464,11 @@ class SimNode:
                 self.world.trace.emit(
                     env.now, "role", self.id, self.sched.role.value, self.sched.term
                 )
-            timeout = LEADER_IDLE_S
-            timer_at = self.stats.timer_at_ms
-            if timer_at is not None:
-                timeout = max(0.0, min(timeout, (timer_at - self.now_ms()) / 1000))
             if self._wake_flag:
                 # Rung during the round (as an asyncio.Event set meanwhile): go again at once.
                 self._wake_flag = False
                 continue
+            timeout = leader_wait_s(self.stats.timer_at_ms, self.now_ms())
             wake = self._wake_event = env.event()
             # At least one millisecond: a timer that is already due is served next round.
             call_later(env, max(timeout, 0.001), partial(fire_if_pending, wake))
@@ -476,10 +476,9 @@ class SimNode:
             self._wake_event = None
             self._wake_flag = False
 
-    def _flush_local_finishes(self) -> None:
-        """As NodeRuntime._flush_local_finishes: finishes queued for a drain that will not
-        come (deposed, stopping) go alone."""
-        batch, self._local_finishes = self._local_finishes, []
+    def _finishes_alone(self, batch: list[tuple[Finish, simpy.Event]]) -> None:
+        """As NodeRuntime._finishes_alone: finishes queued for a drain that will not come
+        (deposed, stopping) go alone."""
         for finish, done in batch:
             self.env.process(self._guard(self._finish_alone(finish, done)))
 
@@ -489,36 +488,31 @@ class SimNode:
 
     # ------------------------------------------------------------------ workers
     def _take_loop(self, inc: int) -> ProcessGen:
-        """As NodeRuntime._take_loop: direct leases first; then the assignment list, every free
-        slot in one request; a follower waits on one slot (BLPOP), the leader looks at its list
-        every TAKE_LIST_CHECK_S for what an earlier leader queued for it."""
+        """As NodeRuntime._take_loop: pull when slots are free, as TakePolicy says."""
         env = self.env
+        policy = self._take_policy
         wait_call_s = TAKE_WAIT_S + self.world.config.net.request_timeout_s
         while True:
             if self.paused or self.incarnation != inc:
                 yield from self._gate(inc)
-            pool = self.pool
-            free = pool.free
-            if free <= 0:
+            plan = policy.next(self.pool.free, bool(self._direct), self.sched.leading, env.now)
+            step = plan.step
+            if step is TakeStep.WAIT_SLOT:
                 if self.stopping:
                     return
                 slot = self._slot_event = env.event()
                 yield slot
                 self._slot_event = None
                 continue
-            if self._direct:
+            if step is TakeStep.START_DIRECT:
                 self._start_direct(inc)
                 continue
-            leading = self.sched.leading
-            if leading:
-                wait_s = self._list_check_at - env.now
-                if wait_s > 0:
-                    yield env.timeout(wait_s)
-                    continue
-                self._list_check_at = env.now + TAKE_LIST_CHECK_S
+            if step is TakeStep.SLEEP:
+                yield env.timeout(plan.sleep_s)
+                continue
             try:
-                taken = yield from self.call(TakeManyRequest(self.id, free), wait_call_s)
-                if not taken and not leading:
+                taken = yield from self.call(TakeManyRequest(self.id, plan.count), wait_call_s)
+                if not taken and plan.block_one:
                     one = yield from self.call(TakeRequest(self.id, TAKE_WAIT_S), wait_call_s)
                     taken = [] if one is None else [one]
             except StoreUnavailable:

@@ -232,7 +232,8 @@ class SimStore:
         elif kind is FinishRequest:
             answer(self._finish(request))
         elif kind is FinishDrainRequest:
-            written = [self._finish(FinishRequest(f)) for f in request.finishes]
+            # As RedisStore.finish_drain: quiet, no bell (the leader that drains wrote them).
+            written = [self._finish(FinishRequest(f), ring=False) for f in request.finishes]
             answer((written, self._drain(node, request.drain)))
         elif kind is HeartbeatRequest:
             answer(self._heartbeat(request))
@@ -402,7 +403,7 @@ class SimStore:
             out.append((held, status))
         return out
 
-    def _finish(self, request: FinishRequest) -> bool:
+    def _finish(self, request: FinishRequest, ring: bool = True) -> bool:
         f = request.finish
         ok = self.model.finish(f.task_id, f.attempt, f.node_id, f.end, f.now_ms)
         self.trace.emit(
@@ -410,7 +411,8 @@ class SimStore:
         )
         if ok:
             self.checker.on_finish(f.task_id, f.attempt, f.node_id, f.end)
-            self._ring_bell()
+            if ring:
+                self._ring_bell()
         else:
             self.checker.counters.stale_refused += 1
         return ok

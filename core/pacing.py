@@ -1,0 +1,149 @@
+"""How a node paces its loops, written once for both drivers (node/runtime.py and sim/node.py).
+
+The drivers differ only in how they wait (asyncio against SimPy); when to wait, for how long,
+what a free slot does next and which finishes ride the leader's drain are decided here, so the
+simulation proves the pacing that ships. No I/O and no clock: times are arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import Enum
+from typing import Generic, TypeVar
+
+from core.worker import Finish
+
+# The leader reads the node registry this often, and each node writes its entry this often.
+REGISTRY_PERIOD_S = 0.5
+# Upper bound on how long the leader loop sleeps with nothing to do: a lost pub/sub message
+# (Redis pub/sub is fire-and-forget) costs at most this much latency, never a stuck task.
+LEADER_IDLE_S = 0.05
+# How often the leader removes finished tasks past their retention (bounded work per call).
+SWEEP_PERIOD_S = 60.0
+# How long a follower's blocking take waits before it re-checks for shutdown and leadership.
+TAKE_WAIT_S = 1.0
+# How often the leader's own take loop looks at its assignment list, where its own leases do
+# not go (they come back from the apply script) but an earlier leader's may have.
+TAKE_LIST_CHECK_S = 0.1
+# How often the leader refreshes its own entry in its scheduler's node table (NodeSeen): it
+# steps every round, and its own liveness needs no millisecond stamp.
+OWN_SEEN_PERIOD_MS = 100
+# At most this many of the node's own finishes ride one drain (one script call's worth).
+LOCAL_FINISHES_PER_DRAIN_MAX = 1000
+
+
+def leader_wait_s(timer_at_ms: int | None, now_ms: int) -> float:
+    """How long the leader loop may sleep after a round that was not woken meanwhile: until
+    the scheduler's next due time, and never longer than LEADER_IDLE_S."""
+    if timer_at_ms is None:
+        return LEADER_IDLE_S
+    return max(0.0, min(LEADER_IDLE_S, (timer_at_ms - now_ms) / 1000))
+
+
+def own_seen_due(last: tuple[int, int] | None, slots: int, now_ms: int) -> bool:
+    """Whether the leader's own NodeSeen is due: ``last`` is (stamp_ms, slots) of the one it
+    fed last. Due when its slots changed, or OWN_SEEN_PERIOD_MS after the last one."""
+    return last is None or last[1] != slots or now_ms - last[0] >= OWN_SEEN_PERIOD_MS
+
+
+W = TypeVar("W")
+
+
+class LocalFinishes(Generic[W]):
+    """The leader's own finishes, waiting to ride its next drain (finish, then drain, one
+    round trip, so the drain sees them at once and no bell is rung). ``W`` is the driver's
+    waiter (an asyncio future, a SimPy event), answered with the finish's result.
+
+    A finish is queued only while this node leads and its loops run; whatever is left when
+    it stops leading (or stops) goes alone, as a follower's would."""
+
+    __slots__ = ("_queue",)
+
+    def __init__(self) -> None:
+        self._queue: list[tuple[Finish, W]] = []
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def __bool__(self) -> bool:
+        return bool(self._queue)
+
+    def __iter__(self) -> Iterator[tuple[Finish, W]]:
+        return iter(self._queue)
+
+    @staticmethod
+    def wanted(leading: bool, loops_stopped: bool) -> bool:
+        """Whether a finish of this node should wait for its own leader's drain."""
+        return leading and not loops_stopped
+
+    def add(self, finish: Finish, waiter: W) -> None:
+        self._queue.append((finish, waiter))
+
+    def for_drain(self) -> tuple[list[tuple[Finish, W]], bool]:
+        """The finishes for the drain about to go, oldest first, and whether more are left
+        (the driver then wakes its leader loop again at once)."""
+        queue = self._queue
+        if len(queue) <= LOCAL_FINISHES_PER_DRAIN_MAX:
+            self._queue = []
+            return queue, False
+        batch = queue[:LOCAL_FINISHES_PER_DRAIN_MAX]
+        del queue[:LOCAL_FINISHES_PER_DRAIN_MAX]
+        return batch, True
+
+    def to_flush(self, leading: bool) -> list[tuple[Finish, W]]:
+        """After a round: the finishes no drain of ours will carry (not leading now), to go
+        alone. Empty while leading."""
+        if leading or not self._queue:
+            return []
+        return self.take_all()
+
+    def take_all(self) -> list[tuple[Finish, W]]:
+        batch, self._queue = self._queue, []
+        return batch
+
+
+class TakeStep(Enum):
+    WAIT_SLOT = "wait-slot"  # no free slot: wait until one frees
+    START_DIRECT = "start-direct"  # start the direct leases (from our own leader's apply)
+    SLEEP = "sleep"  # the leader's list is not due for a look yet
+    TAKE = "take"  # take up to `count` from the assignment list
+
+
+@dataclass(frozen=True, slots=True)
+class TakePlan:
+    step: TakeStep
+    count: int = 0
+    sleep_s: float = 0.0
+    # TAKE only: if the list is empty, wait on it for one (a follower's BLPOP, TAKE_WAIT_S),
+    # one slot reserved, so direct leases can still start elsewhere should this node be
+    # elected meanwhile.
+    block_one: bool = False
+
+
+class TakePolicy:
+    """What a node's take loop does next: pull only when a slot is free (no prefetch); first
+    what its own leader leased to it directly; then its assignment list, every free slot in
+    one request. A follower then waits on the list; the leader looks at it only every
+    TAKE_LIST_CHECK_S, for entries an earlier leader queued there."""
+
+    __slots__ = ("list_check_at_s",)
+
+    def __init__(self) -> None:
+        self.list_check_at_s = 0.0
+
+    def next(self, free: int, direct_waiting: bool, leading: bool, now_s: float) -> TakePlan:
+        if free <= 0:
+            return _WAIT_SLOT
+        if direct_waiting:
+            return _START_DIRECT
+        if leading:
+            wait_s = self.list_check_at_s - now_s
+            if wait_s > 0:
+                return TakePlan(TakeStep.SLEEP, sleep_s=wait_s)
+            self.list_check_at_s = now_s + TAKE_LIST_CHECK_S
+        return TakePlan(TakeStep.TAKE, count=free, block_one=not leading)
+
+
+_WAIT_SLOT = TakePlan(TakeStep.WAIT_SLOT)
+_START_DIRECT = TakePlan(TakeStep.START_DIRECT)

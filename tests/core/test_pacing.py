@@ -1,0 +1,128 @@
+"""core.pacing: the loop pacing both drivers share (the leader's own finishes, the take loop)."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from core.pacing import (
+    LEADER_IDLE_S,
+    LOCAL_FINISHES_PER_DRAIN_MAX,
+    OWN_SEEN_PERIOD_MS,
+    TAKE_LIST_CHECK_S,
+    LocalFinishes,
+    TakePolicy,
+    TakeStep,
+    leader_wait_s,
+    own_seen_due,
+)
+from core.task import AttemptEnd, Status
+from core.worker import Finish
+
+
+def finish(i: int) -> Finish:
+    return Finish(f"t{i}", 1, "n1", AttemptEnd(Status.SUCCEEDED, 0), i)
+
+
+# Operations on the queue: add n finishes, take a drain's worth, flush (leading or not).
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), st.integers(1, 2 * LOCAL_FINISHES_PER_DRAIN_MAX + 5)),
+        st.tuples(st.just("drain"), st.just(0)),
+        st.tuples(st.just("flush"), st.booleans()),
+        st.tuples(st.just("all"), st.just(0)),
+    ),
+    max_size=12,
+)
+
+
+@given(OPS)
+def test_local_finishes_leave_once_each_oldest_first_at_most_a_drains_worth(
+    ops: list[tuple[str, int]],
+) -> None:
+    q: LocalFinishes[int] = LocalFinishes()
+    added: list[int] = []
+    out: list[int] = []
+    for op, arg in ops:
+        if op == "add":
+            for _ in range(arg):
+                i = len(added)
+                q.add(finish(i), i)
+                added.append(i)
+        elif op == "drain":
+            before = len(q)
+            batch, more = q.for_drain()
+            assert len(batch) == min(before, LOCAL_FINISHES_PER_DRAIN_MAX)
+            assert more == (len(q) > 0)
+            out += [w for _, w in batch]
+        elif op == "flush":
+            before = len(q)
+            batch = q.to_flush(leading=bool(arg))
+            assert len(batch) == (0 if arg else before)
+            out += [w for _, w in batch]
+        else:
+            out += [w for _, w in q.take_all()]
+        # Each finish carries its own waiter, and none leaves twice or out of order.
+        assert out == added[: len(out)]
+    assert out + [w for _, w in q] == added
+    for f, w in q:
+        assert f.task_id == f"t{w}"
+
+
+def test_local_finishes_are_wanted_only_while_leading_with_loops_running() -> None:
+    assert LocalFinishes.wanted(leading=True, loops_stopped=False)
+    assert not LocalFinishes.wanted(leading=True, loops_stopped=True)
+    assert not LocalFinishes.wanted(leading=False, loops_stopped=False)
+
+
+@given(st.one_of(st.none(), st.integers(-10_000, 10_000)), st.integers(0, 10_000))
+def test_leader_wait_never_exceeds_idle_nor_passes_the_timer(
+    timer_at: int | None, now: int
+) -> None:
+    wait = leader_wait_s(None if timer_at is None else now + timer_at, now)
+    assert 0.0 <= wait <= LEADER_IDLE_S
+    if timer_at is not None:
+        assert wait <= max(0.0, timer_at / 1000)
+        if 0 <= timer_at <= LEADER_IDLE_S * 1000:
+            assert wait == timer_at / 1000
+
+
+def test_own_seen_due_on_first_on_slot_change_and_after_the_period() -> None:
+    assert own_seen_due(None, 5, 0)
+    assert not own_seen_due((1000, 5), 5, 1000 + OWN_SEEN_PERIOD_MS - 1)
+    assert own_seen_due((1000, 5), 5, 1000 + OWN_SEEN_PERIOD_MS)
+    assert own_seen_due((1000, 5), 0, 1001)
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(-2, 8), st.booleans(), st.booleans(), st.floats(0, 0.05)),
+        max_size=40,
+    )
+)
+def test_take_policy_never_pulls_without_a_free_slot_and_paces_the_leaders_list(
+    steps: list[tuple[int, bool, bool, float]],
+) -> None:
+    policy = TakePolicy()
+    now = 0.0
+    last_leader_take: float | None = None
+    for free, direct, leading, dt in steps:
+        now += dt
+        plan = policy.next(free, direct, leading, now)
+        if free <= 0:
+            assert plan.step is TakeStep.WAIT_SLOT  # no prefetch, ever
+            continue
+        if direct:
+            assert plan.step is TakeStep.START_DIRECT  # our own leader's leases come first
+            continue
+        if plan.step is TakeStep.TAKE:
+            assert plan.count == free
+            assert plan.block_one == (not leading)
+            if leading:
+                if last_leader_take is not None:
+                    assert now - last_leader_take >= TAKE_LIST_CHECK_S - 1e-9
+                last_leader_take = now
+        else:
+            assert plan.step is TakeStep.SLEEP and leading
+            assert last_leader_take is not None
+            assert abs(now + plan.sleep_s - (last_leader_take + TAKE_LIST_CHECK_S)) < 1e-9
