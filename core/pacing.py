@@ -31,6 +31,11 @@ TAKE_LIST_CHECK_S = 0.1
 OWN_SEEN_PERIOD_MS = 100
 # At most this many of the node's own finishes ride one drain (one script call's worth).
 LOCAL_FINISHES_PER_DRAIN_MAX = 1000
+# A leader that has not reached the store for this long hands its leadership to a follower,
+# which may reach it: Raft alone keeps a leader cut off from Redis in office for good, and
+# nothing would be assigned until the link healed. Also the least time between two handovers
+# by one node (with the store down for everyone, leadership moves round no faster than this).
+STORE_LOST_HANDOVER_MS = 2000
 
 
 def leader_wait_s(timer_at_ms: int | None, now_ms: int) -> float:
@@ -45,6 +50,33 @@ def own_seen_due(last: tuple[int, int] | None, slots: int, now_ms: int) -> bool:
     """Whether the leader's own NodeSeen is due: ``last`` is (stamp_ms, slots) of the one it
     fed last. Due when its slots changed, or OWN_SEEN_PERIOD_MS after the last one."""
     return last is None or last[1] != slots or now_ms - last[0] >= OWN_SEEN_PERIOD_MS
+
+
+class HandoverWatch:
+    """Tells a leader loop when to hand leadership over: after it has led for
+    STORE_LOST_HANDOVER_MS without one round that reached the store."""
+
+    __slots__ = ("_reached_ms",)
+
+    def __init__(self) -> None:
+        # When this node, leading, last reached the store (or began to lead); None: not leading.
+        self._reached_ms: int | None = None
+
+    def after_round(self, leads: bool, reached_store: bool, started_ms: int, now_ms: int) -> bool:
+        """A leader round ran from ``started_ms`` to ``now_ms``; ``leads`` is what Raft said at
+        its start. True: hand over now."""
+        if not leads:
+            self._reached_ms = None
+            return False
+        if reached_store:
+            self._reached_ms = now_ms
+            return False
+        if self._reached_ms is None:
+            self._reached_ms = started_ms
+        if now_ms - self._reached_ms < STORE_LOST_HANDOVER_MS:
+            return False
+        self._reached_ms = now_ms  # the next handover no sooner than one period from now
+        return True
 
 
 W = TypeVar("W")

@@ -109,6 +109,11 @@ class RaftLeadership:
             log.warning("raft term below stored epoch %d: standing again above it", stored_epoch)
             self.member.raise_term_above(stored_epoch)
 
+    def hand_over(self) -> None:
+        """We lead but cannot reach the store: let a follower that may reach it lead."""
+        if self.member is not None and self.member.status.is_leader:
+            self.member.request_transfer_leadership()
+
     async def stop(self) -> None:
         member, self.member = self.member, None
         if member is None:

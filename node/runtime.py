@@ -45,6 +45,7 @@ from core.pacing import (
     REGISTRY_PERIOD_S,
     SWEEP_PERIOD_S,
     TAKE_WAIT_S,
+    HandoverWatch,
     LocalFinishes,
     TakePolicy,
     TakeStep,
@@ -128,6 +129,7 @@ class NodeRuntime:
         self._direct: deque[Taken] = deque()
         self._background_tasks: set[asyncio.Task[None]] = set()
         self._take_policy = TakePolicy()
+        self._handover = HandoverWatch()
         self.leader_stats = LeaderStats()
         self._fenced_reported = 0
         self._handlers_running: dict[tuple[str, int], asyncio.Task[None]] = {}
@@ -353,7 +355,7 @@ class NodeRuntime:
 
     async def _leader_loop(self) -> None:
         while not self._stopping:
-            self._loop_alive_ms = now_ms()
+            started = self._loop_alive_ms = now_ms()
             leads, term, leader = self.leadership.snapshot()
             events = self._node_events(now_ms())
             previous = self._seen_leader
@@ -370,9 +372,11 @@ class NodeRuntime:
                 await self._serve(proc)
                 self._store_ok = True
                 await self._finishes_alone(self._local_finishes.to_flush(self.scheduler.leading))
+                self._handover.after_round(leads, True, started, now_ms())
             except StoreUnavailable as exc:
                 self._store_ok = False
                 log.warning("store unavailable in leader loop: %s", exc)
+                self._hand_over_if_cut_off(leads, started)
                 await asyncio.sleep(0.2)
             except asyncio.CancelledError:
                 raise
@@ -403,6 +407,14 @@ class NodeRuntime:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
+
+    def _hand_over_if_cut_off(self, leads: bool, started_ms: int) -> None:
+        if not self._handover.after_round(leads, False, started_ms, now_ms()):
+            return
+        hand_over = getattr(self.leadership, "hand_over", None)
+        if hand_over is not None:  # a solo node has no one to hand over to
+            log.warning("leading without reaching the store: handing leadership over")
+            hand_over()
 
     async def _finish_drain(self, request: DrainRequest) -> list[Any] | str:
         batch, more = self._local_finishes.for_drain()

@@ -44,6 +44,7 @@ from core.pacing import (
     REGISTRY_PERIOD_S,
     SWEEP_PERIOD_S,
     TAKE_WAIT_S,
+    HandoverWatch,
     LocalFinishes,
     TakePolicy,
     TakeStep,
@@ -173,6 +174,7 @@ class SimNode:
         # As NodeRuntime: this node's finishes while it leads ride its leader's next drain.
         self._local_finishes: LocalFinishes[simpy.Event] = LocalFinishes()
         self._take_policy = TakePolicy()
+        self._handover = HandoverWatch()
         self._registry_info: dict[str, tuple[int, int]] = {}
         self._registry_seen: dict[str, int] = {}
         self._registry_looked_at: dict[str, tuple[int, int]] | None = None
@@ -203,6 +205,7 @@ class SimNode:
         self._direct = deque()
         self._local_finishes = LocalFinishes()
         self._take_policy = TakePolicy()
+        self._handover = HandoverWatch()
         inc = self.incarnation
         env = self.env
         for loop in (
@@ -441,13 +444,20 @@ class SimNode:
             if leads:
                 checker.on_leader_claim(self.id, term)
             before = self.sched.role
+            started = self.now_ms()
             proc = leader_round(
-                self.sched, leads, term, self._node_events(self.now_ms()), self.now_ms, self.stats
+                self.sched, leads, term, self._node_events(started), self.now_ms, self.stats
             )
             try:
                 yield from self.serve(proc)
                 self._finishes_alone(self._local_finishes.to_flush(self.sched.leading))
+                self._handover.after_round(leads, True, started, self.now_ms())
             except StoreUnavailable:
+                if self._handover.after_round(leads, False, started, self.now_ms()):
+                    # As NodeRuntime._hand_over_if_cut_off: let a follower that may reach the
+                    # store lead.
+                    self.world.trace.emit(env.now, "handover", self.id, term)
+                    leadership.transfer(self.index, lambda: None)
                 yield env.timeout(STORE_RETRY_S)
                 if self.paused or self.incarnation != inc:
                     yield from self._gate(inc)

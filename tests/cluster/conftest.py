@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.cluster.raftproxy import RaftProxies
+from tests.cluster.storeproxy import StoreProxies
 from tests.probe_tasks import read_log
 from tests.procs import NodeProc, free_ports, terminal, wait_for
 
@@ -24,6 +25,7 @@ class Cluster:
     proxies: RaftProxies
     advertised: list[str]
     probe_log: str
+    store_proxies: StoreProxies | None = None
     killed_pids: set[int] = field(default_factory=set)
     paused_pids: set[int] = field(default_factory=set)
 
@@ -109,9 +111,9 @@ class Cluster:
         return reruns
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, redis_factory: Any) -> Iterator[Cluster]:
-    redis = redis_factory(fsync="everysec")
+def _start_cluster(
+    tmp_path: Path, redis: Any, store_proxies: StoreProxies | None = None
+) -> Iterator[Cluster]:
     ports = free_ports(9)
     http_ports, raft_ports, proxy_ports = ports[0:3], ports[3:6], ports[6:9]
     advertised = [f"127.0.0.1:{p}" for p in proxy_ports]
@@ -124,7 +126,7 @@ def cluster(tmp_path: Path, redis_factory: Any) -> Iterator[Cluster]:
                 tmp_path,
                 f"node{i + 1}",
                 http_ports[i],
-                redis.url,
+                redis.url if store_proxies is None else store_proxies.url(i),
                 raft_port=raft_ports[i],
                 peers=[a for j, a in enumerate(advertised) if j != i],
                 extra=[
@@ -138,7 +140,7 @@ def cluster(tmp_path: Path, redis_factory: Any) -> Iterator[Cluster]:
                 env={"DSCHED_PROBE_LOG": probe_log},
             ).start()
         )
-    c = Cluster(nodes, proxies, advertised, probe_log)
+    c = Cluster(nodes, proxies, advertised, probe_log, store_proxies)
     try:
         for node in nodes:
             node.wait_ready()
@@ -149,3 +151,18 @@ def cluster(tmp_path: Path, redis_factory: Any) -> Iterator[Cluster]:
             node.signal(signal.SIGCONT)
             node.kill()
         proxies.close()
+        if store_proxies is not None:
+            store_proxies.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, redis_factory: Any) -> Iterator[Cluster]:
+    yield from _start_cluster(tmp_path, redis_factory(fsync="everysec"))
+
+
+@pytest.fixture
+def store_cut_cluster(tmp_path: Path, redis_factory: Any) -> Iterator[Cluster]:
+    """The cluster with each node's Redis link behind its own proxy (cluster.store_proxies)."""
+    redis = redis_factory(fsync="everysec")
+    store_proxies = StoreProxies(free_ports(3), redis.port).start()
+    yield from _start_cluster(tmp_path, redis, store_proxies)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from typing import Any
 
 import pytest
@@ -113,6 +114,29 @@ def test_partition_minority_leader_stops_majority_carries_on(cluster: Cluster) -
     cluster.proxies.heal()
     cluster.wait_leader(cluster.nodes, above_term=term)
     cluster.wait_all_succeeded(ids)
+    cluster.check_executions()
+
+
+def test_leader_cut_off_from_redis_hands_over(store_cut_cluster: Cluster) -> None:
+    """The leader loses Redis but not its peers: Raft alone would keep it leading (and nothing
+    assigned) until the link healed; it hands over (core/pacing.py) and the others carry on."""
+    cluster = store_cut_cluster
+    assert cluster.store_proxies is not None
+    leader, term = cluster.wait_leader()
+    cut = cluster.by_id(leader)
+    others = [n for n in cluster.nodes if n is not cut]
+    started = time.monotonic()
+    cluster.store_proxies.cut(cluster.nodes.index(cut))
+    new_leader, _ = cluster.wait_leader(others, above_term=term)
+    print(f"leader cut off from Redis: {new_leader} leads {time.monotonic() - started:.2f} s on")
+    assert new_leader != leader
+    # Work goes on while the cut lasts.
+    ids = cluster.submit_batch(others[0], 100, payload={"seconds": 0.01})
+    cluster.wait_all_succeeded(ids, timeout_s=30)
+    cluster.store_proxies.heal()
+    wait_for(lambda: cut.get("/readyz", timeout_s=2)[0] == 200, 30, "the cut node ready again")
+    ids = cluster.submit_batch(cut, 50, payload={"seconds": 0.01})
+    cluster.wait_all_succeeded(ids, timeout_s=30)
     cluster.check_executions()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -9,7 +11,9 @@ from core.pacing import (
     LEADER_IDLE_S,
     LOCAL_FINISHES_PER_DRAIN_MAX,
     OWN_SEEN_PERIOD_MS,
+    STORE_LOST_HANDOVER_MS,
     TAKE_LIST_CHECK_S,
+    HandoverWatch,
     LocalFinishes,
     TakePolicy,
     TakeStep,
@@ -126,3 +130,47 @@ def test_take_policy_never_pulls_without_a_free_slot_and_paces_the_leaders_list(
             assert plan.step is TakeStep.SLEEP and leading
             assert last_leader_take is not None
             assert abs(now + plan.sleep_s - (last_leader_take + TAKE_LIST_CHECK_S)) < 1e-9
+
+
+@given(
+    st.lists(st.tuples(st.booleans(), st.booleans(), st.integers(0, 600)), max_size=60),
+)
+def test_handover_only_after_leading_that_long_without_reaching_the_store(
+    rounds: list[tuple[bool, bool, int]],
+) -> None:
+    watch = HandoverWatch()
+    now = 0
+    reached_at: int | None = None  # when, leading, we last reached the store or began to lead
+    last_handover: int | None = None
+    for leads, reached, took in rounds:
+        started, now = now, now + took
+        go = watch.after_round(leads, reached, started, now)
+        if not leads:
+            reached_at = None
+            assert not go
+            continue
+        if reached:
+            reached_at = now
+            assert not go
+            continue
+        if reached_at is None:
+            reached_at = started
+        assert go == (now - reached_at >= STORE_LOST_HANDOVER_MS)
+        if go:
+            if last_handover is not None:
+                assert now - last_handover >= STORE_LOST_HANDOVER_MS
+            last_handover = reached_at = now
+
+
+def test_handover_after_the_period_of_failed_rounds_and_not_before() -> None:
+    watch = HandoverWatch()
+    assert not watch.after_round(True, True, 0, 10)
+    t = 10
+    went = []
+    while t < 10 + 3 * STORE_LOST_HANDOVER_MS:
+        went.append((t + 200, watch.after_round(True, False, t, t + 200)))
+        t += 200
+    handovers = [at for at, go in went if go]
+    assert handovers and handovers[0] - 10 >= STORE_LOST_HANDOVER_MS
+    assert handovers[0] - 10 < STORE_LOST_HANDOVER_MS + 200
+    assert all(b - a >= STORE_LOST_HANDOVER_MS for a, b in itertools.pairwise(handovers))

@@ -10,6 +10,7 @@ import os
 
 import pytest
 
+from core.pacing import STORE_LOST_HANDOVER_MS
 from sim.report import format_violation
 from sim.scripted import (
     UPDATE_ENV,
@@ -33,3 +34,12 @@ def test_script_replays_to_its_golden(script: str) -> None:
     want = read_golden(script)
     assert want is not None, f"no golden for {script}: run with {UPDATE_ENV}=1"
     assert got == want
+
+
+def test_a_leader_cut_off_from_the_store_hands_over_before_the_link_heals() -> None:
+    script = next(p for p in script_paths() if p.endswith("leader-loses-store.txt"))
+    result = run_one(script_config(script))
+    assert result.violation is None
+    # The cut lasts 8 s; a leader that stayed in office would make no failover at all.
+    assert len(result.failovers_s) == 1
+    assert result.failovers_s[0] < STORE_LOST_HANDOVER_MS / 1000 + 1.5
