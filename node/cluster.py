@@ -42,6 +42,7 @@ class RaftLeadership:
             http_addr=f"{cfg.http_host}:{cfg.http_port}",
             config=self.raft_config,
             bind_addr=self.bind_addr,
+            password=cfg.raft_password or None,
         )
 
         def changed(_status: RaftStatus) -> None:

@@ -35,6 +35,10 @@ class NodeConfig:
     # (behind NAT or a proxy). It is also this member's identity in the Raft configuration.
     raft_advertise: str = ""
     peers: tuple[str, ...] = ()
+    # Shared secret of the Raft members: their traffic is then encrypted and authenticated
+    # (pysyncobj's Fernet), so nothing unauthenticated reaches its unpickler. Empty: none,
+    # and the Raft port must be reachable by the members only.
+    raft_password: str = field(default="", repr=False)
     lease_ms: int = 10_000
     # How long running tasks may finish after SIGTERM before they are given back.
     shutdown_grace_s: float = 10.0
@@ -87,6 +91,12 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
         default=_env("PEERS", ""),
         help="comma-separated host:port Raft addresses of the other members",
     )
+    a(
+        "--raft-password",
+        default=_env("RAFT_PASSWORD", d.raft_password),
+        help="shared secret of the Raft members (encrypts and authenticates their traffic); "
+        "prefer DSCHED_RAFT_PASSWORD, which ps does not show",
+    )
     a("--lease-ms", type=int, default=int(_env("LEASE_MS", str(d.lease_ms))))
     a(
         "--shutdown-grace-s",
@@ -132,6 +142,7 @@ def config_from_args(ns: argparse.Namespace) -> NodeConfig:
         raft_port=ns.raft_port,
         raft_advertise=ns.raft_advertise,
         peers=peers,
+        raft_password=ns.raft_password,
         lease_ms=ns.lease_ms,
         shutdown_grace_s=ns.shutdown_grace_s,
         retention_s=ns.retention_s,

@@ -677,6 +677,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         node_id=args.node_id or args.self_addr,
         http_addr=args.http,
         config=config,
+        password=os.environ.get("DSCHED_RAFT_PASSWORD") or None,
     )
     changes: queue.Queue[tuple[float, RaftStatus]] = queue.Queue()
     stopping = threading.Event()

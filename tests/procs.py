@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -187,3 +190,22 @@ class NodeProc:
 
 def terminal(status: str) -> bool:
     return status in ("succeeded", "dead", "cancelled")
+
+
+class MkdirOnUnpickle:
+    """Unpickled, it makes a directory: what any frame sent to an open Raft port could do."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.mkdir, (self.path,))
+
+
+def send_raft_frame(addr: str, payload: object) -> socket.socket:
+    """A pysyncobj frame (4-byte length, zlib-compressed pickle), as a stranger would send it."""
+    host, port = addr.rsplit(":", 1)
+    data = zlib.compress(pickle.dumps(payload), 3)
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    sock.sendall(struct.pack("i", len(data)) + data)
+    return sock

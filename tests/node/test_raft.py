@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from node.raft import RaftBindError, RaftConfig, RaftMember, RaftStatus
+from tests.procs import MkdirOnUnpickle, send_raft_frame
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = RaftConfig()
@@ -60,7 +61,10 @@ class RaftProcesses:
     """n `python -m node.raft` members; each stdout JSON line is one status change, stamped
     with CLOCK_MONOTONIC (shared by all processes on Linux) on the member's tick thread."""
 
-    def __init__(self, n: int, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, n: int, extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None
+    ) -> None:
+        self.env = {**os.environ, **(env or {})}
         self.addrs = [f"127.0.0.1:{p}" for p in free_ports(n)]
         self.lines: list[list[dict[str, Any]]] = [[] for _ in range(n)]
         self.procs: list[subprocess.Popen[str]] = []
@@ -77,7 +81,13 @@ class RaftProcesses:
         cmd += list(extra_args)
         stderr = open(Path(self._logdir.name) / f"n{i}.err", "a")  # noqa: SIM115 (kept by Popen)
         proc = subprocess.Popen(
-            cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True, bufsize=1
+            cmd,
+            cwd=REPO,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            bufsize=1,
         )
         stderr.close()
         if i < len(self.procs):
@@ -138,8 +148,10 @@ class RaftProcesses:
 
 
 @contextlib.contextmanager
-def raft_processes(n: int = 3, extra_args: tuple[str, ...] = ()) -> Iterator[RaftProcesses]:
-    procs = RaftProcesses(n, extra_args)
+def raft_processes(
+    n: int = 3, extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None
+) -> Iterator[RaftProcesses]:
+    procs = RaftProcesses(n, extra_args, env)
     try:
         yield procs
     finally:
@@ -317,3 +329,35 @@ def test_member_must_be_built_in_the_main_thread() -> None:
 def test_config_rejects_unsafe_timings(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="invalid RaftConfig"):
         RaftConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_members_with_a_password_elect_one_leader() -> None:
+    with raft_processes(env={"DSCHED_RAFT_PASSWORD": "s3cret"}) as cluster:
+        leader, _ = elect(cluster)
+        assert cluster.latest(leader)["has_quorum"]  # type: ignore[index]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("password", [None, "s3cret"])
+def test_only_a_password_keeps_strangers_frames_from_the_unpickler(
+    password: str | None, tmp_path: Path, restore_switch_interval: None
+) -> None:
+    (port,) = free_ports(1)
+    addr = f"127.0.0.1:{port}"
+    member = RaftMember(addr, [], node_id="solo", config=CONFIG, password=password)
+    marker = tmp_path / "unpickled"
+    try:
+        assert wait_for(lambda: member.status.is_leader, 10.0)
+        sock = send_raft_frame(addr, MkdirOnUnpickle(str(marker)))
+        with sock:
+            if password is None:
+                # Without one, the port runs what it is sent: keep it private (README).
+                assert wait_for(marker.exists, 10.0), "the frame was not unpickled"
+            else:
+                # The member reads the frame, fails to authenticate it and hangs up.
+                sock.settimeout(10.0)
+                assert sock.recv(1) == b""
+                assert not marker.exists()
+                assert member.status.is_leader  # and goes on
+    finally:
+        member.stop()
