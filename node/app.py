@@ -3,6 +3,8 @@ shutdown undoes exactly what started, in reverse order."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -14,13 +16,17 @@ from node.api import setup_routes
 from node.config import NodeConfig
 from node.keys import CONFIG, METRICS, RUNTIME, STORE
 from node.metrics import Metrics
-from node.redis_server import EmbeddedRedis
+from node.redis_server import EmbeddedRedis, RedisStartError
 from node.runtime import Leadership, NodeRuntime, SoloLeadership
 from node.store import RedisStore
 
 log = logging.getLogger("dsched.app")
 
 REDIS_URL = web.AppKey("redis_url", str)
+# How often a node looks whether its embedded Redis still runs (restarting it if not), and the
+# longest pause between two failed restarts.
+REDIS_WATCH_S = 0.5
+REDIS_RESTART_PAUSE_MAX_S = 10.0
 LEADERSHIP = web.AppKey("leadership", object)
 
 
@@ -49,10 +55,34 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
         "embedded redis at %s (AOF fsync=%s, dir=%s)", server.url, config.fsync, config.data_dir
     )
     app[REDIS_URL] = server.url
+    watch = asyncio.create_task(_watch_redis(server), name="dsched-redis-watch")
     try:
         yield
     finally:
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
         await server.stop_async()
+
+
+async def _watch_redis(server: EmbeddedRedis) -> None:
+    """The embedded Redis is the node's to keep up: if it exits (killed, OOM), start it again
+    on the same port and directory; its AOF brings every acknowledged task back."""
+    pause = REDIS_WATCH_S
+    while True:
+        await asyncio.sleep(pause)
+        if server.running:
+            pause = REDIS_WATCH_S
+            continue
+        log.error("embedded redis exited (status %s); restarting it", server.exit_code)
+        try:
+            await server.start_async()
+        except RedisStartError as exc:
+            pause = min(2 * pause, REDIS_RESTART_PAUSE_MAX_S)
+            log.error("embedded redis did not restart (next try in %.1f s): %s", pause, exc)
+            continue
+        log.info("embedded redis restarted at %s", server.url)
+        pause = REDIS_WATCH_S
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import os
 import signal
 import socket
@@ -43,6 +44,9 @@ START_TIMEOUT_S_DEFAULT: Final = 60.0
 STOP_TIMEOUT_S_DEFAULT: Final = 30.0
 _POLL_S: Final = 0.02
 _PIDFILE: Final = "redis.pid"
+# Held (flock) by the process whose server serves the directory, from start to stop: a second
+# node on the same directory is refused, where it would stop the first one's server.
+_LOCKFILE: Final = "dsched.lock"
 _LOGFILE: Final = "redis.log"
 _PR_SET_PDEATHSIG: Final = 1  # linux/prctl.h
 
@@ -53,6 +57,10 @@ class RedisStartError(RuntimeError):
 
 class PortInUse(RedisStartError):
     """Another process listens on the requested port."""
+
+
+class DataDirInUse(RedisStartError):
+    """Another live process (a node) serves this data directory."""
 
 
 # Resolved in the parent: the child, between fork and exec, must not load libraries.
@@ -129,6 +137,7 @@ class EmbeddedRedis:
         self._proc: subprocess.Popen[bytes] | None = None
         self._port_picked = port == 0
         self._deadline = 0.0
+        self._lock_fd: int | None = None
 
     # ------------------------------------------------------------------ introspection
     @property
@@ -145,6 +154,11 @@ class EmbeddedRedis:
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def exit_code(self) -> int | None:
+        """The server's exit status once it has exited (reaped), else None."""
+        return self._proc.poll() if self._proc is not None else None
 
     @property
     def aof_path(self) -> Path:
@@ -189,6 +203,8 @@ class EmbeddedRedis:
         if self.running:
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_dir()
+        # Under the lock, a server still on this directory has no live owner: an orphan.
         self._stop_orphan()
         if self.port == 0:
             self.port = free_port()
@@ -288,6 +304,29 @@ class EmbeddedRedis:
         except OSError:
             return ""
 
+    def _lock_dir(self) -> None:
+        if self._lock_fd is not None:
+            return
+        path = self.data_dir / _LOCKFILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise DataDirInUse(
+                f"data directory {self.data_dir} is in use by another node (pid {holder}): "
+                "give each node its own --data-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _unlock_dir(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # closing releases the flock
+
     def _stop_orphan(self) -> None:
         """A redis-server left serving this directory by an earlier run whose node was killed
         (without ``die_with_parent``) would hold the port and, worse, append to the same AOF
@@ -314,19 +353,20 @@ class EmbeddedRedis:
     def stop(self, timeout_s: float = STOP_TIMEOUT_S_DEFAULT) -> None:
         """SIGTERM (Redis fsyncs the AOF and exits), wait up to ``timeout_s``, then SIGKILL."""
         proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self._proc = None
+        if proc is not None:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout_s)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            self._proc = None
+        self._unlock_dir()
 
     def kill(self) -> None:
-        """SIGKILL, as a crash would: no final fsync (tests of durability use this)."""
+        """SIGKILL, as a crash would: no final fsync (tests of durability use this). The
+        directory stays ours: start() again is the restart."""
         proc = self._proc
         if proc is None:
             return

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -227,3 +229,57 @@ def test_sigterm_lets_running_tasks_finish(make_node: Any, redis_url: str, probe
         "long task restarted elsewhere",
     )
     assert task_of(node2, long["id"])["lease_expiries"] == 0
+
+
+def _embedded_node(tmp_path: Path, name: str, probe_log: str) -> NodeProc:
+    # An empty --redis-url: the node starts its own embedded Redis in its data directory.
+    return NodeProc(
+        tmp_path,
+        name,
+        free_port(),
+        "",
+        extra=["--data-dir", str(tmp_path / "data")],
+        env={"DSCHED_PROBE_LOG": probe_log},
+    )
+
+
+def test_a_second_node_on_the_same_data_dir_is_refused_and_the_first_runs_on(
+    tmp_path: Path, probe_log: str
+) -> None:
+    first = _embedded_node(tmp_path, "n1", probe_log)
+    second = _embedded_node(tmp_path, "n2", probe_log)
+    try:
+        first.start().wait_ready()
+        second.start()
+        assert second.proc is not None
+        code = second.proc.wait(timeout=60)
+        assert code != 0
+        assert "in use by another node" in second.tail()
+        assert first.get("/readyz")[0] == 200
+        task = submit(first, type="noop")
+        assert wait_terminal(first, task["id"])["status"] == "succeeded"
+    finally:
+        second.kill()
+        first.kill()
+
+
+def test_the_node_restarts_its_embedded_redis_when_it_dies(tmp_path: Path, probe_log: str) -> None:
+    node = _embedded_node(tmp_path, "n1", probe_log)
+    try:
+        node.start().wait_ready()
+        before = [submit(node, type="sleep", payload={"seconds": 0.2})["id"] for _ in range(20)]
+        pid = int((tmp_path / "data" / "redis.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        wait_for(
+            lambda: (
+                int((tmp_path / "data" / "redis.pid").read_text() or 0) not in (0, pid)
+                and node.get("/readyz")[0] == 200
+            ),
+            60,
+            "a new embedded redis and the node ready again",
+        )
+        after = submit(node, type="noop")["id"]
+        for tid in [*before, after]:
+            assert wait_terminal(node, tid, 60)["status"] == "succeeded"
+    finally:
+        node.kill()

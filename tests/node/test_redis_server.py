@@ -15,7 +15,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from node.redis_server import EmbeddedRedis, PortInUse, RedisStartError, free_port
+from node.redis_server import DataDirInUse, EmbeddedRedis, PortInUse, RedisStartError, free_port
 from tests.conftest import RedisFactory
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -194,3 +194,18 @@ def test_an_orphan_of_an_earlier_run_is_stopped_before_start(tmp_path: Path) -> 
     finally:
         if not _gone(orphan_pid, 0):
             os.kill(orphan_pid, signal.SIGKILL)
+
+
+def test_a_second_server_on_a_directory_in_use_is_refused_and_leaves_the_first(
+    tmp_path: Path,
+) -> None:
+    with EmbeddedRedis(tmp_path) as first:
+        second = EmbeddedRedis(tmp_path)
+        with pytest.raises(DataDirInUse, match="in use by another node"):
+            second.start()
+        assert first.running
+        with first.client() as c:
+            assert c.ping()
+    # Once the first is stopped the directory is free again.
+    with EmbeddedRedis(tmp_path) as again, again.client() as c:
+        assert c.ping()
