@@ -57,6 +57,15 @@ def run_node(args: argparse.Namespace) -> int:
         handle_signals=True,
         loop=event_loop(),
     )
+    from node.keys import RUNTIME
+
+    runtime = app.get(RUNTIME)
+    if runtime is not None and int(getattr(runtime, "abandoned_threads", 0)):
+        # The interpreter would join every pool thread at exit, however long its handler
+        # runs on (the grace is over, its task given back): exit without them.
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(0)
     return 0
 
 

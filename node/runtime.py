@@ -12,6 +12,7 @@ Neither decides anything itself; whatever logic lived here would escape the simu
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import contextvars
 import json
@@ -143,6 +144,13 @@ class NodeRuntime:
         self._loop_alive_ms = now_ms()
         self._seen_leader: str | None = None
         self._taking = 0
+        # Sync handlers whose attempt ended (timeout, cancel, lease lost) while their thread
+        # runs on: a thread cannot be stopped, so each keeps its slot (and its pool thread)
+        # until it returns, or later sync tasks would wait for a thread and time out unrun.
+        self._stray_threads = 0
+        # Set by stop(): handler threads still running when the loops stopped (their tasks
+        # were given back); the process exits without waiting for them.
+        self.abandoned_threads = 0
         # This node's finishes while it leads: its leader's next drain carries them to Redis
         # (finish, then drain, one round trip), so the drain sees them at once.
         self._local_finishes: LocalFinishes[asyncio.Future[bool]] = LocalFinishes()
@@ -194,6 +202,13 @@ class NodeRuntime:
         with contextlib.suppress(Exception):
             await self.store.unregister_node(self.node_id)
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self.abandoned_threads = self._stray_threads
+        if self.abandoned_threads:
+            log.warning(
+                "%d sync handler threads still run past the grace (their tasks were given "
+                "back and will run again): not waiting for them",
+                self.abandoned_threads,
+            )
 
     # ------------------------------------------------------------------ RuntimeView (HTTP side)
     def notify_changed(self, records: list[TaskRecord]) -> None:
@@ -287,13 +302,21 @@ class NodeRuntime:
             "http": f"{cfg.http_host}:{cfg.http_port}",
             "raft": raft,
             "pid": os.getpid(),
-            "slots": self.pool.slots if self._accepting else 0,
+            "slots": self._slots(),
             "types": sorted(self.handlers),
-            "workers_free": self.pool.free,
-            "workers_busy": self.pool.busy,
+            "workers_free": max(0, self.pool.free - self._stray_threads),
+            "workers_busy": self.pool.busy + self._stray_threads,
             "leases": self.pool.busy,
             "last_seen_ms": now_ms(),
         }
+
+    def _slots(self) -> int:
+        """The slots this node offers its leader: none while stopping, and not those held by
+        a stray handler thread."""
+        return max(0, self.pool.slots - self._stray_threads) if self._accepting else 0
+
+    def _free(self) -> int:
+        return self.pool.free - self._taking - self._stray_threads
 
     async def _register(self) -> None:
         await self.store.register_node(self.node_id, self._own_info(), now_ms())
@@ -306,7 +329,7 @@ class NodeRuntime:
                 self._store_ok = True
             except StoreUnavailable:
                 self._store_ok = False
-            self.metrics.set_workers_busy(self.pool.busy)
+            self.metrics.set_workers_busy(self.pool.busy + self._stray_threads)
             self._wake.set()
             await asyncio.sleep(REGISTRY_PERIOD_S)
 
@@ -315,7 +338,7 @@ class NodeRuntime:
         leader timestamps with its own clock: another node's clock only tells 'it changed'."""
         events: list[Event] = []
         info_now = dict(self._registry_info)
-        slots = self.pool.slots if self._accepting else 0
+        slots = self._slots()
         if own_seen_due(self._own_seen, slots, now):
             self._own_seen = (now, slots)
             info_now[self.node_id] = self._own_info()
@@ -537,7 +560,7 @@ class NodeRuntime:
         loop = asyncio.get_running_loop()
         policy = self._take_policy
         while not self._stopping:
-            free = self.pool.free - self._taking
+            free = self._free()
             leading = self.scheduler.leading
             plan = policy.next(free, bool(self._direct), leading, loop.time())
             step = plan.step
@@ -575,7 +598,7 @@ class NodeRuntime:
     def _start_direct(self) -> list[WorkerEffect]:
         """Start direct leases while slots are free; answers the effects still to carry out."""
         effects: list[WorkerEffect] = []
-        while self._direct and self.pool.free - self._taking > 0:
+        while self._direct and self._free() > 0:
             effects += self._start(self._direct.popleft())
         return effects
 
@@ -632,11 +655,14 @@ class NodeRuntime:
             if is_async(handler):
                 result = await handler(payload)
             else:
-                loop = asyncio.get_running_loop()
-                # A thread cannot be killed: on timeout or cancel the slot is given up when
-                # the await is cancelled, and the thread finishes (unseen) in the background.
                 ctx = contextvars.copy_context()
-                result = await loop.run_in_executor(self._executor, ctx.run, handler, payload)
+                running = self._executor.submit(ctx.run, handler, payload)
+                try:
+                    result = await asyncio.wrap_future(running)
+                except asyncio.CancelledError:
+                    if not running.done():
+                        self._hold_slot_until_done(running)
+                    raise
             if result is not None:  # a result we cannot store is the handler's error
                 json.dumps(result, allow_nan=False)
             outcome = Outcome.success(result)
@@ -655,6 +681,23 @@ class NodeRuntime:
                 self.metrics.finished(a.type, priority, effect.end.status.value, run_s)
         self._slot_free.set()
         await self._carry_out(effects)
+
+    def _hold_slot_until_done(self, running: concurrent.futures.Future[Any]) -> None:
+        """The attempt ended but its thread runs on: its slot stays taken until it returns."""
+        self._stray_threads += 1
+        loop = asyncio.get_running_loop()
+        log.warning(
+            "a sync handler outlived its attempt: its thread keeps a slot until it returns "
+            "(%d such threads)",
+            self._stray_threads,
+        )
+
+        def returned() -> None:
+            self._stray_threads -= 1
+            self._slot_free.set()
+            self._wake.set()  # the leader sees the slot again at its next round
+
+        running.add_done_callback(lambda _f: loop.call_soon_threadsafe(returned))
 
     async def _worker_ticks(self) -> None:
         while not self._stopping:

@@ -283,3 +283,37 @@ def test_the_node_restarts_its_embedded_redis_when_it_dies(tmp_path: Path, probe
             assert wait_terminal(node, tid, 60)["status"] == "succeeded"
     finally:
         node.kill()
+
+
+def test_a_sync_handler_past_its_timeout_keeps_its_slot_until_its_thread_returns(
+    make_node: Any, redis_url: str, probe_log: str
+) -> None:
+    node = make_node(redis_url, workers=2)
+    stuck = [
+        submit(node, type="probe_sync", payload={"seconds": 6}, timeout_s=1, max_retries=0)
+        for _ in range(2)
+    ]
+    for t in stuck:
+        assert wait_terminal(node, t["id"])["status"] == "dead"  # timed out
+    # Both threads still sleep: a new sync task must wait for one to return, not start in a
+    # slot whose thread is taken (it would then wait for a thread and time out unrun).
+    quick = submit(node, type="probe_sync", payload={"seconds": 0.1}, timeout_s=3, max_retries=0)
+    assert wait_terminal(node, quick["id"], 30)["status"] == "succeeded"
+
+
+def test_sigterm_does_not_wait_for_a_sync_handler_past_the_grace(
+    make_node: Any, redis_url: str, probe_log: str
+) -> None:
+    node = make_node(redis_url, workers=1)
+    long = submit(node, type="probe_sync", payload={"seconds": 40})
+    wait_for(lambda: starts(probe_log), 10, "started")
+    node.signal(15)
+    assert node.proc is not None
+    # The grace is 3 s: the process ends soon after, not when the thread's 40 s are up.
+    node.proc.wait(timeout=20)
+    make_node(redis_url, name="n1b")
+    wait_for(
+        lambda: [e for e in starts(probe_log) if e["task"] == long["id"] and e["attempt"] == 2],
+        15,
+        "the task given back and run again",
+    )
