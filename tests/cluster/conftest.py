@@ -66,11 +66,14 @@ class Cluster:
         assert status == 201, body
         return [t["id"] for t in body["tasks"]]
 
-    def wait_all_succeeded(self, ids: list[str], timeout_s: float = 90) -> None:
+    def wait_all_succeeded(
+        self, ids: list[str], timeout_s: float = 90, via: NodeProc | None = None
+    ) -> None:
+        """Read through ``via`` (default: the first live node, which must reach Redis)."""
         pending = set(ids)
 
         def done() -> bool:
-            node = self.live()[0]
+            node = via or self.live()[0]
             for tid in sorted(pending)[:200]:
                 status, body = node.get(f"/v1/tasks/{tid}", timeout_s=2)
                 if status == 200 and terminal(body["status"]):
