@@ -34,10 +34,23 @@ _NEW_TASK_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fie
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 
 
+def printable(text: str) -> str:
+    """``text`` as UTF-8 can carry it: a lone surrogate (a JSON key or value of ``\\ud800``
+    decodes to one) becomes its backslash escape, so that an error naming it can be sent."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 class RequestError(Exception):
     """A refused request: HTTP status, a machine-readable code, the field at fault and why.
 
     ``extra`` adds keys to the error object (e.g. the accepted choices), never replaces one.
+    The field and the message are made :func:`printable`: they may quote the client's input.
     """
 
     def __init__(
@@ -48,8 +61,9 @@ class RequestError(Exception):
         code: str = "invalid",
         extra: Mapping[str, Any] | None = None,
     ) -> None:
+        message = printable(message)
         super().__init__(message)
-        self.field = field
+        self.field = None if field is None else printable(field)
         self.message = message
         self.status = status
         self.code = code

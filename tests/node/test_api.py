@@ -315,6 +315,27 @@ async def test_malformed_json(client: Client, raw: bytes, status: int) -> None:
 
 
 @pytest.mark.parametrize(
+    ("path", "raw", "field"),
+    [
+        ("/v1/tasks", rb'{"type": "noop", "\ud800": 1}', "\\ud800"),
+        ("/v1/tasks/batch", rb'{"tasks": [{"type": "noop", "\udfff": 1}]}', "tasks[0].\\udfff"),
+        ("/v1/tasks/batch", rb'{"tasks": [{"type": "noop"}], "\ud800x": 1}', "\\ud800x"),
+    ],
+)
+async def test_unknown_field_named_with_a_lone_surrogate_is_422(
+    client: Client, store: RedisStore, path: str, raw: bytes, field: str
+) -> None:
+    # The name decodes to a str UTF-8 cannot carry: the error shows it escaped, never a 500.
+    resp = await client.post(path, data=raw, headers={"Content-Type": "application/json"})
+    assert resp.status == 422
+    error = error_of(await resp.json())
+    assert error["code"] == "invalid"
+    assert error["field"] == field
+    assert "unknown field" in error["message"] and field.rpartition(".")[2] in error["message"]
+    assert await all_ids(store) == []
+
+
+@pytest.mark.parametrize(
     "content_type",
     ["text/plain", "application/x-www-form-urlencoded", None, "application/json; charset=latin-1"],
 )
