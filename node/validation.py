@@ -201,10 +201,11 @@ def _parse_payload(value: Any, field: str, intake: Intake) -> str:
     try:
         text = _PAYLOAD_ENCODER.encode(value)
         size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        # Before ValueError, of which it is a subclass: a lone surrogate escape (\ud800).
+        raise RequestError(field, "contains an invalid unicode escape") from None
     except ValueError:  # 1e999 parses as inf, which JSON cannot carry back out
         raise RequestError(field, "numbers must be finite") from None
-    except UnicodeEncodeError:
-        raise RequestError(field, "contains an invalid unicode escape") from None
     except RecursionError:
         raise RequestError(field, "is nested too deeply") from None
     if size > intake.limits.payload_bytes_max:
