@@ -19,11 +19,21 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from node.client import DEFAULT_URL, ApiError, Client
-from node.config import DEFAULT_HTTP_PORT, DEFAULT_REDIS_PORT, add_node_arguments
+from node.config import (
+    DEFAULT_HTTP_PORT,
+    DEFAULT_REDIS_PORT,
+    PORT_MAX,
+    WORKERS_MAX,
+    add_node_arguments,
+    http_port,
+    int_in,
+)
 
 PRIORITIES = ("high", "medium", "low")
 STATUSES = ("pending", "queued", "running", "succeeded", "failed", "dead", "cancelled")
 WAIT_TIMEOUT_S_DEFAULT = 60.0
+# `dsched cluster`: node i takes base+2i and base+2i+1, so the last node's ports bound the base.
+CLUSTER_NODES_MAX = 9
 CLIENT_COMMANDS = ("submit", "status", "tasks", "cancel", "retry", "wait", "members")
 
 
@@ -91,16 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_node_arguments(p)
 
     p = sub.add_parser("cluster", help="run a local cluster of nodes sharing one Redis")
-    p.add_argument("--nodes", type=int, default=3)
+    p.add_argument("--nodes", type=int_in(1, CLUSTER_NODES_MAX), default=3)
     p.add_argument(
         "--base-port",
-        type=int,
+        type=http_port,
         default=DEFAULT_HTTP_PORT,
         help="node i serves HTTP on base+2i and Raft on base+2i+1",
     )
-    p.add_argument("--redis-port", type=int, default=DEFAULT_REDIS_PORT)
+    p.add_argument("--redis-port", type=int_in(1, PORT_MAX), default=DEFAULT_REDIS_PORT)
     p.add_argument("--data-dir", default="./dsched-cluster")
-    p.add_argument("--workers", type=int, default=5, help="worker slots per node")
+    p.add_argument(
+        "--workers", type=int_in(0, WORKERS_MAX), default=5, help="worker slots per node"
+    )
     p.add_argument("--tasks", action="append", default=[], metavar="MODULE", help="repeatable")
     return parser
 
@@ -292,6 +304,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "node":
         return run_node_command(args)
     if args.command == "cluster":
+        last_port = args.base_port + 2 * args.nodes - 1
+        if last_port > PORT_MAX:
+            # As argparse reports a bad value (exit 2); the bound depends on two flags.
+            print(
+                f"dsched cluster: error: argument --base-port: {args.nodes} nodes take ports "
+                f"{args.base_port} to {last_port}; the base can be at most "
+                f"{PORT_MAX + 1 - 2 * args.nodes}",
+                file=sys.stderr,
+            )
+            return 2
         return run_cluster_command(args)
     client = Client(args.url)
     try:
