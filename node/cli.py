@@ -315,7 +315,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 2
         return run_cluster_command(args)
-    client = Client(args.url)
+    try:
+        client = Client(args.url)
+    except ValueError as exc:
+        print(f"dsched {args.command}: --url: {exc}", file=sys.stderr)
+        return 2
     try:
         return COMMANDS[args.command](client, args, sys.stdout)
     except ApiError as exc:

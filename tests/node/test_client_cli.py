@@ -296,6 +296,37 @@ async def test_cli_errors_are_one_line(
     assert code == 2 and "--payload" in err
 
 
+BAD_URLS = [
+    "notaurl",
+    "127.0.0.1:8080",
+    "ftp://127.0.0.1",
+    "http://",
+    "http://127.0.0.1:99999",
+    "http://127.0.0.1:0",
+    "http://127.0.0.1:port",
+    "http://[::1",
+    "http://127.0.0.1:8080?x=1",
+]
+
+
+@pytest.mark.parametrize("bad", BAD_URLS)
+async def test_cli_bad_url_is_a_one_line_usage_error(
+    bad: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = await run_cli(capsys, "submit", "noop", "--url", bad)
+    assert (code, out) == (2, "")
+    assert err.startswith("dsched submit: --url: ") and err.count("\n") == 1
+    assert repr(bad) in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("bad", BAD_URLS)
+def test_clients_refuse_a_bad_base_url(bad: str) -> None:
+    with pytest.raises(ValueError, match="is not an http"):
+        Client(bad)
+    with pytest.raises(ValueError, match="is not an http"):
+        AsyncClient(bad)
+
+
 async def test_cli_url_from_the_environment(
     url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
