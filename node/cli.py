@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
@@ -32,9 +33,14 @@ from node.config import (
 PRIORITIES = ("high", "medium", "low")
 STATUSES = ("pending", "queued", "running", "succeeded", "failed", "dead", "cancelled")
 WAIT_TIMEOUT_S_DEFAULT = 60.0
+TASKS_LIMIT_DEFAULT = 20
 # `dsched cluster`: node i takes base+2i and base+2i+1, so the last node's ports bound the base.
 CLUSTER_NODES_MAX = 9
 CLIENT_COMMANDS = ("submit", "status", "tasks", "cancel", "retry", "wait", "members")
+
+
+def _default_url() -> str:
+    return os.environ.get("DSCHED_URL", DEFAULT_URL)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_opts = argparse.ArgumentParser(add_help=False)
     client_opts.add_argument(
         "--url",
-        default=os.environ.get("DSCHED_URL", DEFAULT_URL),
+        default=_default_url(),
         help=f"a node's base URL (env DSCHED_URL; default {DEFAULT_URL})",
     )
     client_opts.add_argument("--json", action="store_true", help="print the raw JSON answer")
@@ -73,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", choices=STATUSES)
     p.add_argument("--type")
     p.add_argument("--priority", choices=PRIORITIES)
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--limit", type=int, default=TASKS_LIMIT_DEFAULT)
     p.add_argument("--cursor", help="next_cursor of the previous page")
 
     p = sub.add_parser("cancel", parents=[client_opts], help="cancel an unfinished task")
@@ -249,8 +255,26 @@ def _tasks(client: Client, args: argparse.Namespace, out: TextIO) -> int:
         ]
         _table(rows, out)
     if page.get("next_cursor"):
-        out.write(f"more: dsched tasks --cursor {page['next_cursor']}\n")
+        out.write(f"more: {_next_page_command(args, page['next_cursor'])}\n")
     return 0
+
+
+def _next_page_command(args: argparse.Namespace, cursor: str) -> str:
+    """The `dsched tasks` command line of the next page: the same filters, limit and node."""
+    argv = ["dsched", "tasks"]
+    for flag, value in [
+        ("--status", args.status),
+        ("--type", args.type),
+        ("--priority", args.priority),
+    ]:
+        if value is not None:
+            argv += [flag, value]
+    if args.limit != TASKS_LIMIT_DEFAULT:
+        argv += ["--limit", str(args.limit)]
+    if args.url != _default_url():
+        argv += ["--url", args.url]
+    argv += ["--cursor", cursor]
+    return shlex.join(argv)
 
 
 def _cancel(client: Client, args: argparse.Namespace, out: TextIO) -> int:
