@@ -330,6 +330,16 @@ def build_openapi(limits: Limits, task_types: list[str]) -> Schema:
                         },
                         "message": {"type": "string"},
                         "allowed": {"type": "array", "items": {"type": "string"}},
+                        "task_id": {
+                            "type": "string",
+                            "description": "idempotency_conflict: the stored task the key "
+                            "stands for",
+                        },
+                        "conflicts_with": {
+                            "type": "string",
+                            "description": "idempotency_conflict: the earlier item of the "
+                            "same batch given the key (tasks[0]); nothing was stored",
+                        },
                     },
                 },
                 "task": ref("Task"),

@@ -204,6 +204,32 @@ async def test_idempotency_key_with_another_task_is_409(
     assert runtime.changed == [[first["id"]]]
 
 
+async def test_idempotency_conflict_inside_a_batch_names_the_item(
+    client: Client, store: RedisStore, runtime: StubRuntime
+) -> None:
+    tasks = [
+        {"type": "echo", "payload": 1},
+        {"type": "noop", "idempotency_key": "bk2"},
+        {"type": "echo", "idempotency_key": "bk2"},
+    ]
+    status, answer = await post(client, "/v1/tasks/batch", {"tasks": tasks})
+    assert status == 409
+    error = error_of(answer)
+    assert error["code"] == "idempotency_conflict"
+    assert error["field"] == "tasks[2].idempotency_key"
+    assert error["conflicts_with"] == "tasks[1]"
+    assert "tasks[1] of this batch" in error["message"] and "'bk2'" in error["message"]
+    # No id of a task that was never written: the batch was refused whole.
+    assert "task_id" not in error
+    assert await all_ids(store) == [] and runtime.changed == []
+    # Against a stored task, the conflict still names it.
+    _, first = await post(client, "/v1/tasks", {"type": "noop", "idempotency_key": "bk2"})
+    status, answer = await post(client, "/v1/tasks/batch", {"tasks": tasks[2:]})
+    assert status == 409
+    error = error_of(answer)
+    assert error["task_id"] == first["id"] and "conflicts_with" not in error
+
+
 async def test_queued_tasks_max_refuses_with_503_and_writes_nothing(
     aiohttp_client: Callable[[web.Application], Awaitable[Client]],
     store: RedisStore,
