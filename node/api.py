@@ -417,7 +417,11 @@ async def retry_task(request: web.Request) -> web.Response:
         return _conflict(
             before, f"the task is {before.status.value}; only dead or cancelled tasks retry"
         )
-    record = await store.retry(task_id, now_ms())
+    try:
+        record = await store.retry(task_id, now_ms(), _limits(request).queued_tasks_max)
+    except QueueFull as exc:
+        # As a submission of one task: 503 with Retry-After, the same request may pass later.
+        raise _refusal(exc, [], batch=False) from None
     if record is None:
         raise _not_found(task_id)
     request.app[METRICS].retried(record.type, Priority(record.priority).label)

@@ -168,7 +168,9 @@ def build_openapi(limits: Limits, task_types: list[str]) -> Schema:
                 "summary": "Run a dead or cancelled task again",
                 "responses": {
                     "200": _json(ref("Task"), "queued (or pending on dependencies)"),
-                    **_errors(404, 409, 503),
+                    **_errors(404, 409),
+                    # The task joins the backlog again, so the submission limit holds for it.
+                    "503": submit_errors["503"],
                 },
             },
         },

@@ -263,6 +263,38 @@ async def test_queued_tasks_max_refuses_with_503_and_writes_nothing(
     assert runtime.changed == [ids, [third["id"]]]
 
 
+async def test_retry_is_refused_with_503_when_the_queue_is_full(
+    aiohttp_client: Callable[[web.Application], Awaitable[Client]],
+    store: RedisStore,
+    runtime: StubRuntime,
+) -> None:
+    app = make_app(store, runtime)
+    app[CONFIG] = NodeConfig(limits=dataclasses.replace(LIMITS, queued_tasks_max=2))
+    client = await aiohttp_client(app)
+    _, first = await post(client, "/v1/tasks", {"type": "echo"})
+    assert (await client.delete(f"/v1/tasks/{first['id']}")).status == 200
+    status, body = await post(client, "/v1/tasks/batch", {"tasks": [{"type": "echo"}] * 2})
+    assert status == 201  # the backlog is at the limit: 2 queued
+    resp = await client.post("/v1/tasks", json={"type": "echo"})
+    assert resp.status == 503
+    # A retry would take the backlog past the limit just as a submission would.
+    changed = list(runtime.changed)
+    before = await snapshot(store.redis, store.base)
+    resp = await client.post(f"/v1/tasks/{first['id']}/retry")
+    assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+    error = error_of(await resp.json())
+    assert error["code"] == "queue_full" and error["queued_tasks_max"] == 2
+    assert "queue is full" in error["message"]
+    assert await snapshot(store.redis, store.base) == before
+    assert runtime.changed == changed
+    record = await store.get(first["id"])
+    assert record is not None and record.status is Status.CANCELLED
+    # Once there is room, the retry goes through.
+    assert (await client.delete(f"/v1/tasks/{body['tasks'][0]['id']}")).status == 200
+    status, task = await post(client, f"/v1/tasks/{first['id']}/retry", None)
+    assert (status, task["status"]) == (200, "queued")
+
+
 async def test_dependencies_must_exist(client: Client, store: RedisStore) -> None:
     _, dep = await post(client, "/v1/tasks", {"type": "noop"})
     status, task = await post(client, "/v1/tasks", {"type": "noop", "depends_on": [dep["id"]]})
