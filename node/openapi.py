@@ -142,6 +142,11 @@ def build_openapi(limits: Limits, task_types: list[str]) -> Schema:
                 },
                 "responses": {
                     "201": _json(ref("TaskList"), "every task, in the order given"),
+                    "200": _json(
+                        ref("TaskList"),
+                        "every item's idempotency key matched an earlier task: those tasks, "
+                        "in the order given; nothing was created",
+                    ),
                     **submit_errors,
                 },
             }

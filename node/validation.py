@@ -253,7 +253,12 @@ def _parse_run_at(value: Any, field: str, intake: Intake) -> int:
     if isinstance(value, str):
         if not _RFC3339.fullmatch(value):
             raise RequestError(
-                field, "must be an RFC 3339 timestamp with an offset, e.g. 2030-01-01T12:00:00Z"
+                field,
+                # No example date: a fixed one is refused while it is more than delay_s_max
+                # (a year) away, and reads as stale once it is past.
+                "must be an RFC 3339 date and time with an offset, as YYYY-MM-DDTHH:MM:SSZ or "
+                "YYYY-MM-DDTHH:MM:SS+HH:MM (the seconds may have a fraction), or a number of "
+                "epoch seconds",
             )
         # fromisoformat wants at most 6 fraction digits and an uppercase T/Z (3.11).
         text = value.upper().replace("Z", "+00:00")

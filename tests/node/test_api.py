@@ -521,6 +521,14 @@ async def test_batch_with_repeated_keys_answers_the_first(
     assert len(await all_ids(store)) == 2
     status, body = await post(client, "/v1/tasks/batch", {"tasks": tasks[:1]})
     assert status == 200  # nothing new was created
+    assert [t["id"] for t in body["tasks"]] == [first["id"]]
+    # Both answers are documented.
+    doc = await (await client.get("/openapi.json")).json()
+    responses = doc["paths"]["/v1/tasks/batch"]["post"]["responses"]
+    assert {"200", "201"} <= set(responses)
+    assert responses["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/TaskList"
+    }
 
 
 @pytest.mark.parametrize(

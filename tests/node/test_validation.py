@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from typing import Any
 
 import pytest
@@ -203,6 +204,15 @@ def test_a_lone_surrogate_is_an_invalid_unicode_escape(body: Any, field: str) ->
         error = info.value
         assert (error.field, error.status, error.code) == (where, 422, "invalid")
         assert error.message == "contains an invalid unicode escape"
+
+
+def test_the_run_at_error_shows_forms_that_are_accepted() -> None:
+    error = refused({"type": "echo", "run_at": "tomorrow"})
+    assert error.field == "run_at"
+    # Whatever timestamp the message shows as an example, it is one a submission may carry.
+    for stamp in re.findall(r"\d{4}-\d{2}-\d{2}T[\d:.]+(?:Z|[+-]\d{2}:\d{2})", error.message):
+        validate_task({"type": "echo", "run_at": stamp}, intake())
+    assert "YYYY-MM-DDTHH:MM:SSZ" in error.message and "epoch seconds" in error.message
 
 
 def test_unknown_type_lists_the_known_ones() -> None:
