@@ -221,12 +221,26 @@ def _conflict(record: TaskRecord, message: str) -> web.Response:
 _LABELS: dict[int, str] = {p: p.label for p in Priority}
 
 
-def _refusal(exc: SubmitError, batch: bool) -> RequestError:
-    """The store's refusal of a submission as the API's error: the field inside a batch is
-    named with its index (``tasks[3].depends_on``)."""
+def _refusal(exc: SubmitError, rows: list[SubmitRow], batch: bool) -> RequestError:
+    """The store's refusal of a submission (of ``rows``) as the API's error: the field inside
+    a batch is named with its index (``tasks[3].depends_on``)."""
     field = exc.field
     if batch and field is not None and exc.index is not None:
         field = f"tasks[{exc.index}].{field}"
+    if isinstance(exc, IdempotencyConflict) and batch:
+        # The key stands for an earlier task of this very batch: that task was never written
+        # (the batch is refused whole), so its id would name nothing; name the item instead.
+        earlier = next((i for i, row in enumerate(rows) if row[ID] == exc.task_id), None)
+        if earlier is not None:
+            return RequestError(
+                field,
+                f"idempotency key {exc.key!r} is also given to tasks[{earlier}] of this batch, "
+                "with another definition (type, payload, priority, retries, timeout, backoff "
+                "or depends_on); nothing of the batch was created",
+                409,
+                "idempotency_conflict",
+                extra={"conflicts_with": f"tasks[{earlier}]"},
+            )
     if isinstance(exc, QueueFull):
         # 503 with Retry-After (the middleware adds it): the same request may pass later.
         return RequestError(
@@ -258,7 +272,7 @@ async def submit_task(request: web.Request) -> web.Response:
             [row], now, _limits(request).queued_tasks_max
         )
     except SubmitError as exc:
-        raise _refusal(exc, batch=False) from None
+        raise _refusal(exc, [row], batch=False) from None
     if isinstance(answer, TaskRecord):
         # The idempotency key matched: the first task, unchanged, and nothing new to wake for.
         return _json_response(task_json(answer), 200)
@@ -276,7 +290,7 @@ async def submit_batch(request: web.Request) -> web.Response:
     try:
         answers = await request.app[STORE].submit_rows(rows, now, _limits(request).queued_tasks_max)
     except SubmitError as exc:
-        raise _refusal(exc, batch=True) from None
+        raise _refusal(exc, rows, batch=True) from None
     render = CreatedJson(now)
     tasks: list[str] = []
     created: list[SubmitRow] = []
@@ -403,7 +417,11 @@ async def retry_task(request: web.Request) -> web.Response:
         return _conflict(
             before, f"the task is {before.status.value}; only dead or cancelled tasks retry"
         )
-    record = await store.retry(task_id, now_ms())
+    try:
+        record = await store.retry(task_id, now_ms(), _limits(request).queued_tasks_max)
+    except QueueFull as exc:
+        # As a submission of one task: 503 with Retry-After, the same request may pass later.
+        raise _refusal(exc, [], batch=False) from None
     if record is None:
         raise _not_found(task_id)
     request.app[METRICS].retried(record.type, Priority(record.priority).label)

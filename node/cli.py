@@ -14,17 +14,33 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from node.client import DEFAULT_URL, ApiError, Client
-from node.config import DEFAULT_HTTP_PORT, DEFAULT_REDIS_PORT, add_node_arguments
+from node.config import (
+    DEFAULT_HTTP_PORT,
+    DEFAULT_REDIS_PORT,
+    PORT_MAX,
+    WORKERS_MAX,
+    add_node_arguments,
+    http_port,
+    int_in,
+)
 
 PRIORITIES = ("high", "medium", "low")
 STATUSES = ("pending", "queued", "running", "succeeded", "failed", "dead", "cancelled")
 WAIT_TIMEOUT_S_DEFAULT = 60.0
+TASKS_LIMIT_DEFAULT = 20
+# `dsched cluster`: node i takes base+2i and base+2i+1, so the last node's ports bound the base.
+CLUSTER_NODES_MAX = 9
 CLIENT_COMMANDS = ("submit", "status", "tasks", "cancel", "retry", "wait", "members")
+
+
+def _default_url() -> str:
+    return os.environ.get("DSCHED_URL", DEFAULT_URL)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_opts = argparse.ArgumentParser(add_help=False)
     client_opts.add_argument(
         "--url",
-        default=os.environ.get("DSCHED_URL", DEFAULT_URL),
+        default=_default_url(),
         help=f"a node's base URL (env DSCHED_URL; default {DEFAULT_URL})",
     )
     client_opts.add_argument("--json", action="store_true", help="print the raw JSON answer")
@@ -63,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", choices=STATUSES)
     p.add_argument("--type")
     p.add_argument("--priority", choices=PRIORITIES)
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--limit", type=int, default=TASKS_LIMIT_DEFAULT)
     p.add_argument("--cursor", help="next_cursor of the previous page")
 
     p = sub.add_parser("cancel", parents=[client_opts], help="cancel an unfinished task")
@@ -91,16 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_node_arguments(p)
 
     p = sub.add_parser("cluster", help="run a local cluster of nodes sharing one Redis")
-    p.add_argument("--nodes", type=int, default=3)
+    p.add_argument("--nodes", type=int_in(1, CLUSTER_NODES_MAX), default=3)
     p.add_argument(
         "--base-port",
-        type=int,
+        type=http_port,
         default=DEFAULT_HTTP_PORT,
         help="node i serves HTTP on base+2i and Raft on base+2i+1",
     )
-    p.add_argument("--redis-port", type=int, default=DEFAULT_REDIS_PORT)
+    p.add_argument("--redis-port", type=int_in(1, PORT_MAX), default=DEFAULT_REDIS_PORT)
     p.add_argument("--data-dir", default="./dsched-cluster")
-    p.add_argument("--workers", type=int, default=5, help="worker slots per node")
+    p.add_argument(
+        "--workers", type=int_in(0, WORKERS_MAX), default=5, help="worker slots per node"
+    )
     p.add_argument("--tasks", action="append", default=[], metavar="MODULE", help="repeatable")
     return parser
 
@@ -237,8 +255,26 @@ def _tasks(client: Client, args: argparse.Namespace, out: TextIO) -> int:
         ]
         _table(rows, out)
     if page.get("next_cursor"):
-        out.write(f"more: dsched tasks --cursor {page['next_cursor']}\n")
+        out.write(f"more: {_next_page_command(args, page['next_cursor'])}\n")
     return 0
+
+
+def _next_page_command(args: argparse.Namespace, cursor: str) -> str:
+    """The `dsched tasks` command line of the next page: the same filters, limit and node."""
+    argv = ["dsched", "tasks"]
+    for flag, value in [
+        ("--status", args.status),
+        ("--type", args.type),
+        ("--priority", args.priority),
+    ]:
+        if value is not None:
+            argv += [flag, value]
+    if args.limit != TASKS_LIMIT_DEFAULT:
+        argv += ["--limit", str(args.limit)]
+    if args.url != _default_url():
+        argv += ["--url", args.url]
+    argv += ["--cursor", cursor]
+    return shlex.join(argv)
 
 
 def _cancel(client: Client, args: argparse.Namespace, out: TextIO) -> int:
@@ -292,8 +328,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "node":
         return run_node_command(args)
     if args.command == "cluster":
+        last_port = args.base_port + 2 * args.nodes - 1
+        if last_port > PORT_MAX:
+            # As argparse reports a bad value (exit 2); the bound depends on two flags.
+            print(
+                f"dsched cluster: error: argument --base-port: {args.nodes} nodes take ports "
+                f"{args.base_port} to {last_port}; the base can be at most "
+                f"{PORT_MAX + 1 - 2 * args.nodes}",
+                file=sys.stderr,
+            )
+            return 2
         return run_cluster_command(args)
-    client = Client(args.url)
+    try:
+        client = Client(args.url)
+    except ValueError as exc:
+        print(f"dsched {args.command}: --url: {exc}", file=sys.stderr)
+        return 2
     try:
         return COMMANDS[args.command](client, args, sys.stdout)
     except ApiError as exc:

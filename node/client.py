@@ -41,6 +41,23 @@ class ApiError(Exception):
         self.body = body
 
 
+def checked_base_url(url: str) -> str:
+    """``url`` without its trailing slash, once it is known to be a node's base URL: http or
+    https, a host, a port (if any) from 1 to 65535, no query. ValueError (saying why) else, so
+    that a typo is reported as such, not as whatever urllib makes of it on the first request."""
+    example = f"an http(s) URL such as {DEFAULT_URL}"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # a port of letters or out of range, a broken [IPv6] host
+        raise ValueError(f"{url!r} is not {example}: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{url!r} is not {example}")
+    if port == 0 or parts.query or parts.fragment:
+        raise ValueError(f"{url!r} is not {example} (a port from 1 to 65535, no query)")
+    return url.rstrip("/")
+
+
 def _error_from(status: int, raw: bytes) -> ApiError:
     try:
         body = json.loads(raw)
@@ -75,10 +92,11 @@ def _list_path(
 
 
 class Client:
-    """Blocking client. ``timeout_s`` bounds each HTTP request, not ``wait``."""
+    """Blocking client. ``timeout_s`` bounds each HTTP request, not ``wait``. A ``base_url``
+    that is no http(s) URL is a ValueError here."""
 
     def __init__(self, base_url: str = DEFAULT_URL, timeout_s: float = 10) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_url = checked_base_url(base_url)
         self.timeout_s = timeout_s
         # No proxies from the environment, as aiohttp's default: nodes are reached directly,
         # and an http_proxy meant for the internet must not swallow 127.0.0.1.
@@ -173,13 +191,17 @@ class Client:
             leader_http = (exc.body or {}).get("error", {}).get("leader_http")
             if exc.status != 421 or not leader_http:
                 raise
-            answer = Client(f"http://{leader_http}", self.timeout_s)._request(method, path, body)
+            try:
+                leader = Client(f"http://{leader_http}", self.timeout_s)
+            except ValueError:  # not an address to follow: the refusal stands
+                raise exc from None
+            answer = leader._request(method, path, body)
         return answer
 
 
 class AsyncClient:
     """aiohttp client. Without a ``session`` it opens its own; ``close()`` (or ``async with``)
-    closes only a session it opened."""
+    closes only a session it opened. A ``base_url`` that is no http(s) URL is a ValueError."""
 
     def __init__(
         self,
@@ -187,7 +209,7 @@ class AsyncClient:
         session: aiohttp.ClientSession | None = None,
         timeout_s: float = 10,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_url = checked_base_url(base_url)
         self.timeout_s = timeout_s
         self._session = session
         self._owns_session = session is None

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from core.limits import DEFAULT_LIMITS, Limits
@@ -50,19 +52,119 @@ class NodeConfig:
         return self.node_id or f"{socket.gethostname()}:{self.http_port}"
 
 
+# Bounds of the numeric flags. The upper ones are far beyond any sensible setting; they keep a
+# typo (an extra zero or three) from becoming an overflow or a wait of years.
+PORT_MAX = 65535
+WORKERS_MAX = 10_000
+LEASE_MS_MAX = 24 * 3600 * 1000
+SHUTDOWN_GRACE_S_MAX = 24 * 3600.0
+RETENTION_S_MAX = 10 * 365 * 24 * 3600
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class _FromEnv(str):
+    """A flag's default as read from its environment variable: its errors name the variable."""
+
+    __slots__ = ("var",)
+    var: str
+
+    def __new__(cls, value: str, var: str) -> _FromEnv:
+        self = super().__new__(cls, value)
+        self.var = var
+        return self
+
+
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"DSCHED_{name}", default)
 
 
+def _env_checked(name: str, default: str) -> str:
+    """DSCHED_<name> if set, marked so that a bad value is reported as the variable's, else
+    ``default``. Left a string for the flag's type to convert: argparse converts a string
+    default as it parses, so that a bad value is a usage error (exit 2), never a traceback."""
+    var = f"DSCHED_{name}"
+    value = os.environ.get(var)
+    return default if value is None else _FromEnv(value, var)
+
+
+def _refuse(text: str, why: str) -> argparse.ArgumentTypeError:
+    where = f"{text.var}={text!r}" if isinstance(text, _FromEnv) else repr(text)
+    return argparse.ArgumentTypeError(f"{why}, not {where}")
+
+
+def int_in(low: int, high: int | None = None, meaning: str = "") -> Callable[[str], int]:
+    """An argparse type: a decimal integer from ``low`` to ``high`` (None: no upper bound)."""
+    bounds = f"an integer >= {low}" if high is None else f"an integer from {low} to {high}"
+    why = f"must be {bounds}{meaning}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise _refuse(text, why) from None
+        if value < low or (high is not None and value > high):
+            raise _refuse(text, why)
+        return value
+
+    parse.__name__ = "integer"  # what argparse calls the type in its own messages
+    return parse
+
+
+def float_in(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a finite number from ``low`` to ``high`` (nan and inf refused)."""
+    why = f"must be a number from {low:g} to {high:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise _refuse(text, why) from None
+        if not (math.isfinite(value) and low <= value <= high):
+            raise _refuse(text, why)
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def one_of(*choices: str, fold: bool = False) -> Callable[[str], str]:
+    """An argparse type: one of ``choices`` (case-insensitively with ``fold``; answered as
+    given in ``choices``). Also checks a default from the environment, which argparse's own
+    ``choices`` does not."""
+    why = f"must be one of {', '.join(choices)}"
+    by_key = {(c.upper() if fold else c): c for c in choices}
+
+    def parse(text: str) -> str:
+        found = by_key.get(text.upper() if fold else text)
+        if found is None:
+            raise _refuse(text, why)
+        return found
+
+    parse.__name__ = "choice"
+    return parse
+
+
+http_port = int_in(1, PORT_MAX)
+# 0 lets the OS pick (the embedded Redis), or means no Raft port (a lone node).
+redis_port = int_in(0, PORT_MAX, " (0: a free one)")
+raft_port = int_in(0, PORT_MAX, " (0: no Raft port)")
+
+
 def add_node_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of `dsched node`; each also reads DSCHED_<FLAG> from the environment."""
+    """Flags of `dsched node`; each also reads DSCHED_<FLAG> from the environment. A value out
+    of range, from either, is a usage error naming the flag (and the variable)."""
     d = NodeConfig()
     a = parser.add_argument
     a("--node-id", default=_env("NODE_ID", d.node_id), help="node id (default host:http-port)")
     a("--http-host", default=_env("HTTP_HOST", d.http_host), help="HTTP bind address")
-    a("--http-port", type=int, default=int(_env("HTTP_PORT", str(d.http_port))))
+    a("--http-port", type=http_port, default=_env_checked("HTTP_PORT", str(d.http_port)))
     a("--data-dir", default=_env("DATA_DIR", d.data_dir), help="embedded Redis AOF directory")
-    a("--workers", type=int, default=int(_env("WORKERS", str(d.workers))), help="worker slots")
+    a(
+        "--workers",
+        type=int_in(0, WORKERS_MAX),
+        default=_env_checked("WORKERS", str(d.workers)),
+        help="worker slots",
+    )
     a(
         "--tasks",
         action="append",
@@ -71,16 +173,17 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
         help="import MODULE to register @task handlers (repeatable; env: comma-separated)",
     )
     a("--redis-url", default=_env("REDIS_URL", d.redis_url), help="use this Redis, not embedded")
-    a("--redis-port", type=int, default=int(_env("REDIS_PORT", str(d.redis_port))))
+    a("--redis-port", type=redis_port, default=_env_checked("REDIS_PORT", str(d.redis_port)))
     a(
         "--fsync",
+        type=one_of("always", "everysec"),
         choices=["always", "everysec"],
-        default=_env("FSYNC", d.fsync),
+        default=_env_checked("FSYNC", d.fsync),
         help="AOF fsync policy of the embedded Redis",
     )
     a("--redis-prefix", default=_env("REDIS_PREFIX", d.redis_prefix))
     a("--raft-host", default=_env("RAFT_HOST", d.raft_host))
-    a("--raft-port", type=int, default=int(_env("RAFT_PORT", str(d.raft_port))))
+    a("--raft-port", type=raft_port, default=_env_checked("RAFT_PORT", str(d.raft_port)))
     a(
         "--raft-advertise",
         default=_env("RAFT_ADVERTISE", d.raft_advertise),
@@ -97,35 +200,39 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
         help="shared secret of the Raft members (encrypts and authenticates their traffic); "
         "prefer DSCHED_RAFT_PASSWORD, which ps does not show",
     )
-    a("--lease-ms", type=int, default=int(_env("LEASE_MS", str(d.lease_ms))))
+    a("--lease-ms", type=int_in(1, LEASE_MS_MAX), default=_env_checked("LEASE_MS", str(d.lease_ms)))
     a(
         "--shutdown-grace-s",
-        type=float,
-        default=float(_env("SHUTDOWN_GRACE_S", str(d.shutdown_grace_s))),
+        type=float_in(0, SHUTDOWN_GRACE_S_MAX),
+        default=_env_checked("SHUTDOWN_GRACE_S", str(d.shutdown_grace_s)),
     )
-    a("--retention-s", type=int, default=int(_env("RETENTION_S", str(d.retention_s))))
+    a(
+        "--retention-s",
+        type=int_in(0, RETENTION_S_MAX),
+        default=_env_checked("RETENTION_S", str(d.retention_s)),
+    )
     a(
         "--payload-bytes-max",
-        type=int,
-        default=int(_env("PAYLOAD_BYTES_MAX", str(DEFAULT_LIMITS.payload_bytes_max))),
+        # A payload travels inside a request body: a larger limit could never be reached.
+        type=int_in(1, DEFAULT_LIMITS.request_bytes_max),
+        default=_env_checked("PAYLOAD_BYTES_MAX", str(DEFAULT_LIMITS.payload_bytes_max)),
     )
     a(
         "--queued-tasks-max",
-        type=int,
-        default=int(_env("QUEUED_TASKS_MAX", str(DEFAULT_LIMITS.queued_tasks_max))),
+        type=int_in(0),
+        default=_env_checked("QUEUED_TASKS_MAX", str(DEFAULT_LIMITS.queued_tasks_max)),
         help="refuse submissions (503) that would take queued + pending tasks past this",
     )
-    a("--log-level", default=_env("LOG_LEVEL", d.log_level))
+    a(
+        "--log-level",
+        type=one_of(*LOG_LEVELS, fold=True),
+        default=_env_checked("LOG_LEVEL", d.log_level),
+    )
 
 
 def config_from_args(ns: argparse.Namespace) -> NodeConfig:
-    if ns.workers < 0:
-        raise SystemExit("--workers must be >= 0")
-    if ns.fsync not in ("always", "everysec"):
-        raise SystemExit("--fsync must be always or everysec")
+    """The parsed flags (add_node_arguments, whose types checked every value) as a config."""
     peers = tuple(p.strip() for p in ns.peers.split(",") if p.strip())
-    if ns.queued_tasks_max < 0:
-        raise SystemExit("--queued-tasks-max must be >= 0")
     limits = Limits(payload_bytes_max=ns.payload_bytes_max, queued_tasks_max=ns.queued_tasks_max)
     return NodeConfig(
         node_id=ns.node_id,

@@ -142,6 +142,11 @@ def build_openapi(limits: Limits, task_types: list[str]) -> Schema:
                 },
                 "responses": {
                     "201": _json(ref("TaskList"), "every task, in the order given"),
+                    "200": _json(
+                        ref("TaskList"),
+                        "every item's idempotency key matched an earlier task: those tasks, "
+                        "in the order given; nothing was created",
+                    ),
                     **submit_errors,
                 },
             }
@@ -168,7 +173,9 @@ def build_openapi(limits: Limits, task_types: list[str]) -> Schema:
                 "summary": "Run a dead or cancelled task again",
                 "responses": {
                     "200": _json(ref("Task"), "queued (or pending on dependencies)"),
-                    **_errors(404, 409, 503),
+                    **_errors(404, 409),
+                    # The task joins the backlog again, so the submission limit holds for it.
+                    "503": submit_errors["503"],
                 },
             },
         },
@@ -330,6 +337,16 @@ def build_openapi(limits: Limits, task_types: list[str]) -> Schema:
                         },
                         "message": {"type": "string"},
                         "allowed": {"type": "array", "items": {"type": "string"}},
+                        "task_id": {
+                            "type": "string",
+                            "description": "idempotency_conflict: the stored task the key "
+                            "stands for",
+                        },
+                        "conflicts_with": {
+                            "type": "string",
+                            "description": "idempotency_conflict: the earlier item of the "
+                            "same batch given the key (tasks[0]); nothing was stored",
+                        },
                     },
                 },
                 "task": ref("Task"),

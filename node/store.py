@@ -716,9 +716,17 @@ class RedisStore:
         flat = await self._eval("cancel", task_id, now_ms, idempotent=True)
         return _record(flat) if flat else None
 
-    async def retry(self, task_id: str, now_ms: int) -> TaskRecord | None:
-        """dead or cancelled -> queued (pending while it waits on dependencies)."""
-        flat = await self._eval("retry", task_id, now_ms, idempotent=True)
+    async def retry(
+        self, task_id: str, now_ms: int, queued_tasks_max: int | None = None
+    ) -> TaskRecord | None:
+        """dead or cancelled -> queued (pending while it waits on dependencies). None if
+        unknown, unchanged if not dead or cancelled. With ``queued_tasks_max``, QueueFull (and
+        nothing written) when the queued and pending tasks are already at it, as for a
+        submission of one task."""
+        limit = -1 if queued_tasks_max is None else queued_tasks_max
+        flat = await self._eval("retry", task_id, now_ms, limit, idempotent=True)
+        if flat and flat[0] == "!":
+            raise QueueFull(int(flat[1]), 1, limit)
         return _record(flat) if flat else None
 
     async def get(self, task_id: str) -> TaskRecord | None:

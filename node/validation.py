@@ -34,10 +34,23 @@ _NEW_TASK_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fie
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 
 
+def printable(text: str) -> str:
+    """``text`` as UTF-8 can carry it: a lone surrogate (a JSON key or value of ``\\ud800``
+    decodes to one) becomes its backslash escape, so that an error naming it can be sent."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 class RequestError(Exception):
     """A refused request: HTTP status, a machine-readable code, the field at fault and why.
 
     ``extra`` adds keys to the error object (e.g. the accepted choices), never replaces one.
+    The field and the message are made :func:`printable`: they may quote the client's input.
     """
 
     def __init__(
@@ -48,8 +61,9 @@ class RequestError(Exception):
         code: str = "invalid",
         extra: Mapping[str, Any] | None = None,
     ) -> None:
+        message = printable(message)
         super().__init__(message)
-        self.field = field
+        self.field = None if field is None else printable(field)
         self.message = message
         self.status = status
         self.code = code
@@ -187,10 +201,11 @@ def _parse_payload(value: Any, field: str, intake: Intake) -> str:
     try:
         text = _PAYLOAD_ENCODER.encode(value)
         size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        # Before ValueError, of which it is a subclass: a lone surrogate escape (\ud800).
+        raise RequestError(field, "contains an invalid unicode escape") from None
     except ValueError:  # 1e999 parses as inf, which JSON cannot carry back out
         raise RequestError(field, "numbers must be finite") from None
-    except UnicodeEncodeError:
-        raise RequestError(field, "contains an invalid unicode escape") from None
     except RecursionError:
         raise RequestError(field, "is nested too deeply") from None
     if size > intake.limits.payload_bytes_max:
@@ -238,7 +253,12 @@ def _parse_run_at(value: Any, field: str, intake: Intake) -> int:
     if isinstance(value, str):
         if not _RFC3339.fullmatch(value):
             raise RequestError(
-                field, "must be an RFC 3339 timestamp with an offset, e.g. 2030-01-01T12:00:00Z"
+                field,
+                # No example date: a fixed one is refused while it is more than delay_s_max
+                # (a year) away, and reads as stale once it is past.
+                "must be an RFC 3339 date and time with an offset, as YYYY-MM-DDTHH:MM:SSZ or "
+                "YYYY-MM-DDTHH:MM:SS+HH:MM (the seconds may have a fraction), or a number of "
+                "epoch seconds",
             )
         # fromisoformat wants at most 6 fraction digits and an uppercase T/Z (3.11).
         text = value.upper().replace("Z", "+00:00")

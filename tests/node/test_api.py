@@ -204,6 +204,32 @@ async def test_idempotency_key_with_another_task_is_409(
     assert runtime.changed == [[first["id"]]]
 
 
+async def test_idempotency_conflict_inside_a_batch_names_the_item(
+    client: Client, store: RedisStore, runtime: StubRuntime
+) -> None:
+    tasks = [
+        {"type": "echo", "payload": 1},
+        {"type": "noop", "idempotency_key": "bk2"},
+        {"type": "echo", "idempotency_key": "bk2"},
+    ]
+    status, answer = await post(client, "/v1/tasks/batch", {"tasks": tasks})
+    assert status == 409
+    error = error_of(answer)
+    assert error["code"] == "idempotency_conflict"
+    assert error["field"] == "tasks[2].idempotency_key"
+    assert error["conflicts_with"] == "tasks[1]"
+    assert "tasks[1] of this batch" in error["message"] and "'bk2'" in error["message"]
+    # No id of a task that was never written: the batch was refused whole.
+    assert "task_id" not in error
+    assert await all_ids(store) == [] and runtime.changed == []
+    # Against a stored task, the conflict still names it.
+    _, first = await post(client, "/v1/tasks", {"type": "noop", "idempotency_key": "bk2"})
+    status, answer = await post(client, "/v1/tasks/batch", {"tasks": tasks[2:]})
+    assert status == 409
+    error = error_of(answer)
+    assert error["task_id"] == first["id"] and "conflicts_with" not in error
+
+
 async def test_queued_tasks_max_refuses_with_503_and_writes_nothing(
     aiohttp_client: Callable[[web.Application], Awaitable[Client]],
     store: RedisStore,
@@ -235,6 +261,38 @@ async def test_queued_tasks_max_refuses_with_503_and_writes_nothing(
     assert error_of(await resp.json())["code"] == "queue_full"
     assert await all_ids(store) == [*ids, third["id"]]
     assert runtime.changed == [ids, [third["id"]]]
+
+
+async def test_retry_is_refused_with_503_when_the_queue_is_full(
+    aiohttp_client: Callable[[web.Application], Awaitable[Client]],
+    store: RedisStore,
+    runtime: StubRuntime,
+) -> None:
+    app = make_app(store, runtime)
+    app[CONFIG] = NodeConfig(limits=dataclasses.replace(LIMITS, queued_tasks_max=2))
+    client = await aiohttp_client(app)
+    _, first = await post(client, "/v1/tasks", {"type": "echo"})
+    assert (await client.delete(f"/v1/tasks/{first['id']}")).status == 200
+    status, body = await post(client, "/v1/tasks/batch", {"tasks": [{"type": "echo"}] * 2})
+    assert status == 201  # the backlog is at the limit: 2 queued
+    resp = await client.post("/v1/tasks", json={"type": "echo"})
+    assert resp.status == 503
+    # A retry would take the backlog past the limit just as a submission would.
+    changed = list(runtime.changed)
+    before = await snapshot(store.redis, store.base)
+    resp = await client.post(f"/v1/tasks/{first['id']}/retry")
+    assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+    error = error_of(await resp.json())
+    assert error["code"] == "queue_full" and error["queued_tasks_max"] == 2
+    assert "queue is full" in error["message"]
+    assert await snapshot(store.redis, store.base) == before
+    assert runtime.changed == changed
+    record = await store.get(first["id"])
+    assert record is not None and record.status is Status.CANCELLED
+    # Once there is room, the retry goes through.
+    assert (await client.delete(f"/v1/tasks/{body['tasks'][0]['id']}")).status == 200
+    status, task = await post(client, f"/v1/tasks/{first['id']}/retry", None)
+    assert (status, task["status"]) == (200, "queued")
 
 
 async def test_dependencies_must_exist(client: Client, store: RedisStore) -> None:
@@ -312,6 +370,27 @@ async def test_malformed_json(client: Client, raw: bytes, status: int) -> None:
     resp = await client.post("/v1/tasks", data=raw, headers={"Content-Type": "application/json"})
     assert resp.status == status
     assert error_of(await resp.json())["code"] == ("malformed" if status == 400 else "invalid")
+
+
+@pytest.mark.parametrize(
+    ("path", "raw", "field"),
+    [
+        ("/v1/tasks", rb'{"type": "noop", "\ud800": 1}', "\\ud800"),
+        ("/v1/tasks/batch", rb'{"tasks": [{"type": "noop", "\udfff": 1}]}', "tasks[0].\\udfff"),
+        ("/v1/tasks/batch", rb'{"tasks": [{"type": "noop"}], "\ud800x": 1}', "\\ud800x"),
+    ],
+)
+async def test_unknown_field_named_with_a_lone_surrogate_is_422(
+    client: Client, store: RedisStore, path: str, raw: bytes, field: str
+) -> None:
+    # The name decodes to a str UTF-8 cannot carry: the error shows it escaped, never a 500.
+    resp = await client.post(path, data=raw, headers={"Content-Type": "application/json"})
+    assert resp.status == 422
+    error = error_of(await resp.json())
+    assert error["code"] == "invalid"
+    assert error["field"] == field
+    assert "unknown field" in error["message"] and field.rpartition(".")[2] in error["message"]
+    assert await all_ids(store) == []
 
 
 @pytest.mark.parametrize(
@@ -442,6 +521,14 @@ async def test_batch_with_repeated_keys_answers_the_first(
     assert len(await all_ids(store)) == 2
     status, body = await post(client, "/v1/tasks/batch", {"tasks": tasks[:1]})
     assert status == 200  # nothing new was created
+    assert [t["id"] for t in body["tasks"]] == [first["id"]]
+    # Both answers are documented.
+    doc = await (await client.get("/openapi.json")).json()
+    responses = doc["paths"]["/v1/tasks/batch"]["post"]["responses"]
+    assert {"200", "201"} <= set(responses)
+    assert responses["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/TaskList"
+    }
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shlex
 import socket
 import time
 import uuid
@@ -237,12 +238,39 @@ async def test_cli_submit_status_tasks_cancel_retry(
     assert [t["type"] for t in json.loads(out)["tasks"]] == ["noop"]
 
     code, out, _ = await run_cli(capsys, "tasks", "--limit", "1", "--url", url)
-    assert "more: dsched tasks --cursor " in out
+    assert f"more: dsched tasks --limit 1 --url {url} --cursor " in out
 
     code, out, _ = await run_cli(capsys, "cancel", task_id, "--url", url)
     assert (code, out) == (0, f"{task_id}  cancelled\n")
     code, out, _ = await run_cli(capsys, "retry", task_id, "--url", url)
     assert (code, out) == (0, f"{task_id}  queued\n")
+
+
+async def test_cli_next_page_hint_keeps_the_filters(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = Client(url)
+    noops = [
+        (await asyncio.to_thread(client.submit, "noop", i, "low", delay_s=600))["id"]
+        for i in range(3)
+    ]
+    await asyncio.to_thread(client.submit, "echo", None, "low", delay_s=600)  # filtered out
+    await asyncio.to_thread(client.submit, "noop", None, "high", delay_s=600)  # filtered out
+    await asyncio.to_thread(client.submit, "noop", None, "low")  # queued: filtered out
+    argv = ["tasks", "--status", "pending", "--type", "noop", "--priority", "low"]
+    code, out, _ = await run_cli(capsys, *argv, "--limit", "2", "--url", url)
+    assert code == 0
+    *table, hint = out.splitlines()
+    assert [line.split()[0] for line in table[1:]] == noops[:2]
+    assert hint.startswith("more: dsched tasks ")
+    # The hint, run as printed, is the next page of the same listing: the last pending low noop.
+    command = shlex.split(hint.removeprefix("more: "))
+    assert command[:2] == ["dsched", "tasks"] and "--cursor" in command
+    assert command[command.index("--limit") + 1] == "2"
+    code, out, _ = await run_cli(capsys, *command[1:])
+    assert code == 0
+    lines = out.splitlines()
+    assert [line.split()[0] for line in lines[1:]] == noops[2:]
 
 
 async def test_cli_submit_wait(
@@ -294,6 +322,37 @@ async def test_cli_errors_are_one_line(
 
     code, out, err = await run_cli(capsys, "submit", "echo", "--payload", "{", "--url", url)
     assert code == 2 and "--payload" in err
+
+
+BAD_URLS = [
+    "notaurl",
+    "127.0.0.1:8080",
+    "ftp://127.0.0.1",
+    "http://",
+    "http://127.0.0.1:99999",
+    "http://127.0.0.1:0",
+    "http://127.0.0.1:port",
+    "http://[::1",
+    "http://127.0.0.1:8080?x=1",
+]
+
+
+@pytest.mark.parametrize("bad", BAD_URLS)
+async def test_cli_bad_url_is_a_one_line_usage_error(
+    bad: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = await run_cli(capsys, "submit", "noop", "--url", bad)
+    assert (code, out) == (2, "")
+    assert err.startswith("dsched submit: --url: ") and err.count("\n") == 1
+    assert repr(bad) in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("bad", BAD_URLS)
+def test_clients_refuse_a_bad_base_url(bad: str) -> None:
+    with pytest.raises(ValueError, match="is not an http"):
+        Client(bad)
+    with pytest.raises(ValueError, match="is not an http"):
+        AsyncClient(bad)
 
 
 async def test_cli_url_from_the_environment(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from typing import Any
 
 import pytest
@@ -21,7 +22,9 @@ from node.validation import (
     RequestError,
     parse_json,
     validate_batch,
+    validate_batch_rows,
     validate_task,
+    validate_task_row,
 )
 
 NOW_MS = 1_700_000_000_000
@@ -173,6 +176,43 @@ def test_bad_submissions_name_the_field(body: Any, field: str | None, status: in
     assert envelope["field"] == field
     assert envelope["code"] == ("too_large" if status == 413 else "invalid")
     assert envelope["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"type": "echo", "payload": "\ud800"}, "payload"),
+        ({"type": "echo", "payload": {"s": ["\udc00"]}}, "payload"),
+        ({"type": "echo", "payload": {"\ud800": 1}}, "payload"),
+        ({"type": "echo", "idempotency_key": "\ud800"}, "idempotency_key"),
+    ],
+)
+def test_a_lone_surrogate_is_an_invalid_unicode_escape(body: Any, field: str) -> None:
+    # The payload says what the other string fields say (not "numbers must be finite"), on
+    # the generic path and on the fast one, alone and in a batch.
+    for call, where in [
+        (lambda: validate_task(body, intake()), field),
+        (lambda: validate_task_row(body, intake()), field),
+        (
+            lambda: validate_batch({"tasks": [{"type": "echo"}, body]}, intake()),
+            f"tasks[1].{field}",
+        ),
+        (lambda: validate_batch_rows({"tasks": [body]}, intake()), f"tasks[0].{field}"),
+    ]:
+        with pytest.raises(RequestError) as info:
+            call()
+        error = info.value
+        assert (error.field, error.status, error.code) == (where, 422, "invalid")
+        assert error.message == "contains an invalid unicode escape"
+
+
+def test_the_run_at_error_shows_forms_that_are_accepted() -> None:
+    error = refused({"type": "echo", "run_at": "tomorrow"})
+    assert error.field == "run_at"
+    # Whatever timestamp the message shows as an example, it is one a submission may carry.
+    for stamp in re.findall(r"\d{4}-\d{2}-\d{2}T[\d:.]+(?:Z|[+-]\d{2}:\d{2})", error.message):
+        validate_task({"type": "echo", "run_at": stamp}, intake())
+    assert "YYYY-MM-DDTHH:MM:SSZ" in error.message and "epoch seconds" in error.message
 
 
 def test_unknown_type_lists_the_known_ones() -> None:
