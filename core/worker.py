@@ -91,6 +91,8 @@ class _Running:
     started_ms: int
     timeout_at_ms: int
     stop: StopReason | None = None
+    # Its handler runs on past the attempt's end (a thread): settled, its slot stays held.
+    outlives: bool = False
 
 
 class WorkerPool:
@@ -105,6 +107,10 @@ class WorkerPool:
         # Keyed by (task id, attempt): a node can hold a newer attempt of a task whose older
         # attempt lost its lease but has not stopped yet (both occupy a slot until it does).
         self.running: dict[tuple[str, int], _Running] = {}
+        # Slots held by handlers whose attempt has ended (settled, written) but which still run:
+        # a thread cannot be stopped. Each stays taken until its handler returns, or the next
+        # task would start with no thread to run it.
+        self.held = 0
         self.accepting = True
         self._shutdown_at_ms: int | None = None
         self._next_heartbeat_ms: int | None = None
@@ -112,11 +118,30 @@ class WorkerPool:
 
     @property
     def free(self) -> int:
-        return self.slots - len(self.running) if self.accepting else 0
+        return self.slots - len(self.running) - self.held if self.accepting else 0
 
     @property
     def busy(self) -> int:
-        return len(self.running)
+        return len(self.running) + self.held
+
+    @property
+    def offered(self) -> int:
+        """The slots this node offers its leader: none while stopping, and none held."""
+        return self.slots - self.held if self.accepting else 0
+
+    def handler_outlives(self, task_id: str, attempt: int) -> bool:
+        """The driver stopped waiting for this attempt's handler, which runs on (a thread
+        cannot be stopped): once :meth:`handler_ended` settles the attempt, its slot stays
+        held until :meth:`outlived_handler_returned`. False if it does not run here."""
+        run = self.running.get((task_id, attempt))
+        if run is None:
+            return False
+        run.outlives = True
+        return True
+
+    def outlived_handler_returned(self) -> None:
+        assert self.held > 0, "no handler outlived its attempt"
+        self.held -= 1
 
     def start(self, assignment: Assignment, now_ms: int) -> list[WorkerEffect]:
         """A slot took this assignment. Pull-when-free: the driver asks only while ``free``."""
@@ -146,6 +171,8 @@ class WorkerPool:
         run = self.running.pop((task_id, attempt), None)
         if run is None:
             return []  # already settled (e.g. reported twice): nothing to write
+        if run.outlives:
+            self.held += 1  # the slot passes from the attempt to its stray handler
         a = run.assignment
         if run.stop is StopReason.TIMEOUT:
             outcome = Outcome.timeout(a.timeout_ms)
@@ -204,8 +231,10 @@ class WorkerPool:
 
     def check_invariants(self) -> None:
         running = self.running
-        if len(running) > self.slots:
-            raise RuntimeError(f"{len(running)} tasks run on {self.slots} slots")
+        if len(running) + self.held > self.slots:
+            raise RuntimeError(
+                f"{len(running)} tasks run and {self.held} slots are held, on {self.slots} slots"
+            )
         live: set[str] = set()
         for (task_id, attempt), run in running.items():
             a = run.assignment

@@ -141,13 +141,10 @@ class NodeRuntime:
         self._registry_seen: dict[str, int] = {}
         self._registry_info: dict[str, dict[str, Any]] = {}
         self._store_ok = True
+        self._store_lost_logged_at: float | None = None  # while the leader loop lacks Redis
         self._loop_alive_ms = now_ms()
         self._seen_leader: str | None = None
         self._taking = 0
-        # Sync handlers whose attempt ended (timeout, cancel, lease lost) while their thread
-        # runs on: a thread cannot be stopped, so each keeps its slot (and its pool thread)
-        # until it returns, or later sync tasks would wait for a thread and time out unrun.
-        self._stray_threads = 0
         # Set by stop(): handler threads still running when the loops stopped (their tasks
         # were given back); the process exits without waiting for them.
         self.abandoned_threads = 0
@@ -202,7 +199,7 @@ class NodeRuntime:
         with contextlib.suppress(Exception):
             await self.store.unregister_node(self.node_id)
         self._executor.shutdown(wait=False, cancel_futures=True)
-        self.abandoned_threads = self._stray_threads
+        self.abandoned_threads = self.pool.held
         if self.abandoned_threads:
             log.warning(
                 "%d sync handler threads still run past the grace (their tasks were given "
@@ -304,19 +301,17 @@ class NodeRuntime:
             "pid": os.getpid(),
             "slots": self._slots(),
             "types": sorted(self.handlers),
-            "workers_free": max(0, self.pool.free - self._stray_threads),
-            "workers_busy": self.pool.busy + self._stray_threads,
-            "leases": self.pool.busy,
+            "workers_free": self.pool.free,
+            "workers_busy": self.pool.busy,
+            "leases": len(self.pool.running),
             "last_seen_ms": now_ms(),
         }
 
     def _slots(self) -> int:
-        """The slots this node offers its leader: none while stopping, and not those held by
-        a stray handler thread."""
-        return max(0, self.pool.slots - self._stray_threads) if self._accepting else 0
+        return self.pool.offered if self._accepting else 0
 
     def _free(self) -> int:
-        return self.pool.free - self._taking - self._stray_threads
+        return self.pool.free - self._taking
 
     async def _register(self) -> None:
         await self.store.register_node(self.node_id, self._own_info(), now_ms())
@@ -329,7 +324,7 @@ class NodeRuntime:
                 self._store_ok = True
             except StoreUnavailable:
                 self._store_ok = False
-            self.metrics.set_workers_busy(self.pool.busy + self._stray_threads)
+            self.metrics.set_workers_busy(self.pool.busy)
             self._wake.set()
             await asyncio.sleep(REGISTRY_PERIOD_S)
 
@@ -393,12 +388,19 @@ class NodeRuntime:
             proc = leader_round(self.scheduler, leads, term, events, now_ms, self.leader_stats)
             try:
                 await self._serve(proc)
+                if self._store_lost_logged_at is not None:
+                    self._store_lost_logged_at = None
+                    log.info("store reachable again")
                 self._store_ok = True
                 await self._finishes_alone(self._local_finishes.to_flush(self.scheduler.leading))
                 self._handover.after_round(leads, True, started, now_ms())
             except StoreUnavailable as exc:
+                lost_at = self._store_lost_logged_at
+                if lost_at is None or time.monotonic() >= lost_at + 10.0:
+                    # Once when it goes, then every 10 s: a long outage fills no log.
+                    self._store_lost_logged_at = time.monotonic()
+                    log.warning("store unavailable in leader loop: %s", exc)
                 self._store_ok = False
-                log.warning("store unavailable in leader loop: %s", exc)
                 self._hand_over_if_cut_off(leads, started)
                 await asyncio.sleep(0.2)
             except asyncio.CancelledError:
@@ -646,6 +648,8 @@ class NodeRuntime:
         started = time.monotonic()
         handler = self.handlers.get(a.type)
         outcome: Outcome
+        # A sync handler's thread still running once its attempt is over (WorkerPool.held).
+        outlived: concurrent.futures.Future[Any] | None = None
         try:
             if handler is None:
                 raise LookupError(f"no handler registered for task type {a.type!r} here")
@@ -661,7 +665,7 @@ class NodeRuntime:
                     result = await asyncio.wrap_future(running)
                 except asyncio.CancelledError:
                     if not running.done():
-                        self._hold_slot_until_done(running)
+                        outlived = running
                     raise
             if result is not None:  # a result we cannot store is the handler's error
                 json.dumps(result, allow_nan=False)
@@ -674,6 +678,8 @@ class NodeRuntime:
             )
         finally:
             self._handlers_running.pop((a.task_id, a.attempt), None)
+        if outlived is not None and self.pool.handler_outlives(a.task_id, a.attempt):
+            self._hold_slot_until_done(outlived)
         effects = self.pool.handler_ended(a.task_id, a.attempt, outcome, now_ms(), self.rng)
         run_s = time.monotonic() - started
         for effect in effects:
@@ -684,16 +690,11 @@ class NodeRuntime:
 
     def _hold_slot_until_done(self, running: concurrent.futures.Future[Any]) -> None:
         """The attempt ended but its thread runs on: its slot stays taken until it returns."""
-        self._stray_threads += 1
         loop = asyncio.get_running_loop()
-        log.warning(
-            "a sync handler outlived its attempt: its thread keeps a slot until it returns "
-            "(%d such threads)",
-            self._stray_threads,
-        )
+        log.warning("a sync handler outlived its attempt: its thread keeps a slot until it returns")
 
         def returned() -> None:
-            self._stray_threads -= 1
+            self.pool.outlived_handler_returned()
             self._slot_free.set()
             self._wake.set()  # the leader sees the slot again at its next round
 

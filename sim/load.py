@@ -43,6 +43,10 @@ class TaskSpec:
     # The first run hangs past the task's timeout (the worker interrupts it).
     hangs: bool
     new: NewTask
+    # A plain function run in a thread: an interrupt settles its attempt at once, but the
+    # thread runs on to its end, holding its slot (WorkerPool.held). Else a coroutine, which
+    # stops when interrupted.
+    sync: bool = False
 
 
 @dataclass(slots=True)
@@ -150,7 +154,8 @@ class Clients:
             depends_on=depends_on,
             idempotency_key=task_id,
         )
-        spec = TaskSpec(task_id, priority, run_s, fail_runs, hangs, new)
+        # Every other task (no draw from the rng: the seeds' streams stay as they were).
+        spec = TaskSpec(task_id, priority, run_s, fail_runs, hangs, new, self._count % 2 == 0)
         self.specs[task_id] = spec
         self.facts[task_id] = TaskFacts(int(priority), cfg.max_retries, depends_on)
         return spec

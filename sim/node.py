@@ -128,13 +128,16 @@ class CheckedScheduler(Scheduler):
 class _Handler:
     """One run of a handler on this node."""
 
-    __slots__ = ("assignment", "inc", "ok", "returned")
+    __slots__ = ("assignment", "inc", "ok", "outlived", "returned", "sync")
 
-    def __init__(self, assignment: Assignment, inc: int, ok: bool) -> None:
+    def __init__(self, assignment: Assignment, inc: int, ok: bool, sync: bool) -> None:
         self.assignment = assignment
         self.inc = inc
         self.ok = ok  # how it will end, unless interrupted
         self.returned = False
+        # A thread (TaskSpec.sync): interrupted, it reports at once but runs on to its end.
+        self.sync = sync
+        self.outlived = False
 
 
 class SimNode:
@@ -406,7 +409,7 @@ class SimNode:
 
     def _node_events(self, now: int) -> list[Event]:
         """NodeSeen for every registry entry refreshed since the last look (as the runtime)."""
-        slots = self.pool.slots if self.pool.accepting else 0
+        slots = self.pool.offered
         # As the runtime: our own entry at most every OWN_SEEN_PERIOD_MS, or when slots change.
         refresh = own_seen_due(self._own_seen, slots, now)
         if refresh:
@@ -570,12 +573,15 @@ class SimNode:
         world.checker.on_exec_start(a.task_id, a.attempt, self.id)
         run_s, ok = world.handler_outcome(a.task_id, self)
         self._in_run.add(key)
-        handler = self.handlers[key] = _Handler(a, inc, ok)
+        handler = self.handlers[key] = _Handler(a, inc, ok, world.specs[a.task_id].sync)
         call_later(env, run_s, partial(self._handler_returned, handler, False))
 
     def _handler_returned(self, handler: _Handler, interrupted: bool) -> None:
         if handler.returned:
-            return  # interrupted first: its run time ran out later
+            # Interrupted first: its run time ran out later. A thread gives its slot back now.
+            if handler.outlived and not interrupted:
+                self._when_running(handler.inc, self._outlived_returned)
+            return
         handler.returned = True
         a = handler.assignment
         self._in_run.discard((a.task_id, a.attempt))
@@ -594,11 +600,21 @@ class SimNode:
         world.checker.on_exec_end(a.task_id, a.attempt, self.id)
         world.trace.emit(self.env._now, "ran", a.task_id, a.attempt, self.id, outcome.ok)
         pool = self.pool
+        if handler.outlived and not pool.handler_outlives(a.task_id, a.attempt):
+            handler.outlived = False  # already settled: nothing to hold
+        # As NodeRuntime: an outliving thread keeps its slot until it returns.
         proc = handler_ended(pool, a.task_id, a.attempt, outcome, self.now_ms(), self.rng)
-        self._slot_freed()
+        if not handler.outlived:
+            self._slot_freed()
         # Unwritten (the store did not answer), the lease expires and the task runs again:
         # at-least-once.
         self._drive(proc, handler.inc, pool.check_invariants)
+
+    def _outlived_returned(self) -> None:
+        self.pool.outlived_handler_returned()
+        self.world.trace.emit(self.env._now, "thread-returned", self.id, self.pool.held)
+        self._slot_freed()
+        self.wake()  # the leader sees the slot again (its own NodeSeen: slots changed)
 
     def _when_running(self, inc: int, then: Callable[[], None]) -> None:
         """then() now, or once a pause is over; never if the node crashed meanwhile (_gate,
@@ -655,6 +671,7 @@ class SimNode:
         # Only a handler still running can be stopped; one that already returned reports anyway.
         if handler is not None and key in self._in_run:
             self._in_run.discard(key)
+            handler.outlived = handler.sync
             # As Process.interrupt: the handler returns at once, before anything else now.
             env = self.env
             heappush(
@@ -696,7 +713,7 @@ class SimNode:
         while True:
             if self.paused or self.incarnation != inc:
                 yield from self._gate(inc)
-            slots = self.pool.slots if self.pool.accepting else 0
+            slots = self.pool.offered
             try:
                 info = yield from self.call(RegistryRequest(self.id, slots, self.now_ms()))
                 self._registry_info = info

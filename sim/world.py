@@ -414,7 +414,7 @@ class World:
         while True:
             series["t"].append(self.env.now)
             series["completed"].append(float(self.checker.counters.completed))
-            series["running"].append(float(sum(n.pool.busy for n in self.nodes if n.up)))
+            series["running"].append(float(sum(len(n.pool.running) for n in self.nodes if n.up)))
             counts = {p: 0 for p in Priority}
             leader = max(
                 (n for n in self.nodes if n.up and n.sched.role is Role.LEADING),

@@ -94,7 +94,7 @@ class Harness:
 
     def see_nodes(self) -> None:
         for node, pool in self.pools.items():
-            self.feed(NodeSeen(node, pool.slots, None, self.now_ms))
+            self.feed(NodeSeen(node, pool.offered, None, self.now_ms))
 
     def feed(self, event: Event) -> None:
         assert self.leader is not None
@@ -185,11 +185,15 @@ class Harness:
                         taken.append(r.id)
         return taken
 
-    def complete(self, node: str, task_id: str, outcome: Outcome) -> bool:
+    def complete(self, node: str, task_id: str, outcome: Outcome, outlives: bool = False) -> bool:
+        """The handler of task_id's latest attempt on ``node`` ended; with ``outlives``, its
+        attempt is settled but the handler runs on (a thread), holding its slot."""
         pool = self.pools[node]
         attempts = [a for (t, a) in pool.running if t == task_id]
         if not attempts:
             return False
+        if outlives:
+            assert pool.handler_outlives(task_id, max(attempts))
         effects = pool.handler_ended(task_id, max(attempts), outcome, self.now_ms, self.rng)
         for effect in effects:
             if isinstance(effect, Finish):

@@ -14,6 +14,7 @@ from core.events import Elected, EpochRaised, NodeSeen, Rebuilt, TasksChanged
 from core.priority import Priority
 from core.scheduler import InvariantError, Role, Scheduler
 from core.task import TERMINAL, Outcome, RetryPolicy, Status, TaskState
+from core.worker import WorkerPool
 from tests.core.harness import Harness
 
 
@@ -203,6 +204,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.h = Harness(nodes=["n1", "n2", "n3"], slots=2, seed=7)
         self.h.elect()
         self.ids: list[str] = []
+        self.strays: list[tuple[str, WorkerPool]] = []
 
     @rule(
         prio=st.sampled_from(list(Priority)),
@@ -224,6 +226,33 @@ class SchedulerMachine(RuleBasedStateMachine):
         if running:
             node, tid = data.draw(st.sampled_from(running))
             self.h.complete(node, tid, Outcome.success() if ok else Outcome.error("E", "x"))
+
+    @rule(data=st.data())
+    def a_handler_outlives_its_attempt(self, data: st.DataObject) -> None:
+        # A thread: its attempt is settled (interrupted), its slot stays held until it returns.
+        running = [(n, t) for n, p in sorted(self.h.pools.items()) for t, _ in sorted(p.running)]
+        if running:
+            node, tid = data.draw(st.sampled_from(running))
+            pool = self.h.pools[node]
+            held = pool.held
+            self.h.complete(node, tid, Outcome.error("Interrupted", "x"), outlives=True)
+            assert pool.held == held + 1
+            self.strays.append((node, pool))
+
+    @precondition(lambda self: bool(self.strays))
+    @rule(data=st.data())
+    def a_stray_thread_returns(self, data: st.DataObject) -> None:
+        node, pool = self.strays.pop(data.draw(st.integers(0, len(self.strays) - 1)))
+        if self.h.pools.get(node) is pool:  # not crashed meanwhile (a new pool, no strays)
+            pool.outlived_handler_returned()
+            if self.h.leader is not None:
+                self.h.see_nodes()
+
+    @invariant()
+    def held_slots_are_not_offered_nor_filled(self) -> None:
+        for pool in self.h.pools.values():
+            assert len(pool.running) + pool.held <= pool.slots
+            assert pool.offered == (pool.slots - pool.held if pool.accepting else 0)
 
     @precondition(lambda self: bool(self.ids))
     @rule(data=st.data())
@@ -266,6 +295,12 @@ class SchedulerMachine(RuleBasedStateMachine):
                 assert self.h.store.tasks[dep].status is Status.SUCCEEDED
 
     def teardown(self) -> None:
+        for node, pool in self.strays:  # the threads return
+            if self.h.pools.get(node) is pool:
+                pool.outlived_handler_returned()
+        self.strays.clear()
+        if self.h.leader is not None:
+            self.h.see_nodes()
         # Liveness: faults stop, handlers succeed; everything must end within a bound.
         h = self.h
         for _ in range(400):
@@ -320,6 +355,30 @@ def test_newer_attempt_on_the_same_node_stops_the_older_one() -> None:
     # The old handler ends late: nothing is written for it, and the new attempt still runs.
     assert pool.handler_ended("t", 1, Outcome.success(), 2500, random.Random(0)) == []
     assert list(pool.running) == [("t", 2)]
+
+
+def test_a_handler_that_outlives_its_attempt_holds_its_slot_until_it_returns() -> None:
+    from core.worker import Assignment, Finish, WorkerPool
+
+    pool = WorkerPool("n1", slots=2, lease_ms=1000)
+    policy = RetryPolicy(max_retries=0)
+    a = Assignment("a", 1, "x", 100, policy, 0, 1000)
+    b = Assignment("b", 1, "x", 5000, policy, 0, 1000)
+    pool.start(a, 0)
+    pool.start(b, 0)
+    assert pool.handler_outlives("a", 1)
+    assert not pool.handler_outlives("zz", 1)  # not running here
+    # Its attempt is settled (written) as any other...
+    [end] = pool.handler_ended("a", 1, Outcome.error("Interrupted", "x"), 150, random.Random(0))
+    assert isinstance(end, Finish) and end.task_id == "a"
+    # ...but its slot is neither free nor offered until the handler returns.
+    assert (pool.free, pool.offered, pool.busy, pool.held) == (0, 1, 2, 1)
+    with pytest.raises(RuntimeError):
+        pool.start(Assignment("c", 1, "x", 5000, policy, 0, 1000), 200)
+    pool.check_invariants()
+    pool.outlived_handler_returned()
+    assert (pool.free, pool.offered, pool.busy, pool.held) == (1, 2, 1, 0)
+    pool.start(Assignment("c", 1, "x", 5000, policy, 0, 1000), 300)
 
 
 def test_a_lost_store_answer_makes_the_leader_rebuild() -> None:
