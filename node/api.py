@@ -452,12 +452,18 @@ async def add_member(request: web.Request) -> web.Response:
     if not isinstance(body, dict) or set(body) != {"raft"}:
         raise RequestError("raft", 'expected {"raft": "host:port"}')
     status, answer = await request.app[RUNTIME].change_membership("add", _raft_addr(body["raft"]))
-    return _json_response(answer, status)
+    return _membership_response(answer, status)
 
 
 async def remove_member(request: web.Request) -> web.Response:
     addr = _raft_addr(request.match_info["raft"])
     status, answer = await request.app[RUNTIME].change_membership("remove", addr)
+    return _membership_response(answer, status)
+
+
+def _membership_response(answer: dict[str, Any], status: int) -> web.Response:
+    if status == 503:  # the same request may pass later
+        return _json_response(answer, status, **{"Retry-After": str(RETRY_AFTER_S)})
     return _json_response(answer, status)
 
 

@@ -22,6 +22,10 @@ import aiohttp
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 TERMINAL_STATUSES = frozenset({"succeeded", "dead", "cancelled"})
+# A leader asked to remove itself hands leadership over first: the request is made again, this
+# often, for at most this long (an election takes a few hundred milliseconds).
+MEMBER_RETRY_S = 0.5
+MEMBER_HANDOVER_WAIT_S = 15.0
 
 Json = dict[str, Any]
 
@@ -185,18 +189,28 @@ class Client:
             if action == "add"
             else ("DELETE", f"/v1/cluster/members/{quoted}", None)
         )
-        try:
-            answer: Json = self._request(method, path, body)
-        except ApiError as exc:
-            leader_http = (exc.body or {}).get("error", {}).get("leader_http")
-            if exc.status != 421 or not leader_http:
-                raise
+        # A leader asked to remove itself hands over first (503 leader_handing_over): ask
+        # again until the new leader (a 421 names it) does it, for at most this long.
+        deadline = time.monotonic() + MEMBER_HANDOVER_WAIT_S
+        target = self
+        while True:
             try:
-                leader = Client(f"http://{leader_http}", self.timeout_s)
-            except ValueError:  # not an address to follow: the refusal stands
-                raise exc from None
-            answer = leader._request(method, path, body)
-        return answer
+                answer: Json = target._request(method, path, body)
+                return answer
+            except ApiError as exc:
+                error = (exc.body or {}).get("error", {})
+                leader_http = error.get("leader_http")
+                if exc.status == 421 and leader_http and target is self:
+                    try:
+                        target = Client(f"http://{leader_http}", self.timeout_s)
+                    except ValueError:  # not an address to follow: the refusal stands
+                        raise exc from None
+                    continue
+                handing_over = exc.status == 503 and error.get("code") == "leader_handing_over"
+                if not handing_over or time.monotonic() >= deadline:
+                    raise
+                time.sleep(MEMBER_RETRY_S)
+                target = self
 
 
 class AsyncClient:

@@ -60,7 +60,10 @@ class RaftLeadership:
         if self.member is None:
             return False, 0, None
         s = self.member.status
-        return s.is_leader, s.term, s.leader_id
+        # A member that has heard from no majority lately knows no leader, whatever it last
+        # heard (a lone survivor keeps naming the dead one: pysyncobj holds no election
+        # without a peer to ask).
+        return s.is_leader, s.term, s.leader_id if s.has_quorum else None
 
     def members(self) -> list[dict[str, Any]]:
         if self.member is None:

@@ -217,7 +217,9 @@ def build_openapi(limits: Limits, task_types: list[str]) -> Schema:
         "/v1/cluster/members/{raft}": {
             "delete": {
                 "operationId": "removeMember",
-                "summary": "Remove a Raft member (send to the leader; others answer 421)",
+                "summary": "Remove a Raft member (send to the leader; others answer 421). The "
+                "leader asked to remove itself hands leadership over and answers 503 "
+                "leader_handing_over: retry, and the new leader removes it",
                 "parameters": [
                     {"name": "raft", "in": "path", "required": True, "schema": {"type": "string"}}
                 ],

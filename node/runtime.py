@@ -286,7 +286,39 @@ class NodeRuntime:
                     "leader_http": info.get("http"),
                 }
             }
+        own = getattr(self.leadership, "self_addr", None)
+        if action == "remove" and raft_addr == own:
+            # Raft refuses a leader's removal of itself: hand over, and let the client's retry
+            # reach the new leader (421 names it), which removes this member.
+            hand_over = getattr(self.leadership, "hand_over", None)
+            if hand_over is not None:
+                hand_over()
+            return 503, {
+                "error": {
+                    "code": "leader_handing_over",
+                    "field": "raft",
+                    "message": "this member leads: it is handing leadership over; retry, and "
+                    "the new leader removes it",
+                }
+            }
         reason = await change(action, raft_addr)
+        if reason == "request_denied":
+            configuration = getattr(self.leadership, "configuration", None)
+            known = configuration is not None and raft_addr in configuration()
+            why = (
+                "is already a member"
+                if action == "add" and known
+                else "is not a member"
+                if action == "remove" and not known
+                else "was refused by Raft (another membership change may be in progress)"
+            )
+            return 409, {
+                "error": {
+                    "code": "membership_refused",
+                    "field": "raft",
+                    "message": f"{raft_addr} {why}",
+                }
+            }
         if reason:
             return 503, {"error": {"code": "membership", "field": "raft", "message": reason}}
         return 200, {"action": action, "raft": raft_addr, "cluster": self.cluster()}
@@ -385,13 +417,16 @@ class NodeRuntime:
                 events.append(NodeLeft(previous, now_ms()))
             if leader is not None:
                 self._seen_leader = leader
+            # Only a leader's round talks to the store: a follower's tells nothing of it.
+            touches_store = leads or self.scheduler.leading
             proc = leader_round(self.scheduler, leads, term, events, now_ms, self.leader_stats)
             try:
                 await self._serve(proc)
-                if self._store_lost_logged_at is not None:
-                    self._store_lost_logged_at = None
-                    log.info("store reachable again")
-                self._store_ok = True
+                if touches_store:
+                    if self._store_lost_logged_at is not None:
+                        self._store_lost_logged_at = None
+                        log.info("store reachable again")
+                    self._store_ok = True
                 await self._finishes_alone(self._local_finishes.to_flush(self.scheduler.leading))
                 self._handover.after_round(leads, True, started, now_ms())
             except StoreUnavailable as exc:

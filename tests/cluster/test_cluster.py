@@ -164,3 +164,39 @@ def test_follower_crash_its_leases_run_again_elsewhere(cluster: Cluster) -> None
     }
     assert cut, "the follower held leases when it died"
     assert cut <= finished_elsewhere
+
+
+def test_a_lone_survivor_names_no_leader_and_is_not_ready(cluster: Cluster) -> None:
+    """Kill a follower, then the leader: the survivor has no majority, so it must not go on
+    naming the dead leader nor call itself ready (nothing can be dispatched)."""
+    leader, _ = cluster.wait_leader()
+    follower, survivor = [n for n in cluster.nodes if n.name != leader]
+    for victim in (follower, cluster.by_id(leader)):
+        cluster.killed_pids.add(victim.pid)
+        victim.kill()
+
+    def alone() -> bool:
+        view = cluster.view(survivor)
+        return view["leader"] is None and survivor.get("/readyz", timeout_s=2)[0] == 503
+
+    wait_for(alone, 15, "the survivor to name no leader and be not ready")
+
+
+def test_a_follower_cut_off_from_redis_is_not_ready(store_cut_cluster: Cluster) -> None:
+    cluster = store_cut_cluster
+    assert cluster.store_proxies is not None
+    leader, _ = cluster.wait_leader()
+    follower = next(n for n in cluster.nodes if n.name != leader)
+    cluster.store_proxies.cut(cluster.nodes.index(follower))
+
+    def not_ready() -> bool:
+        status, body = follower.get("/readyz", timeout_s=2)
+        return status == 503 and body["checks"]["redis"] is False
+
+    wait_for(not_ready, 15, "the cut follower to report Redis down")
+    # And it keeps saying so while the cut lasts (its leader loop, which touches no store as
+    # a follower, must not report Redis as reachable).
+    polls = [not_ready() for _ in range(20) if time.sleep(0.1) is None]
+    assert all(polls), polls
+    cluster.store_proxies.heal()
+    wait_for(lambda: follower.get("/readyz", timeout_s=2)[0] == 200, 30, "ready again")

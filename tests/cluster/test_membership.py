@@ -9,7 +9,7 @@ import pytest
 
 from node.cli import main as cli_main
 from tests.cluster.conftest import LEASE_MS, Cluster
-from tests.procs import NodeProc, free_ports, wait_for
+from tests.procs import NodeProc, free_ports, http, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -63,3 +63,27 @@ def test_a_node_joins_and_leaves(cluster: Cluster, tmp_path: Path) -> None:
         assert cluster.wait_leader() == (leader, term)
     finally:
         newcomer.kill()
+
+
+def test_removing_the_leader_hands_over_and_refusals_are_409(cluster: Cluster) -> None:
+    leader, term = cluster.wait_leader()
+    lead = cluster.by_id(leader)
+    i = cluster.nodes.index(lead)
+    # Refusals that no retry can change are 409, naming why.
+    status, body = lead.post("/v1/cluster/members", {"raft": cluster.advertised[(i + 1) % 3]})
+    assert status == 409 and "already a member" in body["error"]["message"], body
+    (free,) = free_ports(1)
+    status, body = http("DELETE", f"{lead.url}/v1/cluster/members/127.0.0.1:{free}")
+    assert status == 409 and "not a member" in body["error"]["message"], body
+    # The leader itself: it hands over, and the client's retry reaches the new leader.
+    code = cli_main(["members", "remove", cluster.advertised[i], "--url", lead.url])
+    assert code == 0
+    others = [n for n in cluster.nodes if n is not lead]
+    new_leader, _ = cluster.wait_leader(others, above_term=term)
+    assert new_leader != leader
+    for node in others:
+        wait_for(
+            lambda n=node: cluster.advertised[i] not in cluster.view(n)["configuration"],  # type: ignore[misc]
+            15,
+            f"{node.name} dropped the old leader",
+        )
