@@ -31,6 +31,11 @@ TAKE_LIST_CHECK_S = 0.1
 OWN_SEEN_PERIOD_MS = 100
 # At most this many of the node's own finishes ride one drain (one script call's worth).
 LOCAL_FINISHES_PER_DRAIN_MAX = 1000
+# A handler's end (finish, release) that the store did not take is sent again this often, for
+# as long as the attempt's lease can still hold (lease_ms): dropped, the task would wait out
+# its lease and run again. Sent twice, the second is refused (attempt-fenced): harmless.
+END_RETRY_S = 0.2
+
 # A leader that has not reached the store for this long hands its leadership to a follower,
 # which may reach it: Raft alone keeps a leader cut off from Redis in office for good, and
 # nothing would be assigned until the link healed. Also the least time between two handovers

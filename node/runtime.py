@@ -43,6 +43,7 @@ from core.driver import (
 )
 from core.events import Event, NodeLeft, NodeSeen
 from core.pacing import (
+    END_RETRY_S,
     REGISTRY_PERIOD_S,
     SWEEP_PERIOD_S,
     TAKE_WAIT_S,
@@ -721,7 +722,27 @@ class NodeRuntime:
             if isinstance(effect, Finish):
                 self.metrics.finished(a.type, priority, effect.end.status.value, run_s)
         self._slot_free.set()
-        await self._carry_out(effects)
+        await self._write_end(a, effects)
+
+    async def _write_end(self, a: Assignment, effects: list[WorkerEffect]) -> None:
+        """Write a handler's end; if the store does not answer, again every END_RETRY_S while
+        the attempt's lease can still hold."""
+        deadline = time.monotonic() + self.config.lease_ms / 1000
+        while True:
+            try:
+                await self._carry_out(effects)
+                return
+            except StoreUnavailable as exc:
+                if self._stopping or time.monotonic() >= deadline:
+                    log.warning(
+                        "the end of %s attempt %d was not written (%s): it runs again once its "
+                        "lease lapses",
+                        a.task_id,
+                        a.attempt,
+                        exc,
+                    )
+                    return
+            await asyncio.sleep(END_RETRY_S)
 
     def _hold_slot_until_done(self, running: concurrent.futures.Future[Any]) -> None:
         """The attempt ended but its thread runs on: its slot stays taken until it returns."""

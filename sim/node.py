@@ -34,13 +34,13 @@ from core.driver import (
     LeaderStats,
     Procedure,
     ReleaseRequest,
-    handler_ended,
     leader_round,
     worker_effects,
 )
 from core.effects import Effect, Lease
 from core.events import Event, NodeSeen
 from core.pacing import (
+    END_RETRY_S,
     REGISTRY_PERIOD_S,
     SWEEP_PERIOD_S,
     TAKE_WAIT_S,
@@ -603,12 +603,23 @@ class SimNode:
         if handler.outlived and not pool.handler_outlives(a.task_id, a.attempt):
             handler.outlived = False  # already settled: nothing to hold
         # As NodeRuntime: an outliving thread keeps its slot until it returns.
-        proc = handler_ended(pool, a.task_id, a.attempt, outcome, self.now_ms(), self.rng)
+        effects = pool.handler_ended(a.task_id, a.attempt, outcome, self.now_ms(), self.rng)
         if not handler.outlived:
             self._slot_freed()
-        # Unwritten (the store did not answer), the lease expires and the task runs again:
-        # at-least-once.
-        self._drive(proc, handler.inc, pool.check_invariants)
+        deadline = self.env._now + self.world.config.lease_ms / 1000
+        self._write_end(effects, handler.inc, deadline)
+
+    def _write_end(self, effects: list[Any], inc: int, deadline: float) -> None:
+        """As NodeRuntime._write_end: unanswered, the end goes again every END_RETRY_S while
+        the lease can hold; past that the lease expires and the task runs again."""
+        pool = self.pool
+
+        def lost() -> None:
+            if self.env._now + END_RETRY_S < deadline:
+                retry = partial(self._write_end, effects, inc, deadline)
+                call_later(self.env, END_RETRY_S, partial(self._when_running, inc, retry))
+
+        self._drive(worker_effects(pool, effects), inc, pool.check_invariants, lost=lost)
 
     def _outlived_returned(self) -> None:
         self.pool.outlived_handler_returned()
@@ -634,6 +645,7 @@ class SimNode:
         done: Callable[[], None],
         answer: Any = None,
         error: StoreUnavailable | None = None,
+        lost: Callable[[], None] | None = None,
     ) -> None:
         """serve(proc) without a process: each request goes out, and its answer comes back
         in through a callback of the reply. ``done()`` once the procedure ends, or gives up
@@ -643,14 +655,25 @@ class SimNode:
             while type(request) is InterruptHandler:
                 self._interrupt(request)
                 request = proc.send(None)
-        except (StopIteration, StoreUnavailable):
+        except StopIteration:
             done()
             return
+        except StoreUnavailable:
+            done()
+            if lost is not None:
+                lost()
+            return
         reply = self.world.caller.call(self.id, request)
-        reply.callbacks.append(partial(self._driven, proc, inc, done, request))  # type: ignore[union-attr]
+        reply.callbacks.append(partial(self._driven, proc, inc, done, request, lost))  # type: ignore[union-attr]
 
     def _driven(
-        self, proc: Procedure, inc: int, done: Callable[[], None], request: Any, reply: Any
+        self,
+        proc: Procedure,
+        inc: int,
+        done: Callable[[], None],
+        request: Any,
+        lost: Callable[[], None] | None,
+        reply: Any,
     ) -> None:
         answer = reply._value
 
@@ -658,9 +681,9 @@ class SimNode:
             if answer is UNAVAILABLE:
                 name = type(request).__name__
                 self.world.trace.emit(self.env._now, "no-answer", self.id, name)
-                self._drive(proc, inc, done, error=StoreUnavailable(name))
+                self._drive(proc, inc, done, error=StoreUnavailable(name), lost=lost)
             else:
-                self._drive(proc, inc, done, answer)
+                self._drive(proc, inc, done, answer, lost=lost)
 
         self._when_running(inc, resume)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -317,3 +318,39 @@ def test_sigterm_does_not_wait_for_a_sync_handler_past_the_grace(
         15,
         "the task given back and run again",
     )
+
+
+def test_an_end_the_store_missed_is_written_once_it_is_back(
+    tmp_path: Path, redis_factory: Any, probe_log: str
+) -> None:
+    """Redis goes away while handlers run and comes back within their leases: their ends are
+    sent again (END_RETRY_S) and land, so no task waits out its lease and runs twice."""
+    redis = redis_factory(fsync="always")
+    node = NodeProc(
+        tmp_path,
+        "n1",
+        free_port(),
+        redis.url,
+        workers=5,
+        extra=["--lease-ms", "8000"],
+        env={"DSCHED_PROBE_LOG": probe_log},
+    )
+    try:
+        node.start().wait_ready()
+        ids = [submit(node, type="probe", payload={"seconds": 1.0})["id"] for _ in range(5)]
+        wait_for(lambda: len(starts(probe_log)) >= 5, 20, "all five started")
+        redis.kill()
+        # The handlers end (after 1 s) while Redis is down; it is back well within the lease.
+        wait_for(
+            lambda: len([e for e in read_log(probe_log) if e["event"] == "end"]) >= 5,
+            20,
+            "all five handlers ended",
+        )
+        time.sleep(0.5)  # a few retries fail first
+        redis.start()
+        for tid in ids:
+            task = wait_terminal(node, tid, 30)
+            assert task["status"] == "succeeded" and task["attempt"] == 1, task
+        assert len(starts(probe_log)) == 5  # none ran again
+    finally:
+        node.kill()
