@@ -36,6 +36,11 @@ LOCAL_FINISHES_PER_DRAIN_MAX = 1000
 # its lease and run again. Sent twice, the second is refused (attempt-fenced): harmless.
 END_RETRY_S = 0.2
 
+# The leader forgets a node's registry entry (and its assignment list) once unseen this long,
+# at its sweep: a node killed without unregistering would stay listed for good. Far beyond
+# any lease, so whatever was assigned to it has long been taken back.
+NODE_FORGET_MS = 10 * 60 * 1000
+
 # A leader that has not reached the store for this long hands its leadership to a follower,
 # which may reach it: Raft alone keeps a leader cut off from Redis in office for good, and
 # nothing would be assigned until the link healed. Also the least time between two handovers

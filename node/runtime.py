@@ -44,6 +44,7 @@ from core.driver import (
 from core.events import Event, NodeLeft, NodeSeen
 from core.pacing import (
     END_RETRY_S,
+    NODE_FORGET_MS,
     REGISTRY_PERIOD_S,
     SWEEP_PERIOD_S,
     TAKE_WAIT_S,
@@ -528,6 +529,9 @@ class NodeRuntime:
                     swept = await self.store.sweep(now_ms())
                     if swept:
                         log.info("swept %d finished tasks past retention", swept)
+                    gone = await self.store.forget_nodes(now_ms(), NODE_FORGET_MS)
+                    if gone:
+                        log.info("forgot nodes unseen for %d s: %s", NODE_FORGET_MS // 1000, gone)
                 except StoreUnavailable:
                     pass
 

@@ -1014,6 +1014,23 @@ class RedisStore:
         key = self.key("nodes")
         await self._read(lambda: self._r.hdel(key, node_id))  # idempotent
 
+    async def forget_nodes(self, now_ms: int, unseen_ms: int) -> list[str]:
+        """Drop the registry entries (and assignment lists) of nodes not seen for
+        ``unseen_ms``: a node killed without unregistering would stay listed for good, and its
+        list (leases long expired and taken back) would stay in Redis. A node that comes back
+        registers again. Answers the ids forgotten."""
+        gone = [
+            node_id
+            for node_id, info in (await self.nodes()).items()
+            if now_ms - int(info.get("last_seen_ms", 0)) > unseen_ms
+        ]
+        if gone:
+            nodes_key = self.key("nodes")
+            lists = [self.key("a", node_id) for node_id in gone]
+            await self._read(lambda: self._r.hdel(nodes_key, *gone))  # idempotent
+            await self._read(lambda: self._r.delete(*lists))  # idempotent
+        return gone
+
     async def nodes(self) -> dict[str, dict[str, Any]]:
         key = self.key("nodes")
         raw = cast(dict[str, str], await self._read(lambda: self._r.hgetall(key)))

@@ -1212,3 +1212,19 @@ async def _drop(store: RedisStore) -> None:
     if keys:
         await store.redis.delete(*keys)
     await store.close()
+
+
+async def test_forget_nodes_drops_only_long_unseen_entries_and_their_lists(
+    store: RedisStore,
+) -> None:
+    await store.register_node("gone", {"slots": 5}, NOW - 700_000)
+    await store.register_node("here", {"slots": 5}, NOW - 1_000)
+    await leased(store, "t1", node="gone")  # leaves an entry in gone's assignment list
+    await leased(store, "t2", node="here")
+    raw = store._r
+    assert await raw.llen(store.key("a", "gone")) == 1
+    assert await store.forget_nodes(NOW, 600_000) == ["gone"]
+    assert set(await store.nodes()) == {"here"}
+    assert await raw.llen(store.key("a", "gone")) == 0
+    assert await raw.llen(store.key("a", "here")) == 1
+    assert await store.forget_nodes(NOW, 600_000) == []  # nothing more to forget
