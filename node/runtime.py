@@ -358,6 +358,14 @@ class NodeRuntime:
                 self._store_ok = True
             except StoreUnavailable:
                 self._store_ok = False
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Whatever a client library raises on a half-broken link, this loop must go
+                # on: it alone keeps this node's entry fresh (else the leader deems it gone)
+                # and tells /readyz whether Redis answers.
+                log.exception("registry refresh failed; retrying")
+                self._store_ok = False
             self.metrics.set_workers_busy(self.pool.busy)
             self._wake.set()
             await asyncio.sleep(REGISTRY_PERIOD_S)

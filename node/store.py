@@ -192,6 +192,12 @@ def _redis_errors() -> Iterator[None]:
         yield
     except (rexc.RedisError, OSError) as exc:
         raise _translate(exc) from exc
+    except RuntimeError as exc:
+        # redis-py's asyncio client raises this for a write on a transport that a broken link
+        # closed ("unable to perform operation on <TCPTransport closed=True ...>").
+        if "closed" not in str(exc):
+            raise
+        raise StoreUnavailable(f"redis connection broken: {exc}") from exc
 
 
 # ---------------------------------------------------------------------------- conversions

@@ -134,7 +134,17 @@ def test_leader_cut_off_from_redis_hands_over(store_cut_cluster: Cluster) -> Non
     ids = cluster.submit_batch(others[0], 100, payload={"seconds": 0.01})
     cluster.wait_all_succeeded(ids, timeout_s=30, via=others[0])  # the cut node reads nothing
     cluster.store_proxies.heal()
-    wait_for(lambda: cut.get("/readyz", timeout_s=2)[0] == 200, 30, "the cut node ready again")
+    seen: list[Any] = []
+
+    def ready_again() -> bool:
+        status, body = cut.get("/readyz", timeout_s=2)
+        seen[:] = [body]
+        return status == 200
+
+    try:
+        wait_for(ready_again, 30, "the cut node ready again")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; its last /readyz: {seen}") from None
     ids = cluster.submit_batch(cut, 50, payload={"seconds": 0.01})
     cluster.wait_all_succeeded(ids, timeout_s=30)
     cluster.check_executions()
