@@ -21,6 +21,27 @@ from collections.abc import Iterable
 FIRST_FRAME_BYTES_MAX = 4096
 
 
+async def _copy(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    try:
+        while data := await r.read(65536):
+            w.write(data)
+            await w.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        w.close()
+
+
+async def pipe_both(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    up_reader: asyncio.StreamReader,
+    up_writer: asyncio.StreamWriter,
+) -> None:
+    """Copy both ways until either side closes (the test proxies' plumbing)."""
+    await asyncio.gather(_copy(reader, up_writer), _copy(up_reader, writer))
+
+
 class RaftProxies:
     def __init__(self, routes: dict[str, int]) -> None:
         """``routes``: advertised address (127.0.0.1:proxy_port) -> the member's real port."""
@@ -70,18 +91,7 @@ class RaftProxies:
         up_writer.write(head + body)
         with self._lock:
             self._conns.append((src, dst, writer, up_writer))
-
-        async def copy(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            try:
-                while data := await r.read(65536):
-                    w.write(data)
-                    await w.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                w.close()
-
-        await asyncio.gather(copy(reader, up_writer), copy(up_reader, writer))
+        await pipe_both(reader, writer, up_reader, up_writer)
 
     def is_cut(self, a: str, b: str) -> bool:
         with self._lock:

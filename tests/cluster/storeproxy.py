@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import threading
 
+from tests.cluster.raftproxy import pipe_both
+
 
 class StoreProxies:
     def __init__(self, listen_ports: list[int], target_port: int) -> None:
@@ -55,18 +57,7 @@ class StoreProxies:
             return
         with self._lock:
             self._conns[index] += [writer, up_writer]
-
-        async def copy(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            try:
-                while data := await r.read(65536):
-                    w.write(data)
-                    await w.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                w.close()
-
-        await asyncio.gather(copy(reader, up_writer), copy(up_reader, writer))
+        await pipe_both(reader, writer, up_reader, up_writer)
 
     def cut(self, index: int) -> None:
         with self._lock:
