@@ -219,7 +219,9 @@ def worker_effects(pool: WorkerPool, effects: list[WorkerEffect]) -> Procedure:
     if beats:
         answers = yield HeartbeatRequest(tuple(beats))
         for beat, (held, status) in zip(beats, answers, strict=True):
-            if not held:
+            if held:
+                pool.lease_held(beat.task_id, beat.attempt, beat.deadline_ms)
+            else:
                 more = pool.lease_refused(
                     beat.task_id, beat.attempt, cancelled=status is Status.CANCELLED
                 )

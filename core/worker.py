@@ -20,7 +20,7 @@ from core.task import AttemptEnd, Outcome, RetryPolicy, end_attempt
 class StopReason(StrEnum):
     TIMEOUT = "timeout"  # ran past the task's timeout: a failure, retried per policy
     CANCELLED = "cancelled"  # cancelled by a client: the store already says so
-    LEASE_LOST = "lease_lost"  # the store refused our heartbeat: another attempt owns the task
+    LEASE_LOST = "lease_lost"  # the store refused our heartbeat, or no heartbeat landed in time
     SHUTDOWN = "shutdown"  # the node is stopping: give the task back, it runs again elsewhere
 
 
@@ -90,6 +90,9 @@ class _Running:
     assignment: Assignment
     started_ms: int
     timeout_at_ms: int
+    # The latest lease deadline the store is known to hold for this attempt: the assignment's,
+    # then each accepted heartbeat's. Past it the leader may lease the task again elsewhere.
+    held_until_ms: int
     stop: StopReason | None = None
     # Its handler runs on past the attempt's end (a thread): settled, its slot stays held.
     outlives: bool = False
@@ -157,7 +160,7 @@ class WorkerPool:
                 run.stop = StopReason.LEASE_LOST
                 effects.append(Interrupt(task_id, attempt, StopReason.LEASE_LOST))
         timeout_at = now_ms + assignment.timeout_ms
-        self.running[key] = _Running(assignment, now_ms, timeout_at)
+        self.running[key] = _Running(assignment, now_ms, timeout_at, assignment.lease_deadline_ms)
         heapq.heappush(self._timeouts, (timeout_at, assignment.task_id, assignment.attempt))
         if self._next_heartbeat_ms is None:
             self._next_heartbeat_ms = now_ms + self.heartbeat_every_ms
@@ -192,6 +195,12 @@ class WorkerPool:
         run.stop = StopReason.CANCELLED if cancelled else StopReason.LEASE_LOST
         return [Interrupt(task_id, attempt, run.stop)]
 
+    def lease_held(self, task_id: str, attempt: int, deadline_ms: int) -> None:
+        """The store accepted a heartbeat: the lease holds until ``deadline_ms``."""
+        run = self.running.get((task_id, attempt))
+        if run is not None and deadline_ms > run.held_until_ms:
+            run.held_until_ms = deadline_ms
+
     def shutdown(self, now_ms: int, grace_ms: int) -> list[WorkerEffect]:
         """Stop taking work; running tasks get ``grace_ms`` to finish, then are given back."""
         self.accepting = False
@@ -206,6 +215,7 @@ class WorkerPool:
         dues = [d for d in (self._next_heartbeat_ms, self._shutdown_at_ms) if d is not None]
         if self._timeouts:
             dues.append(self._timeouts[0][0])
+        dues.extend(r.held_until_ms for r in self.running.values() if r.stop is None)
         return min(dues) if dues else None
 
     def tick(self, now_ms: int) -> list[WorkerEffect]:
@@ -221,6 +231,13 @@ class WorkerPool:
                 if run.stop is None:
                     run.stop = StopReason.SHUTDOWN
                     effects.append(Interrupt(task_id, attempt, run.stop))
+        for (task_id, attempt), run in sorted(self.running.items()):
+            if run.stop in (None, StopReason.SHUTDOWN) and now_ms >= run.held_until_ms:
+                # No heartbeat of ours landed before the lease ran out (the store unreachable,
+                # the node paused): the task may already run elsewhere. Stop, write nothing;
+                # the leader's expiry counts it and runs it again.
+                run.stop = StopReason.LEASE_LOST
+                effects.append(Interrupt(task_id, attempt, run.stop))
         if self._next_heartbeat_ms is not None and now_ms >= self._next_heartbeat_ms:
             deadline = now_ms + self.lease_ms
             for (task_id, attempt), run in sorted(self.running.items()):

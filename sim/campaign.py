@@ -30,6 +30,7 @@ class ScenarioSummary:
     dead: int = 0
     executions: int = 0
     duplicates: int = 0
+    overlaps: int = 0
     lost_acked: int = 0
     gave_up: int = 0
     fenced_writes: int = 0
@@ -47,6 +48,7 @@ class ScenarioSummary:
         self.dead += r.dead
         self.executions += r.executions
         self.duplicates += r.duplicates
+        self.overlaps += r.overlaps
         self.lost_acked += r.lost_acked
         self.gave_up += r.gave_up
         self.fenced_writes += r.fenced_writes

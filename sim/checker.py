@@ -73,6 +73,10 @@ class Counters:
     handler_failures: int = 0  # failing completions the store applied
     stale_refused: int = 0  # completions the store refused (the attempt had lost its lease)
     late_starts: int = 0  # handler started after its own lease deadline (a zombie start)
+    # A newer attempt started while an older one's handler still ran, its lease lapsed: legal
+    # (at-least-once), but the work ran twice at once. Workers stop handlers whose lease they
+    # cannot show held (WorkerPool.tick), so only a node that is paused or crashed leaves one.
+    overlaps: int = 0
     store_restores: int = 0
     leader_writes: int = 0
     elections: int = 0
@@ -259,6 +263,7 @@ class Checker:
                         f"{other.attempt} still runs on {other.node} with a live lease "
                         f"(deadline {deadline} ms > now {now_ms:.0f} ms)",
                     )
+                self.counters.overlaps += 1
         if self.deadline_ms.get((task_id, attempt), 0) < now_ms - self.skew_tolerance_ms:
             self.counters.late_starts += 1
         facts = self.facts.get(task_id)

@@ -121,20 +121,29 @@ def apply_settings(config: SimConfig, settings: dict[str, str]) -> SimConfig:
             continue
         if key == "duration":
             key = "duration_s"
-        if key not in SimConfig.__dataclass_fields__:
-            raise ScriptError(f"unknown setting {key!r}")
-        current = getattr(config, key)
-        if isinstance(current, bool):
-            changes[key] = value.lower() in ("1", "true", "yes")
-        elif isinstance(current, int):
-            changes[key] = int(value)
-        elif isinstance(current, float):
-            changes[key] = float(value)
+        if key in SimConfig.__dataclass_fields__ and key != "load":
+            changes[key] = _typed(getattr(config, key), value)
+        elif key in config.load.__dataclass_fields__:  # the load's own (run_median_s, ...)
+            load_changes[key] = _typed(getattr(config.load, key), value)
         else:
-            changes[key] = value
+            raise ScriptError(f"unknown setting {key!r}")
     if load_changes:
         changes["load"] = config.load.__class__(**{**_fields(config.load), **load_changes})
     return config.with_(**changes)
+
+
+def _typed(current: Any, value: str) -> Any:
+    """A setting's text as the type of the field's current value."""
+    try:
+        if isinstance(current, bool):
+            return value.lower() in ("1", "true", "yes")
+        if isinstance(current, int):
+            return int(value)
+        if isinstance(current, float):
+            return float(value)
+    except ValueError:
+        raise ScriptError(f"setting {value!r} is not a {type(current).__name__}") from None
+    return value
 
 
 def _fields(obj: Any) -> dict[str, Any]:

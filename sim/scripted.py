@@ -60,6 +60,7 @@ def figures(result: RunResult) -> dict[str, Any]:
         "lost_acked": result.lost_acked,
         "fenced_writes": result.fenced_writes,
         "stale_refused": result.stale_refused,
+        "overlaps": result.overlaps,
         "elections": result.elections,
         "failovers_ms": [round(x * 1000, 1) for x in result.failovers_s],
         "drain_ms": None if result.drain_s is None else round(result.drain_s * 1000, 1),

@@ -63,6 +63,7 @@ class RunResult:
     refused: int
     fenced_writes: int
     stale_refused: int
+    overlaps: int  # Counters.overlaps
     elections: int
     failovers_s: list[float]
     drain_s: float | None  # from the last heal / end of load to the last acked task's end
@@ -517,6 +518,7 @@ class World:
             refused=load.refused,
             fenced_writes=fenced,
             stale_refused=counters.stale_refused,
+            overlaps=counters.overlaps,
             elections=counters.elections,
             failovers_s=list(counters.failovers_s),
             drain_s=drain_s,

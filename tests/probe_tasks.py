@@ -1,6 +1,6 @@
 """Task handlers for the integration and cluster tests: they log every execution to a file.
 
-Each line of $DSCHED_PROBE_LOG is JSON: {"event": "start"|"end", "task": id, "attempt": n,
+Each line of $DSCHED_PROBE_LOG is JSON: {"event": "start"|"end"|"stopped", "task": id, "attempt": n,
 "node": node id, "pid": pid, "t": wall seconds, "key": payload key}. O_APPEND writes of one
 short line are atomic, so processes can share the file.
 """
@@ -46,7 +46,11 @@ async def probe(payload: Any) -> Any:
     _log("start", payload)
     seconds = float(payload.get("seconds", 0)) if isinstance(payload, dict) else 0.0
     if seconds:
-        await asyncio.sleep(seconds)
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:  # interrupted by its worker (lease lost, cancel, ...)
+            _log("stopped", payload)
+            raise
     if isinstance(payload, dict) and current().attempt <= int(payload.get("fail_attempts", 0)):
         raise RuntimeError(f"planned failure on attempt {current().attempt}")
     _log("end", payload)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.conftest import Cluster
+from tests.cluster.conftest import LEASE_MS, Cluster
 from tests.probe_tasks import read_log
 from tests.procs import http, wait_for
 
@@ -148,6 +148,47 @@ def test_leader_cut_off_from_redis_hands_over(store_cut_cluster: Cluster) -> Non
     ids = cluster.submit_batch(cut, 50, payload={"seconds": 0.01})
     cluster.wait_all_succeeded(ids, timeout_s=30)
     cluster.check_executions()
+
+
+def test_a_node_cut_off_from_redis_stops_its_handlers_when_their_leases_lapse(
+    store_cut_cluster: Cluster,
+) -> None:
+    """A follower that loses Redis (not its peers, nor its life) while it runs tasks longer than
+    a lease: the leader runs them again elsewhere once the leases lapse, so the cut node must
+    stop its own handlers by then (no heartbeat of its landed), not run them to their end."""
+    cluster = store_cut_cluster
+    assert cluster.store_proxies is not None
+    leader, _ = cluster.wait_leader()
+    follower = next(n for n in cluster.nodes if n.name != leader)
+    run_s = 4 * LEASE_MS / 1000
+    ids = cluster.submit_batch(cluster.by_id(leader), 12, payload={"seconds": run_s})
+
+    def started_on_follower() -> set[str]:
+        log = read_log(cluster.probe_log)
+        return {e["task"] for e in log if e["node"] == follower.name and e["event"] == "start"}
+
+    wait_for(lambda: bool(started_on_follower()), 20, "the follower running tasks")
+    cut_at = time.time()
+    cluster.store_proxies.cut(cluster.nodes.index(follower))
+    held = started_on_follower()
+
+    def stopped_on_follower() -> set[str]:
+        log = read_log(cluster.probe_log)
+        return {e["task"] for e in log if e["node"] == follower.name and e["event"] == "stopped"}
+
+    wait_for(lambda: held <= stopped_on_follower(), 3 * LEASE_MS / 1000, "its handlers stopped")
+    log = read_log(cluster.probe_log)
+    stops = [e["t"] for e in log if e["node"] == follower.name and e["event"] == "stopped"]
+    print(f"handlers stopped {min(stops) - cut_at:.2f}-{max(stops) - cut_at:.2f} s after the cut")
+    # Not before the last lease its heartbeats renewed could lapse (one goes out every third
+    # of a lease, so each lease holds at least two thirds of one past the cut), and well
+    # before the handlers' own end.
+    assert min(stops) >= cut_at + 0.5 * LEASE_MS / 1000, (cut_at, stops)
+    assert max(stops) < cut_at + LEASE_MS / 1000 + 1.0, (cut_at, stops)
+    others = [n for n in cluster.nodes if n is not follower]
+    cluster.wait_all_succeeded(ids, timeout_s=60, via=others[0])
+    cluster.store_proxies.heal()
+    cluster.check_executions()  # the cut node was healthy: any overlap fails here
 
 
 def test_follower_crash_its_leases_run_again_elsewhere(cluster: Cluster) -> None:

@@ -215,7 +215,9 @@ class Harness:
                     held, _ = self.store.heartbeat(
                         effect.task_id, effect.attempt, node, effect.deadline_ms, self.now_ms
                     )
-                    if not held:
+                    if held:
+                        pool.lease_held(effect.task_id, effect.attempt, effect.deadline_ms)
+                    else:
                         pool.lease_refused(effect.task_id, effect.attempt, False)
 
     # ------------------------------------------------------------------ time

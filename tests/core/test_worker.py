@@ -1,0 +1,102 @@
+"""The worker pool's lease self-check: a handler runs only while the lease it holds is one the
+store accepted (the assignment's deadline, then each accepted heartbeat's). The tests keep their
+own books of what the store accepted, from the effects the pool asked for."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from core.task import Outcome, RetryPolicy
+from core.worker import Assignment, Heartbeat, Interrupt, RunHandler, StopReason, WorkerPool
+
+LEASE_MS = 900
+T0 = 1_000_000
+
+
+def assignment(tid: str, attempt: int, deadline_ms: int) -> Assignment:
+    return Assignment(tid, attempt, "t", 60_000, RetryPolicy(), 0, deadline_ms)
+
+
+def test_unrenewed_lease_stops_the_handler_at_its_deadline_and_writes_nothing() -> None:
+    pool = WorkerPool("n1", slots=1, lease_ms=LEASE_MS)
+    assert pool.start(assignment("a", 1, T0 + LEASE_MS), T0) == [
+        RunHandler(assignment("a", 1, T0 + LEASE_MS))
+    ]
+    # Heartbeats go out, none is answered (the store is unreachable): still running just
+    # before the deadline, stopped at it.
+    beats = [e for e in pool.tick(T0 + LEASE_MS // 3) if isinstance(e, Heartbeat)]
+    assert len(beats) == 1
+    assert not [e for e in pool.tick(T0 + LEASE_MS - 1) if isinstance(e, Interrupt)]
+    assert pool.next_due_ms() is not None and pool.next_due_ms() <= T0 + LEASE_MS  # type: ignore[operator]
+    stops = [e for e in pool.tick(T0 + LEASE_MS) if isinstance(e, Interrupt)]
+    assert stops == [Interrupt("a", 1, StopReason.LEASE_LOST)]
+    # Its end is not written: the leader's expiry counts the attempt and runs it again.
+    ended = pool.handler_ended("a", 1, Outcome.success(), T0 + LEASE_MS + 5, random.Random(0))
+    assert ended == []
+    assert pool.free == 1
+
+
+def test_an_accepted_heartbeat_keeps_the_handler_running() -> None:
+    pool = WorkerPool("n1", slots=1, lease_ms=LEASE_MS)
+    pool.start(assignment("a", 1, T0 + LEASE_MS), T0)
+    [beat] = [e for e in pool.tick(T0 + 300) if isinstance(e, Heartbeat)]
+    pool.lease_held(beat.task_id, beat.attempt, beat.deadline_ms)
+    assert not [e for e in pool.tick(T0 + LEASE_MS + 100) if isinstance(e, Interrupt)]
+    assert pool.running[("a", 1)].stop is None
+    assert [e for e in pool.tick(beat.deadline_ms) if isinstance(e, Interrupt)] == [
+        Interrupt("a", 1, StopReason.LEASE_LOST)
+    ]
+
+
+# (advance ms, which heartbeats the store accepts: a bit per beat of that tick)
+steps_st = st.lists(
+    st.tuples(st.integers(1, LEASE_MS), st.integers(0, 2**8 - 1), st.booleans()),
+    min_size=1,
+    max_size=40,
+)
+
+
+@given(steps_st)
+@settings(max_examples=200, deadline=None)
+def test_a_handler_runs_only_under_a_lease_the_store_accepted(
+    steps: list[tuple[int, int, bool]],
+) -> None:
+    pool = WorkerPool("n1", slots=3, lease_ms=LEASE_MS)
+    now = T0
+    accepted: dict[tuple[str, int], int] = {}  # the test's books: the store's deadline
+    stopped: set[tuple[str, int]] = set()
+    next_id = 0
+    for advance, accept_bits, start in steps:
+        if start and pool.free > 0:
+            tid = f"t{next_id}"
+            next_id += 1
+            # The leader's clock may differ a little from ours: the deadline it wrote.
+            deadline = now + LEASE_MS - (next_id * 37) % 100
+            pool.start(assignment(tid, 1, deadline), now)
+            accepted[(tid, 1)] = deadline
+        now += advance
+        effects = pool.tick(now)
+        bit = 0
+        for e in effects:
+            if isinstance(e, Interrupt):
+                key = (e.task_id, e.attempt)
+                assert e.reason is StopReason.LEASE_LOST
+                assert now >= accepted[key], "stopped while the store still held its lease"
+                stopped.add(key)
+                pool.handler_ended(
+                    e.task_id, e.attempt, Outcome.error("I", "x"), now, random.Random(0)
+                )
+            elif isinstance(e, Heartbeat):
+                key = (e.task_id, e.attempt)
+                if accept_bits >> (bit % 8) & 1 and now < accepted[key]:
+                    # The store extends only a lease it still holds.
+                    accepted[key] = max(accepted[key], e.deadline_ms)
+                    pool.lease_held(e.task_id, e.attempt, e.deadline_ms)
+                bit += 1
+        for key, run in pool.running.items():
+            if run.stop is None:
+                assert now < accepted[key], f"{key} runs past the lease the store holds"
+        pool.check_invariants()
