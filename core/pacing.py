@@ -44,8 +44,11 @@ NODE_FORGET_MS = 10 * 60 * 1000
 # A leader that has not reached the store for this long hands its leadership to a follower,
 # which may reach it: Raft alone keeps a leader cut off from Redis in office for good, and
 # nothing would be assigned until the link healed. Also the least time between two handovers
-# by one node (with the store down for everyone, leadership moves round no faster than this).
+# by one node. Each handover that the store did not answer since (the store is down for
+# everyone, say) doubles this node's wait, up to STORE_LOST_HANDOVER_MAX_MS: leadership then
+# moves round ever slower instead of an election every 2 s for the whole outage.
 STORE_LOST_HANDOVER_MS = 2000
+STORE_LOST_HANDOVER_MAX_MS = 30_000
 
 
 def leader_wait_s(timer_at_ms: int | None, now_ms: int) -> float:
@@ -64,13 +67,24 @@ def own_seen_due(last: tuple[int, int] | None, slots: int, now_ms: int) -> bool:
 
 class HandoverWatch:
     """Tells a leader loop when to hand leadership over: after it has led for
-    STORE_LOST_HANDOVER_MS without one round that reached the store."""
+    :meth:`wait_ms` without one round that reached the store."""
 
-    __slots__ = ("_reached_ms",)
+    __slots__ = ("_fruitless", "_reached_ms")
 
     def __init__(self) -> None:
         # When this node, leading, last reached the store (or began to lead); None: not leading.
         self._reached_ms: int | None = None
+        # Handovers since the store last answered this node.
+        self._fruitless = 0
+
+    def wait_ms(self) -> int:
+        """How long this node leads without the store before it hands over."""
+        return min(STORE_LOST_HANDOVER_MAX_MS, STORE_LOST_HANDOVER_MS << min(self._fruitless, 8))
+
+    def store_answered(self) -> None:
+        """The store answered this node (any request, leading or not): the next handover waits
+        the shortest time again."""
+        self._fruitless = 0
 
     def after_round(self, leads: bool, reached_store: bool, started_ms: int, now_ms: int) -> bool:
         """A leader round ran from ``started_ms`` to ``now_ms``; ``leads`` is what Raft said at
@@ -80,12 +94,14 @@ class HandoverWatch:
             return False
         if reached_store:
             self._reached_ms = now_ms
+            self._fruitless = 0
             return False
         if self._reached_ms is None:
             self._reached_ms = started_ms
-        if now_ms - self._reached_ms < STORE_LOST_HANDOVER_MS:
+        if now_ms - self._reached_ms < self.wait_ms():
             return False
-        self._reached_ms = now_ms  # the next handover no sooner than one period from now
+        self._reached_ms = now_ms  # the next handover no sooner than one wait from now
+        self._fruitless += 1
         return True
 
 

@@ -356,6 +356,7 @@ class NodeRuntime:
                 await self._register()
                 self._registry_info = await self.store.nodes()
                 self._store_ok = True
+                self._handover.store_answered()
             except StoreUnavailable:
                 self._store_ok = False
             except asyncio.CancelledError:

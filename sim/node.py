@@ -740,6 +740,7 @@ class SimNode:
             try:
                 info = yield from self.call(RegistryRequest(self.id, slots, self.now_ms()))
                 self._registry_info = info
+                self._handover.store_answered()
             except StoreUnavailable:
                 pass
             self.wake()

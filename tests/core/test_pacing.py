@@ -11,6 +11,7 @@ from core.pacing import (
     LEADER_IDLE_S,
     LOCAL_FINISHES_PER_DRAIN_MAX,
     OWN_SEEN_PERIOD_MS,
+    STORE_LOST_HANDOVER_MAX_MS,
     STORE_LOST_HANDOVER_MS,
     TAKE_LIST_CHECK_S,
     HandoverWatch,
@@ -133,16 +134,23 @@ def test_take_policy_never_pulls_without_a_free_slot_and_paces_the_leaders_list(
 
 
 @given(
-    st.lists(st.tuples(st.booleans(), st.booleans(), st.integers(0, 600)), max_size=60),
+    st.lists(
+        st.tuples(st.booleans(), st.booleans(), st.integers(0, 4000), st.booleans()),
+        max_size=80,
+    ),
 )
 def test_handover_only_after_leading_that_long_without_reaching_the_store(
-    rounds: list[tuple[bool, bool, int]],
+    rounds: list[tuple[bool, bool, int, bool]],
 ) -> None:
     watch = HandoverWatch()
     now = 0
     reached_at: int | None = None  # when, leading, we last reached the store or began to lead
     last_handover: int | None = None
-    for leads, reached, took in rounds:
+    fruitless = 0  # handovers since the store last answered
+    for leads, reached, took, registry_answered in rounds:
+        if registry_answered:
+            watch.store_answered()
+            fruitless = 0
         started, now = now, now + took
         go = watch.after_round(leads, reached, started, now)
         if not leads:
@@ -151,15 +159,38 @@ def test_handover_only_after_leading_that_long_without_reaching_the_store(
             continue
         if reached:
             reached_at = now
+            fruitless = 0
             assert not go
             continue
         if reached_at is None:
             reached_at = started
-        assert go == (now - reached_at >= STORE_LOST_HANDOVER_MS)
+        wait = min(STORE_LOST_HANDOVER_MAX_MS, STORE_LOST_HANDOVER_MS * 2**fruitless)
+        assert go == (now - reached_at >= wait)
         if go:
             if last_handover is not None:
                 assert now - last_handover >= STORE_LOST_HANDOVER_MS
             last_handover = reached_at = now
+            fruitless += 1
+
+
+def test_with_the_store_down_for_good_handovers_slow_down_to_the_cap() -> None:
+    watch = HandoverWatch()
+    t = 0
+    handovers = []
+    while t < 200_000:
+        if watch.after_round(True, False, t, t + 100):
+            handovers.append(t + 100)
+        t += 100
+    gaps = [b - a for a, b in itertools.pairwise([0, *handovers])]
+    assert gaps[:5] == [2000, 4000, 8000, 16000, 30000]
+    assert set(gaps[4:]) == {STORE_LOST_HANDOVER_MAX_MS}
+    # Leadership moves on; the store answers this node again (its registry loop), then it
+    # leads once more and finds the store gone: it hands over after 2 s, not 30 s.
+    assert not watch.after_round(False, True, t, t + 100)
+    watch.store_answered()
+    t += 100
+    assert not watch.after_round(True, False, t, t + 1900)
+    assert watch.after_round(True, False, t + 1900, t + 2000)
 
 
 def test_handover_after_the_period_of_failed_rounds_and_not_before() -> None:
