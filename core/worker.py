@@ -118,6 +118,7 @@ class WorkerPool:
         self._shutdown_at_ms: int | None = None
         self._next_heartbeat_ms: int | None = None
         self._timeouts: list[tuple[int, str, int]] = []  # (timeout_at_ms, task_id, attempt)
+        self.lapsed_skipped = 0  # assignments taken after their lease ran out (not started)
 
     @property
     def free(self) -> int:
@@ -147,7 +148,8 @@ class WorkerPool:
         self.held -= 1
 
     def start(self, assignment: Assignment, now_ms: int) -> list[WorkerEffect]:
-        """A slot took this assignment. Pull-when-free: the driver asks only while ``free``."""
+        """A slot took this assignment. Pull-when-free: the driver asks only while ``free``.
+        The effects hold RunHandler if it starts (not if its lease has already run out)."""
         if self.free <= 0:
             raise RuntimeError("no free slot: the driver must not take assignments when full")
         key = (assignment.task_id, assignment.attempt)
@@ -159,6 +161,12 @@ class WorkerPool:
                 # The store granted a newer attempt, so this one's lease is gone: stop it.
                 run.stop = StopReason.LEASE_LOST
                 effects.append(Interrupt(task_id, attempt, StopReason.LEASE_LOST))
+        if now_ms >= assignment.lease_deadline_ms:
+            # Its lease ran out before a slot took it (this node was down, paused or cut off
+            # meanwhile): the task may run elsewhere by now. Not started, the slot stays free;
+            # the leader's expiry counts the attempt and runs the task again.
+            self.lapsed_skipped += 1
+            return effects
         timeout_at = now_ms + assignment.timeout_ms
         self.running[key] = _Running(assignment, now_ms, timeout_at, assignment.lease_deadline_ms)
         heapq.heappush(self._timeouts, (timeout_at, assignment.task_id, assignment.attempt))

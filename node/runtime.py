@@ -663,10 +663,12 @@ class NodeRuntime:
         assignment = taken.assignment()
         now = now_ms()
         priority = Priority(record.priority).label
-        self.metrics.started(record.type, priority, max(0.0, (now - record.created_ms) / 1000))
         others: list[WorkerEffect] = []
         for effect in self.pool.start(assignment, now):
             if isinstance(effect, RunHandler):
+                self.metrics.started(
+                    record.type, priority, max(0.0, (now - record.created_ms) / 1000)
+                )
                 key = (record.id, taken.attempt)
                 self._handlers_running[key] = asyncio.create_task(
                     self._run_handler(assignment, record.payload_json, priority)

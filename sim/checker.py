@@ -5,8 +5,8 @@ the core's or the store's bookkeeping to judge the core or the store.
 1. Every task acknowledged to a client reaches a terminal state once faults heal (under
    ``everysec`` fsync, the acknowledged tasks a store restart lost are counted, not failed).
 2. No two live leases for one task: an execution of attempt k+1 starts only when every earlier
-   execution has ended or its lease deadline has passed; the store applies no completion from a
-   stale attempt.
+   execution has ended or its lease deadline has passed, and no execution starts once its own
+   lease has run out; the store applies no completion from a stale attempt.
 3. At most one leader per term; no leader write lands once a newer epoch was raised.
 4. No lower-priority task is leased while a higher-priority one waits in the same leader's queue.
 5. Retries never exceed a task's policy; dependants never start before their dependencies succeed.
@@ -264,8 +264,15 @@ class Checker:
                         f"(deadline {deadline} ms > now {now_ms:.0f} ms)",
                     )
                 self.counters.overlaps += 1
-        if self.deadline_ms.get((task_id, attempt), 0) < now_ms - self.skew_tolerance_ms:
+        own_deadline = self.deadline_ms.get((task_id, attempt), 0)
+        if own_deadline < now_ms - self.skew_tolerance_ms:
+            # A lapsed lease is not a live one: the leader may have granted the next attempt.
             self.counters.late_starts += 1
+            self.fail(
+                2,
+                f"{task_id} attempt {attempt} started on {node} after its lease ran out "
+                f"(deadline {own_deadline} ms < now {now_ms:.0f} ms)",
+            )
         facts = self.facts.get(task_id)
         if facts is not None:
             for dep in facts.depends_on:

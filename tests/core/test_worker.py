@@ -100,3 +100,14 @@ def test_a_handler_runs_only_under_a_lease_the_store_accepted(
             if run.stop is None:
                 assert now < accepted[key], f"{key} runs past the lease the store holds"
         pool.check_invariants()
+
+
+def test_an_assignment_taken_after_its_lease_ran_out_is_not_started() -> None:
+    pool = WorkerPool("n1", slots=1, lease_ms=LEASE_MS)
+    # Taken from the assignment list by a node that was paused (or down) past the deadline.
+    assert pool.start(assignment("a", 1, T0 + LEASE_MS), T0 + LEASE_MS) == []
+    assert pool.free == 1 and not pool.running and pool.lapsed_skipped == 1
+    # One just in time starts.
+    assert pool.start(assignment("b", 1, T0 + LEASE_MS), T0 + LEASE_MS - 1) == [
+        RunHandler(assignment("b", 1, T0 + LEASE_MS))
+    ]

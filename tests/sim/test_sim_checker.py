@@ -55,6 +55,18 @@ def test_rerun_after_the_deadline_is_allowed() -> None:
     assert checker.duplicates() == 1
 
 
+def test_a_start_after_the_own_lease_ran_out_is_caught() -> None:
+    checker, clock = make()
+    checker.on_lease("t1", 1, "n1", deadline_ms=3_000, term=1)
+    clock.now_s = 3.02  # late, but within the clock skew the checker allows
+    checker.on_exec_start("t1", 1, "n1")
+    checker.on_exec_end("t1", 1, "n1")
+    checker.on_lease("t1", 2, "n1", deadline_ms=6_000, term=1)
+    clock.now_s = 6.1  # its node was paused between the take and the start
+    with caught(2):
+        checker.on_exec_start("t1", 2, "n1")
+
+
 def test_stale_completion_is_caught() -> None:
     checker, _ = make()
     checker.on_lease("t1", 1, "n1", deadline_ms=3_000, term=1)
