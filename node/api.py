@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import http_exceptions, web, web_protocol
 
 from core.limits import Limits
 from core.priority import Priority
@@ -505,9 +505,55 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
 )
 
 
+def _protocol_error(status: int, exc: BaseException | None) -> RequestError:
+    """A request aiohttp could not parse, as the API's error: which part was at fault."""
+    if status >= 500:
+        return RequestError(None, "internal error; see the node's log", status, "internal")
+    field = None
+    if isinstance(exc, http_exceptions.BadHttpMethod):
+        field = "method"
+    elif isinstance(exc, http_exceptions.LineTooLong):
+        line = exc.args[0] if exc.args else b""
+        field = "url" if isinstance(line, bytes | bytearray) and line[:1] == b"/" else "headers"
+    elif isinstance(exc, http_exceptions.InvalidHeader):
+        field = "headers"
+    message = getattr(exc, "message", None) or str(exc or "") or "malformed HTTP request"
+    return RequestError(field, message, status, _HTTP_CODES.get(status, "malformed"))
+
+
+_protocol_errors_json = False
+
+
+def _json_protocol_errors() -> None:
+    """aiohttp answers a request it cannot parse (a request line or a header over its limits,
+    bad framing, a method it does not know) from its protocol layer, before any middleware,
+    in text/plain; clients of the API get its JSON error envelope for those too. aiohttp has
+    no hook for that answer, so its handler class is wrapped, once per process."""
+    global _protocol_errors_json
+    if _protocol_errors_json:
+        return
+    _protocol_errors_json = True
+    plain = web_protocol.RequestHandler.handle_error
+
+    def handle_error(
+        self: web_protocol.RequestHandler,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        plain(self, request, status, exc, message)  # logs, and refuses if a reply was sent
+        response = _error_response(_protocol_error(status, exc))
+        response.force_close()  # as aiohttp's: the stream cannot be trusted past this
+        return response
+
+    web_protocol.RequestHandler.handle_error = handle_error  # type: ignore[method-assign]
+
+
 def setup_routes(app: web.Application) -> None:
     """Add every route and the error middleware. Needs CONFIG and METRICS set on the app, and
     STORE and RUNTIME by the time requests arrive (create_app's cleanup contexts set them)."""
+    _json_protocol_errors()
     app.middlewares.append(error_middleware)
     for method, path, handler in ROUTES:
         if method == "GET":

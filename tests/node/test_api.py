@@ -7,6 +7,7 @@ accepting() and readiness(). Everything the API stores goes through the real Lua
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import json
 import logging
@@ -370,6 +371,44 @@ async def test_malformed_json(client: Client, raw: bytes, status: int) -> None:
     resp = await client.post("/v1/tasks", data=raw, headers={"Content-Type": "application/json"})
     assert resp.status == status
     assert error_of(await resp.json())["code"] == ("malformed" if status == 400 else "invalid")
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        (b"GET /v1/tasks?status=" + b"q" * 9000 + b" HTTP/1.1\r\nHost: h\r\n\r\n", "url"),
+        (b"GET /healthz HTTP/1.1\r\nHost: h\r\nX-Big: " + b"v" * 9000 + b"\r\n\r\n", "headers"),
+        (b"G@T /healthz HTTP/1.1\r\nHost: h\r\n\r\n", "method"),
+        (b"POST /v1/tasks HTTP/1.1\r\nHost: h\r\nContent-Length: abc\r\n\r\n", None),
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: h\r\n"
+            + b"".join(b"X-%d: 1\r\n" % i for i in range(200))
+            + b"\r\n",
+            None,
+        ),
+    ],
+)
+async def test_requests_aiohttp_cannot_parse_get_the_json_envelope(
+    client: Client, raw: bytes, field: str | None
+) -> None:
+    """Refused by aiohttp's protocol layer, before any middleware: still JSON, naming the part
+    at fault, and the node goes on serving."""
+    server = client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(raw)
+        await writer.drain()
+        reply = await asyncio.wait_for(reader.read(), 10)  # it closes the connection
+    finally:
+        writer.close()
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0].split(b" ")[1] == b"400", head
+    assert b"content-type: application/json" in head.lower(), head
+    error = error_of(json.loads(body))
+    assert error["code"] == "malformed" and error["field"] == field, error
+    assert error["message"]
+    resp = await client.get("/healthz")
+    assert resp.status == 200
 
 
 @pytest.mark.parametrize(
