@@ -542,7 +542,14 @@ def _json_protocol_errors() -> None:
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        plain(self, request, status, exc, message)  # logs, and refuses if a reply was sent
+        if status >= 500:
+            plain(self, request, status, exc, message)  # logs the traceback; refuses if sent
+        else:
+            # A client's malformed request is not the node's error: one line, no traceback
+            # (aiohttp logs each at ERROR, which scanners of an open port would flood).
+            if request.writer.output_size > 0:
+                raise ConnectionError("a response was sent already: cannot send the error")
+            log.info("refused a malformed HTTP request from %s: %s", request.remote, exc)
         response = _error_response(_protocol_error(status, exc))
         response.force_close()  # as aiohttp's: the stream cannot be trusted past this
         return response
