@@ -51,6 +51,8 @@ from typing import Any
 
 import aiohttp
 
+from bench.rawhttp import HttpError, RawHttp
+
 # Per request: a node that does not answer in this long counts as an error, not a hang.
 REQUEST_TIMEOUT_S = 30.0
 # Hard ceilings, whatever the caller asks: bound memory and time of any run.
@@ -240,7 +242,7 @@ async def _closed_loop(
             t0 = time.perf_counter()
             try:
                 good, why = await one()
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            except (aiohttp.ClientError, HttpError, TimeoutError, OSError) as exc:
                 good, why = False, f"{type(exc).__name__}: {exc}"
             latencies.append(time.perf_counter() - t0)
             if good:
@@ -301,16 +303,18 @@ async def http_get_rate(
     duration_s: float = 2.0,
 ) -> Rate:
     """GET ``path`` in a closed loop: what the HTTP stack (client and server) does with no work."""
-    async with session(concurrency) as s:
-        target = url.rstrip("/") + path
+    client = RawHttp(url, REQUEST_TIMEOUT_S)
+    request = client.request_bytes("GET", path)
+    try:
+        await client.warm(concurrency)
 
         async def one() -> tuple[bool, str]:
-            async with s.get(target) as resp:
-                await resp.read()
-                return resp.status == 200, f"HTTP {resp.status}"
+            status, _ = await client.call(request)
+            return status == 200, f"HTTP {status}"
 
-        await _warm(s, target, concurrency)
         return await _closed_loop(f"GET {path}", concurrency, count, duration_s, one)
+    finally:
+        client.close()
 
 
 async def _warm(s: aiohttp.ClientSession, target: str, concurrency: int) -> None:
@@ -333,17 +337,18 @@ async def submit_singles(
     payload: Any = None,
 ) -> Rate:
     """One task per POST /v1/tasks, ``concurrency`` clients in a closed loop. 201 counts."""
-    body = json.dumps(task_body(task_type, payload)).encode()
-    async with session(concurrency) as s:
-        target = url.rstrip("/") + "/v1/tasks"
+    client = RawHttp(url, REQUEST_TIMEOUT_S)
+    request = client.request_bytes("POST", "/v1/tasks", task_body(task_type, payload))
+    try:
+        await client.warm(concurrency)
 
         async def one() -> tuple[bool, str]:
-            async with s.post(target, data=body, headers=JSON_HEADERS) as resp:
-                raw = await resp.read()
-                return resp.status == 201, f"HTTP {resp.status}: {raw[:200]!r}"
+            status, raw = await client.call(request)
+            return status == 201, f"HTTP {status}: {raw[:200]!r}"
 
-        await _warm(s, url.rstrip("/") + "/healthz", concurrency)
         return await _closed_loop("submit single", concurrency, count, duration_s, one)
+    finally:
+        client.close()
 
 
 async def submit_batches(
@@ -356,19 +361,22 @@ async def submit_batches(
     payload: Any = None,
 ) -> Rate:
     """Batches of ``batch`` tasks per POST /v1/tasks/batch; ``ok`` counts tasks."""
-    body = batch_bytes(batch, task_type, payload)
-    async with session(concurrency) as s:
-        target = url.rstrip("/") + "/v1/tasks/batch"
+    client = RawHttp(url, REQUEST_TIMEOUT_S)
+    request = client.request_bytes(
+        "POST", "/v1/tasks/batch", batch_bytes(batch, task_type, payload)
+    )
+    try:
+        await client.warm(concurrency)
 
         async def one() -> tuple[bool, str]:
-            async with s.post(target, data=body, headers=JSON_HEADERS) as resp:
-                raw = await resp.read()
-                return resp.status == 201, f"HTTP {resp.status}: {raw[:200]!r}"
+            status, raw = await client.call(request)
+            return status == 201, f"HTTP {status}: {raw[:200]!r}"
 
-        await _warm(s, url.rstrip("/") + "/healthz", concurrency)
         return await _closed_loop(
             f"submit batch of {batch}", concurrency, batches, duration_s, one, weight=batch
         )
+    finally:
+        client.close()
 
 
 async def open_loop(
@@ -389,19 +397,18 @@ async def open_loop(
     sent: list[Sent] = []
     dropped = 0
     inflight: set[asyncio.Task[None]] = set()
-    async with session(connections) as s:
-        targets = [u.rstrip("/") + "/v1/tasks" for u in urls]
-        for u in urls:
-            await _warm(s, u.rstrip("/") + "/healthz", max(1, connections // len(urls)))
+    clients = [RawHttp(u, REQUEST_TIMEOUT_S) for u in urls]
+    try:
+        for c in clients:
+            await c.warm(max(1, connections // len(clients)))
 
-        async def fire(rec: Sent, target: str, body: bytes) -> None:
+        async def fire(rec: Sent, client: RawHttp, body: bytes) -> None:
             try:
-                async with s.post(target, data=body, headers=JSON_HEADERS) as resp:
-                    raw = await resp.read()
-                    rec.status = resp.status
-                    if resp.status in (200, 201):
-                        rec.task_id = json.loads(raw)["id"]
-            except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
+                status, raw = await client.call(body)
+                rec.status = status
+                if status in (200, 201):
+                    rec.task_id = json.loads(raw)["id"]
+            except (HttpError, TimeoutError, OSError, ValueError):
                 rec.status = -1
             rec.acked_s = time.time()
 
@@ -419,8 +426,9 @@ async def open_loop(
                     continue
                 rec = Sent(k, wall0 + k / rate_per_s, time.time())
                 sent.append(rec)
-                body = json.dumps(make(k)).encode()
-                t = asyncio.create_task(fire(rec, targets[k % len(targets)], body))
+                client = clients[k % len(clients)]
+                body = client.request_bytes("POST", "/v1/tasks", make(k))
+                t = asyncio.create_task(fire(rec, client, body))
                 inflight.add(t)
                 t.add_done_callback(inflight.discard)
                 k += 1
@@ -432,6 +440,9 @@ async def open_loop(
             await asyncio.wait(inflight, timeout=REQUEST_TIMEOUT_S)
         for t in list(inflight):
             t.cancel()
+    finally:
+        for c in clients:
+            c.close()
     return OpenLoop(rate_per_s, duration_s, sent, dropped)
 
 

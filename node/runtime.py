@@ -120,6 +120,8 @@ class NodeRuntime:
         self.leadership = leadership
         self.rng = rng or random.Random()
         self.scheduler = Scheduler(self.node_id, SchedulerConfig(lease_ms=config.lease_ms))
+        # notify_changed wakes our own leader: while we lead, submissions need not ring.
+        store.submit_rings_bell = lambda: not self.scheduler.leading
         self.pool = WorkerPool(self.node_id, config.workers, config.lease_ms)
         self._executor = ThreadPoolExecutor(
             max_workers=max(1, config.workers), thread_name_prefix="dsched-task"

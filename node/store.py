@@ -496,6 +496,10 @@ class RedisStore:
         self._finishes: _GroupCommit[list[Finish], list[bool | BaseException]] = _GroupCommit(
             self._flush_finishes, lambda call: max(1, len(call)), group_commit_max
         )
+        # Whether a submission must ring the leader's bell: not when this node leads, as it
+        # wakes its own leader in-process (NodeRuntime sets this). A ring the leader does not
+        # need costs Redis a PUBLISH and every node a wake-up.
+        self.submit_rings_bell: Callable[[], bool] = lambda: True
 
     @classmethod
     async def connect(
@@ -698,13 +702,14 @@ class RedisStore:
                 tasks = 0
             chunks[-1].append(call)
             tasks += len(call[0])
+        ring = "" if self.submit_rings_bell() else "quiet"
         if len(chunks) == 1:
-            replies = [await self._eval("submit", _submit_args(calls))]
+            replies = [await self._eval("submit", _submit_args(calls), ring)]
         else:
             last = len(chunks) - 1
             replies = await self._eval_many(
                 "submit",
-                [[_submit_args(c), "" if i == last else "quiet"] for i, c in enumerate(chunks)],
+                [[_submit_args(c), ring if i == last else "quiet"] for i, c in enumerate(chunks)],
             )
         out: list[list[SubmitAnswer] | BaseException] = []
         for chunk, reply in zip(chunks, replies, strict=True):

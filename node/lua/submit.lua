@@ -15,7 +15,7 @@
 --   digits. depends_on_json is stored as sent ("[]" when empty).
 --
 -- ARGV[2]: "quiet" to push to the inbox without ringing the bell (store.py sends it on every
---   script of a pipelined flush but the last).
+--   script of a pipelined flush but the last, and on all when the submitting node leads).
 --
 -- Answers one reply per call, in order: {"!", field, index0, value} for a refused call (nothing
 -- of it written; {"!", "idempotency_key", index0, key, earlier_id} for a key that stands for a

@@ -954,6 +954,29 @@ async def test_finish_drain_does_not_ring_the_bell(store: RedisStore) -> None:
         await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
+async def test_a_leading_nodes_submissions_do_not_ring(store: RedisStore) -> None:
+    pubsub = store.redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(store.key("bell"))
+    try:
+        store.submit_rings_bell = lambda: False  # this node leads: it wakes its own leader
+        await store.submit([new("q1"), new("q2"), new("q3")], NOW)
+        store.submit_rings_bell = lambda: True  # it no longer leads
+        await store.submit([new("r1")], NOW)
+        # Redis delivers in order: a ring from the quiet submission ("3") would come first.
+        rings: list[str] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while not rings and loop.time() < deadline:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            if message is not None:
+                rings.append(message["data"])
+        assert rings == ["1"]
+        drained = await store.drain(1, 10)
+        assert isinstance(drained, list) and {x.id for x in drained} == {"q1", "q2", "q3", "r1"}
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
 async def test_prefixes_keep_two_clusters_apart(redis_url: str) -> None:
     one = await RedisStore.connect(redis_url, prefix="one")
     two = await RedisStore.connect(redis_url, prefix="two")
