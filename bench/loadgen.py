@@ -303,7 +303,7 @@ async def http_get_rate(
     duration_s: float = 2.0,
 ) -> Rate:
     """GET ``path`` in a closed loop: what the HTTP stack (client and server) does with no work."""
-    client = RawHttp(url, REQUEST_TIMEOUT_S)
+    client = RawHttp(url, REQUEST_TIMEOUT_S, max(1, concurrency))
     request = client.request_bytes("GET", path)
     try:
         await client.warm(concurrency)
@@ -337,7 +337,7 @@ async def submit_singles(
     payload: Any = None,
 ) -> Rate:
     """One task per POST /v1/tasks, ``concurrency`` clients in a closed loop. 201 counts."""
-    client = RawHttp(url, REQUEST_TIMEOUT_S)
+    client = RawHttp(url, REQUEST_TIMEOUT_S, max(1, concurrency))
     request = client.request_bytes("POST", "/v1/tasks", task_body(task_type, payload))
     try:
         await client.warm(concurrency)
@@ -361,7 +361,7 @@ async def submit_batches(
     payload: Any = None,
 ) -> Rate:
     """Batches of ``batch`` tasks per POST /v1/tasks/batch; ``ok`` counts tasks."""
-    client = RawHttp(url, REQUEST_TIMEOUT_S)
+    client = RawHttp(url, REQUEST_TIMEOUT_S, max(1, concurrency))
     request = client.request_bytes(
         "POST", "/v1/tasks/batch", batch_bytes(batch, task_type, payload)
     )
@@ -397,10 +397,11 @@ async def open_loop(
     sent: list[Sent] = []
     dropped = 0
     inflight: set[asyncio.Task[None]] = set()
-    clients = [RawHttp(u, REQUEST_TIMEOUT_S) for u in urls]
+    per_url = max(1, connections // len(urls))
+    clients = [RawHttp(u, REQUEST_TIMEOUT_S, per_url) for u in urls]
     try:
         for c in clients:
-            await c.warm(max(1, connections // len(clients)))
+            await c.warm(per_url)
 
         async def fire(rec: Sent, client: RawHttp, body: bytes) -> None:
             try:

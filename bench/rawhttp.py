@@ -91,7 +91,7 @@ class _Connection(asyncio.Protocol):
 class RawHttp:
     """Connections to one http://host:port; :meth:`request_bytes` builds what ``call`` sends."""
 
-    def __init__(self, url: str, timeout_s: float) -> None:
+    def __init__(self, url: str, timeout_s: float, connections_max: int = 64) -> None:
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"http://host:port URLs only, not {url!r}")
@@ -100,6 +100,9 @@ class RawHttp:
         self.timeout_s = timeout_s
         self._idle: list[_Connection] = []
         self._all: list[_Connection] = []
+        # Requests in flight, as many as connections: an open loop's arrivals beyond it wait
+        # for a connection (as aiohttp's connector limit made them), not open more.
+        self._slots = asyncio.Semaphore(connections_max)
 
     def request_bytes(self, method: str, path: str, body: Any = None) -> bytes:
         """A complete request; ``body``: bytes as they are, anything else as JSON."""
@@ -127,18 +130,22 @@ class RawHttp:
             self._idle.append(conn)
 
     async def call(self, data: bytes) -> tuple[int, bytes]:
-        """Send one prebuilt request on an idle connection (a new one if none is idle)."""
-        conn = self._idle.pop() if self._idle else await self._connect()
-        try:
-            status, body, close = await conn.request(data, self.timeout_s)
-        except BaseException:
-            conn.close()
-            raise
-        if close or conn.closed:
-            conn.close()
-        else:
-            self._idle.append(conn)
-        return status, body
+        """Send one prebuilt request on an idle connection (a new one if none is idle), at
+        most ``connections_max`` at a time."""
+        async with self._slots:
+            while self._idle and self._idle[-1].closed:  # the server hung up meanwhile
+                self._idle.pop()
+            conn = self._idle.pop() if self._idle else await self._connect()
+            try:
+                status, body, close = await conn.request(data, self.timeout_s)
+            except BaseException:
+                conn.close()
+                raise
+            if close or conn.closed:
+                conn.close()
+            else:
+                self._idle.append(conn)
+            return status, body
 
     def close(self) -> None:
         for conn in self._all:

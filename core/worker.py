@@ -170,8 +170,17 @@ class WorkerPool:
         timeout_at = now_ms + assignment.timeout_ms
         self.running[key] = _Running(assignment, now_ms, timeout_at, assignment.lease_deadline_ms)
         heapq.heappush(self._timeouts, (timeout_at, assignment.task_id, assignment.attempt))
-        if self._next_heartbeat_ms is None:
-            self._next_heartbeat_ms = now_ms + self.heartbeat_every_ms
+        # Its first beat no later than two beats before its deadline (a run taken with little
+        # of its lease left would otherwise lapse before the shared schedule renewed it).
+        due = max(
+            now_ms,
+            min(
+                now_ms + self.heartbeat_every_ms,
+                assignment.lease_deadline_ms - 2 * self.heartbeat_every_ms,
+            ),
+        )
+        if self._next_heartbeat_ms is None or due < self._next_heartbeat_ms:
+            self._next_heartbeat_ms = due
         effects.append(RunHandler(assignment))
         return effects
 

@@ -59,7 +59,15 @@ from core.priority import Priority
 from core.scheduler import Scheduler, SchedulerConfig
 from core.store_model import Taken, TaskRecord
 from core.task import Outcome
-from core.worker import Assignment, Finish, Release, RunHandler, WorkerEffect, WorkerPool
+from core.worker import (
+    Assignment,
+    Finish,
+    Heartbeat,
+    Release,
+    RunHandler,
+    WorkerEffect,
+    WorkerPool,
+)
 from node.config import NodeConfig
 from node.metrics import Metrics
 from node.store import RedisStore, StoreUnavailable
@@ -774,12 +782,32 @@ class NodeRuntime:
         running.add_done_callback(lambda _f: loop.call_soon_threadsafe(returned))
 
     async def _worker_ticks(self) -> None:
+        beating: asyncio.Task[None] | None = None
         while not self._stopping:
+            effects = self.pool.tick(now_ms())
+            beats: list[WorkerEffect] = [e for e in effects if isinstance(e, Heartbeat)]
             with contextlib.suppress(StoreUnavailable):
-                await self._carry_out(self.pool.tick(now_ms()))
+                # Interrupts (a timeout, a lease run out) call no store: at once.
+                await self._carry_out([e for e in effects if not isinstance(e, Heartbeat)])
+            if beats and (beating is None or beating.done()):
+                # Heartbeats in the background: a store that hangs (no answer for up to its
+                # command timeout) must not hold up the ticks that stop handlers whose lease
+                # ran out meanwhile. At most one batch in flight; a skipped one is the next
+                # period's to send.
+                beating = asyncio.create_task(self._heartbeats(beats))
+                self._background_tasks.add(beating)
+                beating.add_done_callback(self._background_tasks.discard)
             due = self.pool.next_due_ms()
             delay = 0.1 if due is None else min(0.1, max(0.001, (due - now_ms()) / 1000))
             await asyncio.sleep(delay)
+
+    async def _heartbeats(self, beats: list[WorkerEffect]) -> None:
+        try:
+            await self._carry_out(beats)
+        except StoreUnavailable:
+            pass  # the lease check stops the handlers if no later beat lands in time
+        except Exception:
+            log.exception("heartbeat failed")
 
     async def _cancel_listener(self) -> None:
         """A client cancelled a task running here: interrupt it now, not at the next heartbeat."""

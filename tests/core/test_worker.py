@@ -111,3 +111,18 @@ def test_an_assignment_taken_after_its_lease_ran_out_is_not_started() -> None:
     assert pool.start(assignment("b", 1, T0 + LEASE_MS), T0 + LEASE_MS - 1) == [
         RunHandler(assignment("b", 1, T0 + LEASE_MS))
     ]
+
+
+def test_a_run_taken_with_little_lease_left_is_renewed_before_it_lapses() -> None:
+    pool = WorkerPool("n1", slots=2, lease_ms=LEASE_MS)  # a beat every 300 ms
+    pool.start(assignment("a", 1, T0 + LEASE_MS), T0)  # the shared schedule: T0 + 300
+    # Taken late: 400 ms of its lease left, less than the wait for the next shared beat plus
+    # the time that beat needs to land.
+    pool.start(assignment("b", 1, T0 + 150 + 400), T0 + 150)
+    due = pool.next_due_ms()
+    assert due is not None and due <= T0 + 150
+    beats = [e for e in pool.tick(due) if isinstance(e, Heartbeat)]
+    assert {b.task_id for b in beats} == {"a", "b"}
+    for b in beats:
+        pool.lease_held(b.task_id, b.attempt, b.deadline_ms)
+    assert not [e for e in pool.tick(T0 + 150 + 400) if isinstance(e, Interrupt)]

@@ -354,3 +354,37 @@ def test_an_end_the_store_missed_is_written_once_it_is_back(
         assert len(starts(probe_log)) == 5  # none ran again
     finally:
         node.kill()
+
+
+def test_a_handler_stops_when_its_lease_runs_out_while_redis_hangs(
+    make_node: Any, redis_factory: Any, probe_log: str
+) -> None:
+    """Redis stops answering without closing anything (a stalled server, a link that drops
+    packets): the heartbeat in flight waits for its command timeout, far past the lease. The
+    worker must still stop its handler once the lease it last renewed runs out."""
+    from tests.cluster.storeproxy import StoreProxies
+
+    redis = redis_factory(fsync="everysec")
+    proxies = StoreProxies([free_port()], redis.port).start()
+    try:
+        node = make_node(proxies.url(0))
+        task = submit(node, type="probe", payload={"seconds": 30})
+        wait_for(lambda: any(e["task"] == task["id"] for e in read_log(probe_log)), 15, "it starts")
+        time.sleep(LEASE_MS / 3000)  # let a heartbeat renew it: the hang starts mid-lease
+        hung_at = time.time()
+        hang_s = 3 * LEASE_MS / 1000  # under the node's 10 s command timeout
+        # The proxies' event loop stalls: bytes stay in the sockets, no connection closes.
+        proxies._loop.call_soon_threadsafe(time.sleep, hang_s)
+
+        def stopped() -> float | None:
+            for e in read_log(probe_log):
+                if e["task"] == task["id"] and e["event"] == "stopped":
+                    return float(e["t"])
+            return None
+
+        at = wait_for(stopped, hang_s + 5, "the handler stopped")
+        # By the lease's end (the last beat before the hang renewed it for LEASE_MS), while
+        # Redis still hangs, not once the stalled heartbeat times out or is answered.
+        assert at - hung_at < LEASE_MS / 1000 + 0.5, at - hung_at
+    finally:
+        proxies.close()
