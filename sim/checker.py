@@ -72,7 +72,6 @@ class Counters:
     executions: int = 0
     handler_failures: int = 0  # failing completions the store applied
     stale_refused: int = 0  # completions the store refused (the attempt had lost its lease)
-    late_starts: int = 0  # handler started after its own lease deadline (a zombie start)
     # A newer attempt started while an older one's handler still ran, its lease lapsed: legal
     # (at-least-once), but the work ran twice at once. Workers stop handlers whose lease they
     # cannot show held (WorkerPool.tick), so only a node that is paused or crashed leaves one.
@@ -267,7 +266,6 @@ class Checker:
         own_deadline = self.deadline_ms.get((task_id, attempt), 0)
         if own_deadline < now_ms - self.skew_tolerance_ms:
             # A lapsed lease is not a live one: the leader may have granted the next attempt.
-            self.counters.late_starts += 1
             self.fail(
                 2,
                 f"{task_id} attempt {attempt} started on {node} after its lease ran out "
