@@ -27,6 +27,7 @@ reported (extra_info, summary table), not asserted: the machine is shared. Corre
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import time
@@ -328,12 +329,35 @@ def test_bench_submit_to_start_latency(
 
 
 # ====================================================================== end to end
+def _pin_to_one_cpu(*pids: int) -> int | None:
+    """Every thread of these processes (ours: the bench started them) onto one CPU; answers
+    the CPU, or None where affinity cannot be set."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    cpu = min(os.sched_getaffinity(0))
+    for pid in pids:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(int(tid), {cpu})
+    return cpu
+
+
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("workers", [5, 50])
+@pytest.mark.parametrize(("workers", "pinned"), [(5, False), (50, False), (5, True)])
 def test_bench_e2e_noop(
-    benchmark: Any, tmp_path: Path, bench_summary: Callable[[str], None], workers: int
+    benchmark: Any,
+    tmp_path: Path,
+    bench_summary: Callable[[str], None],
+    workers: int,
+    pinned: bool,
 ) -> None:
+    # pinned (diagnostic): the node and its Redis share one CPU. With 5 workers every task is
+    # a round trip between them; on this host a round trip across CPUs costs Redis about
+    # twice the CPU of one within a CPU (an apply of one lease: 86 against 41 us), so the
+    # unpinned figure depends on where the OS put the two processes.
     with local_node(tmp_path, workers=workers) as (node, redis):
+        if pinned and _pin_to_one_cpu(node.pid, redis.pid) is None:
+            pytest.skip("no CPU affinity here")
         ping = _ping(redis.url)
         meter = CpuMeter({"node": node.pid, "redis": redis.pid})
 
@@ -349,35 +373,37 @@ def test_bench_e2e_noop(
     assert result["succeeded"] == E2E_TASKS, result
     per_s = result["tasks_per_s"]
     met = per_s >= TARGET_E2E_PER_S
+    label = ", node+redis on one CPU (diagnostic)" if pinned else ""
     benchmark.extra_info.update(
         workers=workers,
+        pinned_to_one_cpu=pinned,
         redis_ping_per_s=round(ping.per_s),
         ratio_vs_redis_ping=round(per_s / ping.per_s, 3),
         target_per_s=TARGET_E2E_PER_S,
-        meets_target=met,
+        meets_target=met if not pinned else None,
         **{k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()},
         **_cpu_info(meter.used, E2E_TASKS),
     )
     _summary(
         bench_summary,
         table_row(
-            f"e2e no-op, {E2E_TASKS:,} tasks, {workers} workers",
+            f"e2e no-op, {E2E_TASKS:,} tasks, {workers} workers{label}",
             per_s,
             "tasks/s",
             ("redis PING/s", ping.per_s),
-            f">= {TARGET_E2E_PER_S:,}",
-            met,
+            f">= {TARGET_E2E_PER_S:,}" if not pinned else "",
+            met if not pinned else None,
         ),
     )
     node_us = meter.used["node"] / E2E_TASKS * 1e6
     _summary(
         bench_summary,
         table_row(
-            f"  node CPU per e2e task, {workers} workers",
+            f"  node CPU per e2e task, {workers} workers{label}",
             node_us,
             "us",
-            target=f"<= {1e6 / TARGET_E2E_PER_S:.0f} (1 core)",
-            met=node_us <= 1e6 / TARGET_E2E_PER_S,
+            target=f"<= {1e6 / TARGET_E2E_PER_S:.0f} (1 core)" if not pinned else "",
+            met=node_us <= 1e6 / TARGET_E2E_PER_S if not pinned else None,
         ),
     )
 

@@ -25,6 +25,7 @@ from core.events import (
     EpochRaised,
     Event,
     Fenced,
+    OwnEnded,
     Rebuilt,
     StoreLost,
     TasksChanged,
@@ -45,8 +46,24 @@ class RaiseEpochRequest:
 
 @dataclass(frozen=True, slots=True)
 class DrainRequest:
+    """Pop inbox notifications. The driver sends its own node's finishes that it reserved for
+    this round (``leader_round``'s ``own_ends``) ahead of the first drain of the round, in the
+    same round trip."""
+
     term: int
     count_max: int  # answer: list[TaskState] | FENCED
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyDrainRequest:
+    """The reserved finishes (as with DrainRequest), then ``ops`` (as ApplyRequest), then a
+    drain, in one round trip and in that order: the leases to the slots those finishes free go
+    out with the finishes, not a round trip after them. Answer: (the ApplyRequest's answer,
+    the DrainRequest's answer)."""
+
+    ops: tuple[Lease | Expire | Promote, ...]
+    term: int
+    count_max: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +104,7 @@ class InterruptHandler:
 Request = (
     RaiseEpochRequest
     | DrainRequest
+    | ApplyDrainRequest
     | LiveStatesRequest
     | ApplyRequest
     | HeartbeatRequest
@@ -119,16 +137,21 @@ def leader_round(
     node_events: list[Event],
     now_ms: Callable[[], int],
     stats: LeaderStats,
+    own_ends: tuple[tuple[str, int], ...] = (),
 ) -> Procedure:
     """One pass of the leader loop: elections, node registry, inbox, timers, and every effect
     that follows, until the scheduler asks for nothing more. If the store stops answering
     part way, the scheduler is told (it rebuilds from the store once it answers again) and
-    the StoreUnavailable goes on to the driver."""
+    the StoreUnavailable goes on to the driver.
+
+    ``own_ends``: the (task id, attempt) of this node's ended handlers whose finishes the
+    driver has reserved to send ahead of this round's first drain. The scheduler frees their
+    slots first, so its leases for them ride the same round trip (ApplyDrainRequest)."""
     # The scheduler names its next due time afresh every round; a stale one would keep the
     # driver waking in a tight loop once nothing is due (say, after it was deposed).
     stats.timer_at_ms = None
     try:
-        yield from _leader_round(sched, leads, term, node_events, now_ms, stats)
+        yield from _leader_round(sched, leads, term, node_events, now_ms, stats, own_ends)
     except StoreUnavailable:
         sched.step(StoreLost(now_ms()))
         raise
@@ -141,6 +164,7 @@ def _leader_round(
     node_events: list[Event],
     now_ms: Callable[[], int],
     stats: LeaderStats,
+    own_ends: tuple[tuple[str, int], ...],
 ) -> Procedure:
     # Node events first: an election rebuilds and dispatches at once, and must not hand work
     # to a node just reported gone (the leader that was deposed, say).
@@ -150,14 +174,28 @@ def _leader_round(
         yield from feed(sched, Elected(term, now_ms()), now_ms, stats)
     elif not leads and sched.fence_term:
         yield from feed(sched, Deposed(now_ms()), now_ms, stats)
+    first = True
     while sched.leading:
-        drained = yield DrainRequest(sched.term, DRAIN_BATCH_MAX)
+        ops: tuple[Lease | Expire | Promote, ...] = ()
+        if first and own_ends:
+            ops = _own_ended(sched, OwnEnded(own_ends, now_ms()), stats)
+        first = False
+        pending: list[Effect] = []
+        if ops:
+            answers, drained = yield ApplyDrainRequest(ops, sched.term, DRAIN_BATCH_MAX)
+            # The store applied the ops before the drain: their answers first, then what the
+            # drain read, and only then any request that follows from either.
+            pending += _answered(sched, ops, answers, now_ms, stats)
+        else:
+            drained = yield DrainRequest(sched.term, DRAIN_BATCH_MAX)
         if drained == FENCED:
             stats.fenced_writes += 1
-            yield from feed(sched, Fenced(sched.term, now_ms()), now_ms, stats)
+            pending += sched.step(Fenced(sched.term, now_ms()))
+            yield from _carry_out(sched, pending, now_ms, stats)
             break
         if drained:
-            yield from feed(sched, TasksChanged(tuple(drained), now_ms()), now_ms, stats)
+            pending += sched.step(TasksChanged(tuple(drained), now_ms()))
+        yield from _carry_out(sched, pending, now_ms, stats)
         if len(drained) < DRAIN_BATCH_MAX:
             break
     yield from feed(sched, Tick(now_ms()), now_ms, stats)
@@ -167,7 +205,47 @@ def feed(
     sched: Scheduler, event: Event, now_ms: Callable[[], int], stats: LeaderStats
 ) -> Procedure:
     """Step the scheduler with ``event`` and carry out its effects (and theirs) in order."""
-    pending: list[Effect] = sched.step(event)
+    yield from _carry_out(sched, sched.step(event), now_ms, stats)
+
+
+def _own_ended(
+    sched: Scheduler, event: OwnEnded, stats: LeaderStats
+) -> tuple[Lease | Expire | Promote, ...]:
+    """Step the scheduler with OwnEnded: it only frees slots and dispatches, so what comes
+    back is leases (and its next timer), with no store request of their own to make."""
+    ops: list[Lease | Expire | Promote] = []
+    for effect in sched.step(event):
+        if isinstance(effect, (Lease, Expire, Promote)):
+            ops.append(effect)
+        elif isinstance(effect, SetTimer):
+            stats.timer_at_ms = effect.at_ms
+        else:  # pragma: no cover - the scheduler's contract
+            raise AssertionError(f"OwnEnded asked for {effect!r}")
+    return tuple(ops)
+
+
+def _answered(
+    sched: Scheduler,
+    ops: tuple[Lease | Expire | Promote, ...],
+    answers: list[Any],
+    now_ms: Callable[[], int],
+    stats: LeaderStats,
+) -> list[Effect]:
+    """Feed the store's answers to a batch of ops; answers the effects that follow."""
+    pending: list[Effect] = []
+    states = tuple(a for a in answers if isinstance(a, TaskState))
+    if states:
+        pending += sched.step(TasksChanged(states, now_ms()))
+    fenced = sum(1 for a in answers if a == FENCED)
+    if fenced:
+        stats.fenced_writes += fenced
+        pending += sched.step(Fenced(ops[0].term, now_ms()))
+    return pending
+
+
+def _carry_out(
+    sched: Scheduler, pending: list[Effect], now_ms: Callable[[], int], stats: LeaderStats
+) -> Procedure:
     while pending:
         effects, pending = pending, []
         ops: list[Lease | Expire | Promote] = []
@@ -194,14 +272,9 @@ def feed(
                         break
                 pending += sched.step(Rebuilt(effect.term, now_ms()))
         if ops:
-            answers = yield ApplyRequest(tuple(ops))
-            states = tuple(a for a in answers if isinstance(a, TaskState))
-            if states:
-                pending += sched.step(TasksChanged(states, now_ms()))
-            fenced = sum(1 for a in answers if a == FENCED)
-            if fenced:
-                stats.fenced_writes += fenced
-                pending += sched.step(Fenced(ops[0].term, now_ms()))
+            batch = tuple(ops)
+            answers = yield ApplyRequest(batch)
+            pending += _answered(sched, batch, answers, now_ms, stats)
 
 
 def worker_effects(pool: WorkerPool, effects: list[WorkerEffect]) -> Procedure:

@@ -91,6 +91,17 @@ class NodeLeft:
 
 
 @dataclass(frozen=True, slots=True)
+class OwnEnded:
+    """The handlers of these attempts (task id, attempt) ended on the leader's own node, and
+    their finishes go to the store ahead of the leader's next writes, in the same round trip:
+    their slots are free now. The tasks' new states follow with the drain (or whatever the store
+    holds instead, if a finish is refused: a lease still counted here is reconciled then)."""
+
+    ends: tuple[tuple[str, int], ...]
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time passed: fire due timers (delays, backoffs, lease deadlines, node timeouts)."""
 
@@ -107,5 +118,6 @@ Event = (
     | TasksChanged
     | NodeSeen
     | NodeLeft
+    | OwnEnded
     | Tick
 )

@@ -149,6 +149,10 @@ class LocalFinishes(Generic[W]):
         del queue[:LOCAL_FINISHES_PER_DRAIN_MAX]
         return batch, True
 
+    def put_back(self, batch: list[tuple[Finish, W]]) -> None:
+        """Finishes taken for a drain that was not sent: first in line again, in order."""
+        self._queue[:0] = batch
+
     def to_flush(self, leading: bool) -> list[tuple[Finish, W]]:
         """After a round: the finishes no drain of ours will carry (not leading now), to go
         alone. Empty while leading."""

@@ -28,6 +28,7 @@ from core.events import (
     Fenced,
     NodeLeft,
     NodeSeen,
+    OwnEnded,
     Rebuilt,
     StoreLost,
     TasksChanged,
@@ -107,6 +108,9 @@ class Scheduler:
         self.queued_types: dict[str, str] = {}
         self.leases: dict[str, TaskState] = {}  # running tasks, as last observed
         self.leasing: dict[str, str] = {}  # task id -> node id, Lease written, answer pending
+        # Leases on our own node whose handler ended (OwnEnded): their slot is free already,
+        # their finish is on its way to the store. A subset of ``leases``.
+        self.ending: set[str] = set()
         self.waiting: dict[str, TaskState] = {}  # pending or failed (backoff)
         self.dependants: dict[str, set[str]] = {}  # dependency id -> waiting tasks on it
         self.promoting: set[str] = set()  # Promote written, answer pending
@@ -134,6 +138,8 @@ class Scheduler:
             node = self.nodes.get(event.node_id)
             if node is not None:
                 node.alive = False
+        elif isinstance(event, OwnEnded):
+            self._own_ended(event)
         elif isinstance(event, Elected):
             self._reset(Role.FENCING, event.term)
             self._epoch_asked = True
@@ -193,6 +199,7 @@ class Scheduler:
         self.queued_types.clear()
         self.leases.clear()
         self.leasing.clear()
+        self.ending.clear()
         self.waiting.clear()
         self.dependants.clear()
         self.promoting.clear()
@@ -211,6 +218,23 @@ class Scheduler:
             node.slots, node.types = event.slots, event.types
             node.last_seen_ms, node.alive = event.now_ms, True
 
+    def _own_ended(self, event: OwnEnded) -> None:
+        if self.role is not Role.LEADING:
+            return
+        own = self.node_id
+        for task_id, attempt in event.ends:
+            lease = self.leases.get(task_id)
+            # Only the attempt we hold as running on our own node: an older attempt's end, or
+            # one whose lease we already lost track of, frees nothing we count.
+            if (
+                lease is not None
+                and lease.attempt == attempt
+                and lease.lease_node == own
+                and task_id not in self.ending
+            ):
+                self.ending.add(task_id)
+                self._release_slot(own)
+
     def _forget(self, task_id: str) -> None:
         """Drop every trace of a task from the cache before filing its new state."""
         if task_id in self.queued_types:
@@ -218,7 +242,10 @@ class Scheduler:
             self.queue.remove(task_id)
         lease = self.leases.pop(task_id, None)
         if lease is not None:
-            self._release_slot(lease.lease_node)
+            if task_id in self.ending:
+                self.ending.discard(task_id)  # its slot was freed when its handler ended
+            else:
+                self._release_slot(lease.lease_node)
         node_id = self.leasing.pop(task_id, None)
         if node_id is not None:
             self._release_slot(node_id)
@@ -255,6 +282,16 @@ class Scheduler:
             # operations in order, so this state predates the Lease's answer.
             return
         answered_promote = tid in self.promoting
+        lease = self.leases.get(tid)
+        # The same running attempt again (a drained state from before its finish): still ending,
+        # its slot still free.
+        still_ending = (
+            lease is not None
+            and tid in self.ending
+            and state.status is Status.RUNNING
+            and state.attempt == lease.attempt
+            and state.lease_node == lease.lease_node
+        )
         self._forget(tid)
         status = state.status
         if status is Status.QUEUED:
@@ -263,7 +300,10 @@ class Scheduler:
             self.queued_types[tid] = sys.intern(state.type)
         elif status is Status.RUNNING:
             self.leases[tid] = state
-            self._take_slot(state.lease_node)
+            if still_ending:
+                self.ending.add(tid)
+            else:
+                self._take_slot(state.lease_node)
             heapq.heappush(
                 self._timers, (state.lease_deadline_ms + self.config.expire_grace_ms, tid)
             )
@@ -380,8 +420,18 @@ class Scheduler:
             verified.leases = leases.copy()
             verified.lease_busy = lease_busy
         busy = verified.lease_busy
-        if leasing:
+        ending = self.ending
+        if ending:
+            if not ending <= leases.keys():
+                raise InvariantError("a task counted as ending is not leased")
             busy = busy.copy()
+            for tid in ending:
+                node_id = leases[tid].lease_node
+                if node_id != self.node_id:
+                    raise InvariantError(f"{tid} counted as ending on another node, {node_id}")
+                busy[node_id] -= 1
+        if leasing:
+            busy = busy.copy() if not ending else busy
             for node_id in leasing.values():
                 busy[node_id] = busy.get(node_id, 0) + 1
         for node_id, node in self.nodes.items():

@@ -310,6 +310,45 @@ def _finish_answer(f: Finish, answer: Any) -> bool | BaseException:
     return bool(answer == 1)
 
 
+def _apply_args(ops: Sequence[Lease | Expire | Promote], direct_node: str) -> list[str | int]:
+    """apply.lua's ARGV for ``ops``, the caller's own node last (its leases come back direct)."""
+    args: list[str | int] = [len(ops)]
+    for op in ops:
+        if isinstance(op, Lease):
+            args += ["L", op.term, op.task_id, op.node_id, op.deadline_ms, op.now_ms]
+        elif isinstance(op, Expire):
+            target = op.target.value if isinstance(op.target, Status) else str(op.target)
+            args += ["E", op.term, op.task_id, op.attempt, op.now_ms, target]
+        elif isinstance(op, Promote):
+            args += ["P", op.term, op.task_id, op.now_ms, "", ""]
+        else:
+            raise TypeError(f"not a leader store op: {op!r}")
+    if direct_node:
+        args.append(direct_node)
+    return args
+
+
+def _applied(reply: Sequence[Any]) -> tuple[list[TaskState | str | None], list[Taken]]:
+    """apply.lua's answer: per op the state, None or FENCED; and the direct leases, taken."""
+    out: list[TaskState | str | None] = []
+    taken: list[Taken] = []
+    for answer in reply:
+        if answer is None:
+            out.append(None)
+        elif answer == FENCED:
+            out.append(FENCED)
+        elif len(answer) == 3 and answer[0] == "+":
+            state = _state(answer[1])
+            out.append(state)
+            taken.append(Taken(_direct_record(state, answer[2]), state.attempt))
+        elif len(answer) == 2 and answer[0] == "!target":
+            # The model raises here, after applying the ops before this one; so did we.
+            raise ValueError("an expired lease goes back to queued or to dead")
+        else:
+            out.append(_state(answer))
+    return out, taken
+
+
 def _drained(reply: Sequence[Sequence[str] | str]) -> list[TaskState]:
     """drain.lua's answer: states, each a list or a snapshot string (fields joined by SEP)."""
     return [_state(v.split("\x1f") if isinstance(v, str) else v) for v in reply]
@@ -844,6 +883,39 @@ class RedisStore:
             return answers, FENCED
         return answers, _drained(drained)
 
+    async def finish_apply_drain(
+        self,
+        finishes: Sequence[Finish],
+        ops: Sequence[Lease | Expire | Promote],
+        direct_node: str,
+        term: int,
+        count_max: int,
+    ) -> tuple[list[bool | BaseException], tuple[list[TaskState | str | None], list[Taken]], Any]:
+        """``finish_drain`` with the leader's ops between the finishes and the drain, all in
+        one round trip (Redis runs them in that order): the leases to the slots those finishes
+        free go with them. Answers the finishes' outcomes, ``apply_direct``'s answer, and the
+        drain's (FENCED or states)."""
+        finish_args: list[str | int] = [len(finishes), 0]
+        for f in finishes:
+            finish_args += _finish_args(f)
+        replies = await self._eval_seq(
+            [
+                ("finish", finish_args),
+                ("apply", _apply_args(ops, direct_node)),
+                ("drain", [term, count_max]),
+            ]
+        )
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise _translate(reply)
+        done, applied, drained = replies
+        answers = [_finish_answer(f, a) for f, a in zip(finishes, done, strict=True)]
+        return (
+            answers,
+            _applied(applied),
+            FENCED if drained == FENCED else _drained(drained),
+        )
+
     async def live_states_after(
         self, after_seq: int = 0, count_max: int | None = None
     ) -> list[TaskState]:
@@ -880,38 +952,9 @@ class RedisStore:
         again, as an assignment popped but never answered does (StoreModel.apply)."""
         if not ops:
             return [], []
-        args: list[str | int] = [len(ops)]
-        for op in ops:
-            if isinstance(op, Lease):
-                args += ["L", op.term, op.task_id, op.node_id, op.deadline_ms, op.now_ms]
-            elif isinstance(op, Expire):
-                target = op.target.value if isinstance(op.target, Status) else str(op.target)
-                args += ["E", op.term, op.task_id, op.attempt, op.now_ms, target]
-            elif isinstance(op, Promote):
-                args += ["P", op.term, op.task_id, op.now_ms, "", ""]
-            else:
-                raise TypeError(f"not a leader store op: {op!r}")
-        if direct_node:
-            args.append(direct_node)
         # Idempotent: a second run finds each op done and answers the same state.
-        reply = await self._eval("apply", *args, idempotent=True)
-        out: list[TaskState | str | None] = []
-        taken: list[Taken] = []
-        for answer in reply:
-            if answer is None:
-                out.append(None)
-            elif answer == FENCED:
-                out.append(FENCED)
-            elif len(answer) == 3 and answer[0] == "+":
-                state = _state(answer[1])
-                out.append(state)
-                taken.append(Taken(_direct_record(state, answer[2]), state.attempt))
-            elif len(answer) == 2 and answer[0] == "!target":
-                # The model raises here, after applying the ops before this one; so did we.
-                raise ValueError("an expired lease goes back to queued or to dead")
-            else:
-                out.append(_state(answer))
-        return out, taken
+        reply = await self._eval("apply", *_apply_args(ops, direct_node), idempotent=True)
+        return _applied(reply)
 
     # ------------------------------------------------------------------ workers
     async def take(self, node_id: str, timeout_s: float = 0.0) -> Taken | None:

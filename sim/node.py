@@ -27,6 +27,7 @@ import simpy
 from simpy.events import URGENT
 
 from core.driver import (
+    ApplyDrainRequest,
     ApplyRequest,
     DrainRequest,
     FinishRequest,
@@ -60,6 +61,7 @@ from sim.net import UNAVAILABLE
 from sim.simenv import Timer, call_later, fire, fire_if_pending
 from sim.store import (
     EpochRequest,
+    FinishApplyDrainRequest,
     FinishDrainRequest,
     RegistryRequest,
     SubmitRefused,
@@ -176,6 +178,7 @@ class SimNode:
         self._direct: deque[Taken] = deque()
         # As NodeRuntime: this node's finishes while it leads ride its leader's next drain.
         self._local_finishes: LocalFinishes[simpy.Event] = LocalFinishes()
+        self._reserved: list[tuple[Finish, simpy.Event]] = []
         self._take_policy = TakePolicy()
         self._handover = HandoverWatch()
         self._registry_info: dict[str, tuple[int, int]] = {}
@@ -207,6 +210,7 @@ class SimNode:
         self._own_seen = None
         self._direct = deque()
         self._local_finishes = LocalFinishes()
+        self._reserved = []
         self._take_policy = TakePolicy()
         self._handover = HandoverWatch()
         inc = self.incarnation
@@ -282,6 +286,7 @@ class SimNode:
         if self.incarnation != inc:
             return  # crashed meanwhile
         # As NodeRuntime.stop once its loops have stopped: finishes still queued go alone.
+        self._unreserve_local_finishes()  # a round's, not sent yet: they go alone too
         for finish, done in self._local_finishes.take_all():
             try:
                 done.succeed((yield from self.call(FinishRequest(finish))))
@@ -355,19 +360,33 @@ class SimNode:
                     self._local_finishes.add(request.finish, done)
                     self.wake()
                     answer = yield done
-                elif kind is DrainRequest and self._local_finishes:
-                    batch, more = self._local_finishes.for_drain()
-                    if more:
-                        self.wake()  # as the runtime: the rest go with the next drain, at once
+                elif kind is ApplyDrainRequest or (
+                    kind is DrainRequest and (self._reserved or self._local_finishes)
+                ):
+                    batch = self._finishes_for_drain()
                     finishes = tuple(f for f, _ in batch)
-                    answer = yield caller.call(node_id, FinishDrainRequest(finishes, request))
+                    if kind is ApplyDrainRequest:
+                        combined: Any = FinishApplyDrainRequest(
+                            finishes,
+                            ApplyRequest(request.ops),
+                            DrainRequest(request.term, request.count_max),
+                        )
+                    else:
+                        combined = FinishDrainRequest(finishes, request)
+                    answer = yield caller.call(node_id, combined)
                     if answer is UNAVAILABLE:
                         for _, done in batch:
                             done.succeed(UNAVAILABLE)
                     else:
-                        written, answer = answer
+                        written, *rest = answer
                         for (_, done), ok in zip(batch, written, strict=True):
                             done.succeed(ok)
+                        if kind is ApplyDrainRequest:
+                            (applied, taken), drained = rest
+                            self._took_direct(taken, inc)
+                            answer = (applied, drained)
+                        else:
+                            answer = rest[0]
                 else:
                     answer = yield caller.call(node_id, request)
                 if self.paused or self.incarnation != inc:
@@ -378,19 +397,47 @@ class SimNode:
                     request = proc.throw(StoreUnavailable(name))
                     continue
                 if type(request) is ApplyRequest:
-                    # As NodeRuntime._execute: the leases to this node came back direct; while
-                    # stopping they go straight back.
                     answer, taken = answer
-                    if taken and not self.pool.accepting:
-                        now = self.now_ms()
-                        backs = [Release(t.record.id, t.attempt, node_id, now) for t in taken]
-                        self.env.process(self._guard(self._carry_out(backs)))
-                    elif taken:
-                        self._direct.extend(taken)
-                        self._start_direct(inc)
+                    self._took_direct(taken, inc)
                 request = proc.send(answer)
         except StopIteration:
             return
+
+    def _took_direct(self, taken: list[Taken], inc: int) -> None:
+        """As NodeRuntime._took_direct: the leases to this node came back direct; while
+        stopping they go straight back."""
+        if taken and not self.pool.accepting:
+            now = self.now_ms()
+            backs = [Release(t.record.id, t.attempt, self.id, now) for t in taken]
+            self.env.process(self._guard(self._carry_out(backs)))
+        elif taken:
+            self._direct.extend(taken)
+            self._start_direct(inc)
+
+    def _reserve_local_finishes(self) -> tuple[tuple[str, int], ...]:
+        """As NodeRuntime._reserve_local_finishes: while leading, the queued finishes go with
+        this round's first drain and the scheduler hears of their freed slots first."""
+        if not self.sched.leading or not self._local_finishes:
+            return ()
+        batch, more = self._local_finishes.for_drain()
+        if more:
+            self.wake()
+        self._reserved = batch
+        return tuple((f.task_id, f.attempt) for f, _ in batch)
+
+    def _unreserve_local_finishes(self) -> None:
+        if self._reserved:
+            self._local_finishes.put_back(self._reserved)
+            self._reserved = []
+
+    def _finishes_for_drain(self) -> list[tuple[Finish, simpy.Event]]:
+        if self._reserved:
+            batch, self._reserved = self._reserved, []
+            return batch
+        batch, more = self._local_finishes.for_drain()
+        if more:
+            self.wake()  # as the runtime: the rest go with the next drain, at once
+        return batch
 
     # ------------------------------------------------------------------ leader
     def wake(self) -> None:
@@ -448,14 +495,23 @@ class SimNode:
                 checker.on_leader_claim(self.id, term)
             before = self.sched.role
             started = self.now_ms()
+            own_ends = self._reserve_local_finishes()
             proc = leader_round(
-                self.sched, leads, term, self._node_events(started), self.now_ms, self.stats
+                self.sched,
+                leads,
+                term,
+                self._node_events(started),
+                self.now_ms,
+                self.stats,
+                own_ends,
             )
             try:
                 yield from self.serve(proc)
+                self._unreserve_local_finishes()
                 self._finishes_alone(self._local_finishes.to_flush(self.sched.leading))
                 self._handover.after_round(leads, True, started, self.now_ms())
             except StoreUnavailable:
+                self._unreserve_local_finishes()
                 if self._handover.after_round(leads, False, started, self.now_ms()):
                     # As NodeRuntime._hand_over_if_cut_off: let a follower that may reach the
                     # store lead.
@@ -663,7 +719,14 @@ class SimNode:
             if lost is not None:
                 lost()
             return
-        reply = self.world.caller.call(self.id, request)
+        if type(request) is FinishRequest and LocalFinishes.wanted(self.sched.leading, False):
+            # As NodeRuntime._execute (and serve() here): our own leader carries it with its
+            # next drain, and leases its slot in the same round trip.
+            reply = self.env.event()
+            self._local_finishes.add(request.finish, reply)
+            self.wake()
+        else:
+            reply = self.world.caller.call(self.id, request)
         reply.callbacks.append(partial(self._driven, proc, inc, done, request, lost))  # type: ignore[union-attr]
 
     def _driven(

@@ -85,6 +85,18 @@ class FinishDrainRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class FinishApplyDrainRequest:
+    """RedisStore.finish_apply_drain: the leader's own node's finishes, its ops, then its
+    drain, in one round trip and that order (three scripts: each atomic, other requests may
+    come between them, as between a pipeline's commands). Answer: ([written per finish],
+    (apply's answers, direct leases taken), drain's answer)."""
+
+    finishes: tuple[Finish, ...]
+    apply: ApplyRequest
+    drain: DrainRequest
+
+
+@dataclass(frozen=True, slots=True)
 class TakeRequest:
     """Pop this node's next current assignment, waiting up to wait_s. Answer: Taken | None."""
 
@@ -235,6 +247,10 @@ class SimStore:
             # As RedisStore.finish_drain: quiet, no bell (the leader that drains wrote them).
             written = [self._finish(FinishRequest(f), ring=False) for f in request.finishes]
             answer((written, self._drain(node, request.drain)))
+        elif kind is FinishApplyDrainRequest:
+            written = [self._finish(FinishRequest(f), ring=False) for f in request.finishes]
+            applied = self._apply(node, request.apply)
+            answer((written, applied, self._drain(node, request.drain)))
         elif kind is HeartbeatRequest:
             answer(self._heartbeat(request))
         elif kind is SubmitRequest:

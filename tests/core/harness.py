@@ -17,6 +17,7 @@ from core.events import (
     Event,
     Fenced,
     NodeSeen,
+    OwnEnded,
     Rebuilt,
     TasksChanged,
     Tick,
@@ -202,6 +203,29 @@ class Harness:
                 )
             elif isinstance(effect, Release):
                 self.store.release(effect.task_id, effect.attempt, effect.node_id, effect.now_ms)
+        return True
+
+    def complete_own(self, task_id: str, outcome: Outcome) -> bool:
+        """As ``complete`` for a handler on the leader's own node, in the order the drivers
+        write it (core.driver's ApplyDrainRequest): the scheduler hears OwnEnded first and
+        leases the freed slots; the store gets the finish, then those leases, then a drain."""
+        sched = self.leader
+        assert sched is not None
+        pool = self.pools[sched.node_id]
+        attempts = [a for (t, a) in pool.running if t == task_id]
+        if not attempts:
+            return False
+        effects = pool.handler_ended(task_id, max(attempts), outcome, self.now_ms, self.rng)
+        finishes = [e for e in effects if isinstance(e, Finish)]
+        leases = sched.step(OwnEnded(tuple((f.task_id, f.attempt) for f in finishes), self.now_ms))
+        sched.check_invariants()
+        for f in finishes:
+            self.store.finish(f.task_id, f.attempt, f.node_id, f.end, f.now_ms)
+        for effect in effects:
+            if isinstance(effect, Release):
+                self.store.release(effect.task_id, effect.attempt, effect.node_id, effect.now_ms)
+        self.carry_out(leases)
+        self.drain()
         return True
 
     def crash_node(self, node: str) -> None:

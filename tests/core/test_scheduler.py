@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from core.effects import Lease, RaiseEpoch, Rebuild
-from core.events import Elected, EpochRaised, NodeSeen, Rebuilt, TasksChanged
+from core.events import Elected, EpochRaised, NodeSeen, OwnEnded, Rebuilt, TasksChanged
 from core.priority import Priority
 from core.scheduler import InvariantError, Role, Scheduler
 from core.task import TERMINAL, Outcome, RetryPolicy, Status, TaskState
@@ -227,6 +227,30 @@ class SchedulerMachine(RuleBasedStateMachine):
             node, tid = data.draw(st.sampled_from(running))
             self.h.complete(node, tid, Outcome.success() if ok else Outcome.error("E", "x"))
 
+    def _own_running(self) -> list[str]:
+        leader = self.h.leader
+        if leader is None or not leader.leading:
+            return []
+        return sorted(t for t, _ in self.h.pools[leader.node_id].running)
+
+    @precondition(lambda self: bool(self._own_running()))
+    @rule(data=st.data(), ok=st.booleans())
+    def a_handler_of_the_leaders_own_node_ends(self, data: st.DataObject, ok: bool) -> None:
+        # The drivers' one-round-trip path: OwnEnded frees the slot, its lease goes out with
+        # the finish (finish, leases, drain).
+        tid = data.draw(st.sampled_from(self._own_running()))
+        self.h.complete_own(tid, Outcome.success() if ok else Outcome.error("E", "x"))
+
+    @invariant()
+    def no_node_holds_more_leases_than_slots(self) -> None:
+        # What OwnEnded must not break: a slot it frees is leased once, not twice.
+        leased: dict[str, int] = {}
+        for rec in self.h.store.tasks.values():
+            if rec.status is Status.RUNNING:
+                leased[rec.lease_node] = leased.get(rec.lease_node, 0) + 1
+        for node, n in leased.items():
+            assert n <= self.h.slots, f"{node} holds {n} leases on {self.h.slots} slots"
+
     @rule(data=st.data())
     def a_handler_outlives_its_attempt(self, data: st.DataObject) -> None:
         # A thread: its attempt is settled (interrupted), its slot stays held until it returns.
@@ -396,3 +420,123 @@ def test_a_lost_store_answer_makes_the_leader_rebuild() -> None:
     assert sched.role is Role.LEADING
     h.take_all()
     assert [s[0] for s in h.started] == [tid]
+
+
+# ---- the leader's own node: OwnEnded frees slots, their leases ride with the finishes -------
+def test_own_ended_leases_the_freed_slot_before_the_finish_is_written() -> None:
+    h = Harness(nodes=["n1", "n2"], slots=1, seed=1)
+    sched = h.elect("n1")
+    ids = [h.submit() for _ in range(4)]
+    h.cycle(10)
+    [(first, attempt)] = h.pools["n1"].running
+    h.pools["n1"].handler_ended(first, attempt, Outcome.success(), h.now_ms, h.rng)
+    effects = sched.step(OwnEnded(((first, attempt),), h.now_ms))
+    sched.check_invariants()
+    # The store still has the first task running: the lease is decided from the event alone.
+    assert h.store.tasks[first].status is Status.RUNNING
+    leases = [e for e in effects if isinstance(e, Lease)]
+    assert [(e.task_id, e.node_id) for e in leases] == [(ids[2], "n1")]
+    assert first in sched.ending and sched.running_on("n1") == 1
+
+
+def test_own_ended_then_the_drained_end_frees_the_slot_once() -> None:
+    h = Harness(nodes=["n1", "n2"], slots=1, seed=1)
+    sched = h.elect("n1")
+    ids = [h.submit() for _ in range(5)]
+    h.cycle(10)
+    [(first, _)] = h.pools["n1"].running
+    assert h.complete_own(first, Outcome.success())  # OwnEnded, finish, lease, drain
+    assert h.store.tasks[first].status is Status.SUCCEEDED
+    assert not sched.ending
+    # One lease on n1 (the slot's new task), counted once: not freed a second time.
+    assert sched.running_on("n1") == 1
+    assert h.store.tasks[ids[2]].status is Status.RUNNING
+    assert h.store.tasks[ids[2]].lease_node == "n1"
+    assert h.store.tasks[ids[3]].status is Status.QUEUED
+
+
+def test_own_ended_ignores_an_attempt_it_does_not_hold() -> None:
+    h = Harness(nodes=["n1", "n2"], slots=1, seed=1)
+    sched = h.elect("n1")
+    for _ in range(3):
+        h.submit()
+    h.cycle(10)
+    [(own, attempt)] = h.pools["n1"].running
+    [(other, other_attempt)] = h.pools["n2"].running
+    stale = ((own, attempt + 1), (own, attempt - 1), (other, other_attempt), ("nope", 1))
+    effects = sched.step(OwnEnded(stale, h.now_ms))
+    sched.check_invariants()
+    assert not sched.ending and not [e for e in effects if isinstance(e, Lease)]
+    assert sched.running_on("n1") == 1 and sched.running_on("n2") == 1
+
+
+def test_a_running_state_after_own_ended_keeps_the_slot_free() -> None:
+    h = Harness(nodes=["n1"], slots=1, seed=1)
+    sched = h.elect("n1")
+    h.submit()
+    h.cycle(10)
+    [(tid, attempt)] = h.pools["n1"].running
+    sched.step(OwnEnded(((tid, attempt),), h.now_ms))
+    # A drain answered before the finish landed (another path): the same running attempt.
+    sched.step(TasksChanged((h.store.tasks[tid].state(),), h.now_ms))
+    sched.check_invariants()
+    assert tid in sched.ending and sched.running_on("n1") == 0
+
+
+class OwnEndsMachine(RuleBasedStateMachine):
+    """A backlog on a leader whose own node ends handlers through OwnEnded (the drivers'
+    one-round-trip path) beside a node that ends them the ordinary way: no node is ever
+    leased more tasks than it has slots, and the cache stays sound (check_invariants)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.h = Harness(nodes=["n1", "n2"], slots=2, seed=3)
+        self.h.elect("n1")
+
+    @rule(n=st.integers(1, 4), prio=st.sampled_from(list(Priority)))
+    def submit(self, n: int, prio: Priority) -> None:
+        for _ in range(n):
+            self.h.submit(prio, max_retries=1)
+
+    @rule(ms=st.sampled_from([1, 10, 400]))
+    def time_passes(self, ms: int) -> None:
+        self.h.cycle(ms)
+
+    @precondition(lambda self: bool(self.h.pools["n1"].running))
+    @rule(data=st.data(), ok=st.booleans())
+    def own_handler_ends(self, data: st.DataObject, ok: bool) -> None:
+        tid = data.draw(st.sampled_from(sorted(t for t, _ in self.h.pools["n1"].running)))
+        self.h.complete_own(tid, Outcome.success() if ok else Outcome.error("E", "x"))
+
+    @precondition(lambda self: bool(self.h.pools["n2"].running))
+    @rule(data=st.data())
+    def other_handler_ends(self, data: st.DataObject) -> None:
+        tid = data.draw(st.sampled_from(sorted(t for t, _ in self.h.pools["n2"].running)))
+        self.h.complete("n2", tid, Outcome.success())
+
+    @invariant()
+    def leases_within_slots(self) -> None:
+        leased: dict[str, int] = {}
+        for rec in self.h.store.tasks.values():
+            if rec.status is Status.RUNNING:
+                leased[rec.lease_node] = leased.get(rec.lease_node, 0) + 1
+        assert all(n <= self.h.slots for n in leased.values()), leased
+        assert self.h.leader is not None
+        self.h.leader.check_invariants()
+
+    def teardown(self) -> None:
+        h = self.h
+        for _ in range(200):
+            for tid, _ in sorted(h.pools["n1"].running):
+                h.complete_own(tid, Outcome.success())
+            for tid, _ in sorted(h.pools["n2"].running):
+                h.complete("n2", tid, Outcome.success())
+            h.cycle(100)
+            if all(r.status in TERMINAL for r in h.store.tasks.values()):
+                break
+        stuck = {t: r.status for t, r in h.store.tasks.items() if r.status not in TERMINAL}
+        assert not stuck, f"tasks never finished: {stuck}"
+
+
+OwnEndsMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+test_own_ends_properties = OwnEndsMachine.TestCase

@@ -25,7 +25,7 @@ from core.store_model import (
     StoreModel,
     SubmitError,
 )
-from core.task import AttemptEnd, Status
+from core.task import AttemptEnd, Status, TaskState
 from core.worker import Finish, Heartbeat, Release
 from node.redis_server import EmbeddedRedis
 from node.store import RedisStore, StoreUnavailable, _state
@@ -768,6 +768,47 @@ async def test_finish_drain_is_finish_then_drain(store: RedisStore) -> None:
     assert ok is True and fenced == FENCED
     d = await store.get("d")
     assert d is not None and d.status is Status.DEAD
+
+
+async def test_finish_apply_drain_is_finish_then_apply_then_drain(store: RedisStore) -> None:
+    await store.submit([new("s"), new("x"), new("y")], NOW)
+    attempt = await leased(store, "s")
+    assert await store.drain(1, 100) != FENCED  # the inbox is empty now
+    answers, (applied, taken), drained = await store.finish_apply_drain(
+        [finish("s", attempt, "n1", Status.SUCCEEDED, failures=0, result=[7])],
+        [Lease(1, "x", "n1", NOW + 10_000, NOW), Lease(1, "y", "n2", NOW + 10_000, NOW)],
+        "n1",
+        1,
+        100,
+    )
+    assert answers == [True]
+    s = await store.get("s")
+    assert s is not None and s.status is Status.SUCCEEDED
+    # The leases were applied: the one to the caller's own node came back direct (no
+    # assignment list entry), the other went on n2's list.
+    assert [a.status if isinstance(a, TaskState) else a for a in applied] == [Status.RUNNING] * 2
+    assert [t.record.id for t in taken] == ["x"]
+    assert await store.take_many("n1", 10) == []
+    assert [t.record.id for t in await store.take_many("n2", 10)] == ["y"]
+    # The drain ran last: it answers the finish just written, not the leases (the caller has
+    # their answers already).
+    assert drained == [s.state()]
+    # A deposed leader's ops and drain are refused; the finish (a worker write) is applied.
+    await store.submit([new("z")], NOW)
+    await store.drain(1, 100)
+    a2 = taken[0].attempt
+    assert await store.raise_epoch(2)
+    [ok], (applied, taken), fenced = await store.finish_apply_drain(
+        [finish("x", a2, "n1", Status.SUCCEEDED, failures=0)],
+        [Lease(1, "z", "n1", NOW + 10_000, NOW)],
+        "n1",
+        1,
+        100,
+    )
+    assert ok is True and applied == [FENCED] and taken == [] and fenced == FENCED
+    z = await store.get("z")
+    assert z is not None and z.status is Status.QUEUED
+    check_indexes(await snapshot(store.redis, store.base), store.base)
 
 
 async def test_concurrent_finishes_are_group_committed(store: RedisStore) -> None:
