@@ -232,7 +232,11 @@ class WorkerPool:
         dues = [d for d in (self._next_heartbeat_ms, self._shutdown_at_ms) if d is not None]
         if self._timeouts:
             dues.append(self._timeouts[0][0])
-        dues.extend(r.held_until_ms for r in self.running.values() if r.stop is None)
+        dues.extend(
+            r.held_until_ms
+            for r in self.running.values()
+            if r.stop is None or r.stop is StopReason.SHUTDOWN
+        )
         return min(dues) if dues else None
 
     def tick(self, now_ms: int) -> list[WorkerEffect]:
@@ -252,9 +256,11 @@ class WorkerPool:
             if run.stop in (None, StopReason.SHUTDOWN) and now_ms >= run.held_until_ms:
                 # No heartbeat of ours landed before the lease ran out (the store unreachable,
                 # the node paused): the task may already run elsewhere. Stop, write nothing;
-                # the leader's expiry counts it and runs it again.
+                # the leader's expiry counts it and runs it again. A run our shutdown stopped
+                # was interrupted already: its end is not written either, but no second stop.
+                if run.stop is None:
+                    effects.append(Interrupt(task_id, attempt, StopReason.LEASE_LOST))
                 run.stop = StopReason.LEASE_LOST
-                effects.append(Interrupt(task_id, attempt, run.stop))
         if self._next_heartbeat_ms is not None and now_ms >= self._next_heartbeat_ms:
             deadline = now_ms + self.lease_ms
             for (task_id, attempt), run in sorted(self.running.items()):

@@ -126,3 +126,19 @@ def test_a_run_taken_with_little_lease_left_is_renewed_before_it_lapses() -> Non
     for b in beats:
         pool.lease_held(b.task_id, b.attempt, b.deadline_ms)
     assert not [e for e in pool.tick(T0 + 150 + 400) if isinstance(e, Interrupt)]
+
+
+def test_a_run_stopped_by_shutdown_whose_lease_lapses_is_not_stopped_twice() -> None:
+    pool = WorkerPool("n1", slots=1, lease_ms=LEASE_MS)
+    pool.start(assignment("a", 1, T0 + LEASE_MS), T0)
+    # Shutdown with no grace: the handler is told to stop, and goes on (a cleanup, a thread).
+    assert [e for e in pool.shutdown(T0 + 10, 0) if isinstance(e, Interrupt)] == [
+        Interrupt("a", 1, StopReason.SHUTDOWN)
+    ]
+    # Its heartbeats go unanswered; the driver is woken for the lapse, which stops nothing more.
+    due = pool.next_due_ms()
+    assert due is not None and due <= T0 + LEASE_MS
+    assert not [e for e in pool.tick(T0 + LEASE_MS) if isinstance(e, Interrupt)]
+    assert pool.running[("a", 1)].stop is StopReason.LEASE_LOST
+    # Past its lease, its end is not written (the task may run elsewhere by now).
+    assert pool.handler_ended("a", 1, Outcome.success(), T0 + LEASE_MS + 5, random.Random(0)) == []
