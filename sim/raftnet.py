@@ -42,7 +42,7 @@ from pysyncobj.node import Node  # type: ignore[import-untyped, unused-ignore]
 from pysyncobj.transport import Transport  # type: ignore[import-untyped, unused-ignore]
 
 from node.raft import RaftConfig, RaftMember, RaftStatus, RestartableMemoryJournal
-from sim.simenv import call_at, fire_if_pending
+from sim.simenv import call_at, call_later, fire_if_pending
 
 # The simulated clock starts here rather than at 0, like a real monotonic clock: pysyncobj keeps
 # a few "last time" fields initialised to 0 that must read as long ago.
@@ -68,6 +68,8 @@ SKIP_IDLE_TICKS = True
 # A timer within this much of a grid point counts as due there (clock values are floats).
 _DUE_MARGIN_S = 1e-6
 _NO_SKIP = -math.inf
+# Trace entries hashed per update.
+_TRACE_CHUNK = 512
 
 
 class _NoPoller:
@@ -174,7 +176,8 @@ def simulated_pysyncobj(env: simpy.Environment, seed: int) -> Iterator[random.Ra
         raise RuntimeError("one simulated pysyncobj at a time (the patch is module-global)")
     rng = random.Random(f"{seed}/pysyncobj")  # str seed: hashed with sha512, not hash()
     saved = (_syncobj.monotonicTime, _syncobj.random)
-    _syncobj.monotonicTime = lambda: CLOCK_EPOCH_S + env.now
+    # env._now, not the env.now property: pysyncobj reads its clock ~150k times a sim-minute.
+    _syncobj.monotonicTime = lambda: CLOCK_EPOCH_S + env._now
     # pysyncobj calls random.random() on its module-level `random` for election timeouts.
     _syncobj.random = rng
     _patched = True
@@ -270,7 +273,7 @@ class SimNetwork:
         return conn
 
     def now(self) -> float:
-        return CLOCK_EPOCH_S + float(self.env.now)
+        return CLOCK_EPOCH_S + float(self.env._now)
 
     def _stream(self, src: str, dst: str) -> _Stream:
         stream = self._streams.get((src, dst))
@@ -299,8 +302,12 @@ class SimNetwork:
             return
         stream.generation += 1
         generation = stream.generation
-        event = self.env.timeout(max(0.0, head.arrive_at - self.env.now))
-        event.callbacks.append(lambda _event: self._pump(stream, generation))
+        # What env.timeout(delay) with one callback would schedule, as one Timer.
+        call_later(
+            self.env,
+            max(0.0, head.arrive_at - self.env._now),
+            functools.partial(self._pump, stream, generation),
+        )
 
     def _pump(self, stream: _Stream, generation: int) -> None:
         if generation != stream.generation:
@@ -527,6 +534,7 @@ class SimRaftCluster:
         self._n_initial = n
         self._delays = (delay_min_s, delay_max_s, jitter_s)
         self._hash = hashlib.blake2b(digest_size=16)
+        self._pending: list[bytes] = []  # traced, not hashed yet (see _flush_trace)
         self._hosts: list[_Host] = []
         self._partitions: dict[int, list[tuple[str, str]]] = {}
         self._next_partition_id = 0
@@ -650,7 +658,7 @@ class SimRaftCluster:
             # What arrived first (pysyncobj reads in poll() at the end of a tick), then a tick.
             while host.inbox and host.transport is not None and host.incarnation == incarnation:
                 src, item = host.inbox.popleft()
-                self._trace("recv", host.addr, src, item.kind, item.conn.conn_id, item.payload)
+                self._trace_recv(host.addr, src, item)
                 host.transport.process(src, item)
             if host.member is None or host.incarnation != incarnation:
                 return
@@ -818,6 +826,7 @@ class SimRaftCluster:
 
     def trace_hash(self) -> str:
         """Digest of every arrival read by a member, every status change and every fault."""
+        self._flush_trace()
         return self._hash.hexdigest()
 
     # ------------------------------------------------------------------ internals
@@ -841,12 +850,31 @@ class SimRaftCluster:
 
     def _trace(self, *parts: Any) -> None:
         self.events_traced += 1
-        update = self._hash.update
+        pending = self._pending
         now = round(float(self.env._now), 9)
         payloads = [p for p in parts if isinstance(p, bytes)]
         if payloads:
-            update(repr((now, *[p for p in parts if not isinstance(p, bytes)])).encode())
-            for p in payloads:
-                update(p)
+            pending.append(repr((now, *[p for p in parts if not isinstance(p, bytes)])).encode())
+            pending.extend(payloads)
         else:
-            update(repr((now, *parts)).encode())
+            pending.append(repr((now, *parts)).encode())
+        if len(pending) >= _TRACE_CHUNK:
+            self._flush_trace()
+
+    def _trace_recv(self, addr: str, src: str, item: _Item) -> None:
+        """_trace("recv", addr, src, item.kind, item.conn.conn_id, item.payload), the hottest
+        trace event, without sorting its parts."""
+        self.events_traced += 1
+        pending = self._pending
+        now = round(float(self.env._now), 9)
+        pending.append(repr((now, "recv", addr, src, item.kind, item.conn.conn_id)).encode())
+        pending.append(item.payload)
+        if len(pending) >= _TRACE_CHUNK:
+            self._flush_trace()
+
+    def _flush_trace(self) -> None:
+        # One hash update per chunk: blake2b of the concatenation is the digest of the updates.
+        pending = self._pending
+        if pending:
+            self._hash.update(b"".join(pending))
+            pending.clear()
