@@ -353,6 +353,7 @@ class SimNode:
                     continue
                 inc = self.incarnation
                 kind = type(request)
+                taken_with: list[Taken] = []  # direct leases of an ApplyDrainRequest
                 if kind is FinishRequest and LocalFinishes.wanted(self.sched.leading, False):
                     # As NodeRuntime._execute: our own leader carries it with its next drain.
                     # (The runtime's loops stop only once the node is down here: never False.)
@@ -382,8 +383,7 @@ class SimNode:
                         for (_, done), ok in zip(batch, written, strict=True):
                             done.succeed(ok)
                         if kind is ApplyDrainRequest:
-                            (applied, taken), drained = rest
-                            self._took_direct(taken, inc)
+                            (applied, taken_with), drained = rest
                             answer = (applied, drained)
                         else:
                             answer = rest[0]
@@ -396,9 +396,13 @@ class SimNode:
                     self.world.trace.emit(self.env._now, "no-answer", node_id, name)
                     request = proc.throw(StoreUnavailable(name))
                     continue
+                # Direct leases start only once the node runs again (as the runtime, which does
+                # nothing while paused or down).
                 if type(request) is ApplyRequest:
                     answer, taken = answer
                     self._took_direct(taken, inc)
+                elif taken_with:
+                    self._took_direct(taken_with, inc)
                 request = proc.send(answer)
         except StopIteration:
             return

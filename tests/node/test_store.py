@@ -771,9 +771,12 @@ async def test_finish_drain_is_finish_then_drain(store: RedisStore) -> None:
 
 
 async def test_finish_apply_drain_is_finish_then_apply_then_drain(store: RedisStore) -> None:
-    await store.submit([new("s"), new("x"), new("y")], NOW)
+    await store.submit([new("s")], NOW)
     attempt = await leased(store, "s")
     assert await store.drain(1, 100) != FENCED  # the inbox is empty now
+    # x and y's notifications wait in the inbox (submitted, not drained): the drain must run
+    # after the leases, so it answers their leased state, not the queued one it was told of.
+    await store.submit([new("x"), new("y")], NOW)
     answers, (applied, taken), drained = await store.finish_apply_drain(
         [finish("s", attempt, "n1", Status.SUCCEEDED, failures=0, result=[7])],
         [Lease(1, "x", "n1", NOW + 10_000, NOW), Lease(1, "y", "n2", NOW + 10_000, NOW)],
@@ -790,9 +793,14 @@ async def test_finish_apply_drain_is_finish_then_apply_then_drain(store: RedisSt
     assert [t.record.id for t in taken] == ["x"]
     assert await store.take_many("n1", 10) == []
     assert [t.record.id for t in await store.take_many("n2", 10)] == ["y"]
-    # The drain ran last: it answers the finish just written, not the leases (the caller has
-    # their answers already).
-    assert drained == [s.state()]
+    # The drain ran last: the finish just written, and x and y as leased (not as queued).
+    assert isinstance(drained, list)
+    by_id = {d.id: d for d in drained}
+    assert by_id.pop("s") == s.state()
+    assert {t: (d.status, d.lease_node) for t, d in by_id.items()} == {
+        "x": (Status.RUNNING, "n1"),
+        "y": (Status.RUNNING, "n2"),
+    }
     # A deposed leader's ops and drain are refused; the finish (a worker write) is applied.
     await store.submit([new("z")], NOW)
     await store.drain(1, 100)
