@@ -25,7 +25,7 @@ from core.events import (
 from core.priority import Priority
 from core.scheduler import Scheduler, SchedulerConfig
 from core.store_model import FENCED, NewTask, StoreModel
-from core.task import Outcome, RetryPolicy, TaskState
+from core.task import Outcome, RetryPolicy, Status, TaskState
 from core.worker import Assignment, Finish, Heartbeat, Release, RunHandler, WorkerPool
 
 
@@ -227,6 +227,14 @@ class Harness:
         self.carry_out(leases)
         self.drain()
         return True
+
+    def leases_per_node(self) -> dict[str, int]:
+        """How many running tasks the store holds leased to each node."""
+        leased: dict[str, int] = {}
+        for rec in self.store.tasks.values():
+            if rec.status is Status.RUNNING:
+                leased[rec.lease_node] = leased.get(rec.lease_node, 0) + 1
+        return leased
 
     def crash_node(self, node: str) -> None:
         """Volatile state lost: its running handlers vanish without a word."""

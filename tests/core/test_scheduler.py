@@ -244,11 +244,7 @@ class SchedulerMachine(RuleBasedStateMachine):
     @invariant()
     def no_node_holds_more_leases_than_slots(self) -> None:
         # What OwnEnded must not break: a slot it frees is leased once, not twice.
-        leased: dict[str, int] = {}
-        for rec in self.h.store.tasks.values():
-            if rec.status is Status.RUNNING:
-                leased[rec.lease_node] = leased.get(rec.lease_node, 0) + 1
-        for node, n in leased.items():
+        for node, n in self.h.leases_per_node().items():
             assert n <= self.h.slots, f"{node} holds {n} leases on {self.h.slots} slots"
 
     @rule(data=st.data())
@@ -516,10 +512,7 @@ class OwnEndsMachine(RuleBasedStateMachine):
 
     @invariant()
     def leases_within_slots(self) -> None:
-        leased: dict[str, int] = {}
-        for rec in self.h.store.tasks.values():
-            if rec.status is Status.RUNNING:
-                leased[rec.lease_node] = leased.get(rec.lease_node, 0) + 1
+        leased = self.h.leases_per_node()
         assert all(n <= self.h.slots for n in leased.values()), leased
         assert self.h.leader is not None
         self.h.leader.check_invariants()
