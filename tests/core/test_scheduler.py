@@ -419,11 +419,17 @@ def test_a_lost_store_answer_makes_the_leader_rebuild() -> None:
 
 
 # ---- the leader's own node: OwnEnded frees slots, their leases ride with the finishes -------
-def test_own_ended_leases_the_freed_slot_before_the_finish_is_written() -> None:
+def _leading_with_backlog(tasks: int) -> tuple[Harness, Scheduler, list[str]]:
+    """n1 leads, n1 and n2 run one task each (one slot apiece), the rest wait queued."""
     h = Harness(nodes=["n1", "n2"], slots=1, seed=1)
     sched = h.elect("n1")
-    ids = [h.submit() for _ in range(4)]
+    ids = [h.submit() for _ in range(tasks)]
     h.cycle(10)
+    return h, sched, ids
+
+
+def test_own_ended_leases_the_freed_slot_before_the_finish_is_written() -> None:
+    h, sched, ids = _leading_with_backlog(4)
     [(first, attempt)] = h.pools["n1"].running
     h.pools["n1"].handler_ended(first, attempt, Outcome.success(), h.now_ms, h.rng)
     effects = sched.step(OwnEnded(((first, attempt),), h.now_ms))
@@ -436,10 +442,7 @@ def test_own_ended_leases_the_freed_slot_before_the_finish_is_written() -> None:
 
 
 def test_own_ended_then_the_drained_end_frees_the_slot_once() -> None:
-    h = Harness(nodes=["n1", "n2"], slots=1, seed=1)
-    sched = h.elect("n1")
-    ids = [h.submit() for _ in range(5)]
-    h.cycle(10)
+    h, sched, ids = _leading_with_backlog(5)
     [(first, _)] = h.pools["n1"].running
     assert h.complete_own(first, Outcome.success())  # OwnEnded, finish, lease, drain
     assert h.store.tasks[first].status is Status.SUCCEEDED
@@ -452,11 +455,7 @@ def test_own_ended_then_the_drained_end_frees_the_slot_once() -> None:
 
 
 def test_own_ended_ignores_an_attempt_it_does_not_hold() -> None:
-    h = Harness(nodes=["n1", "n2"], slots=1, seed=1)
-    sched = h.elect("n1")
-    for _ in range(3):
-        h.submit()
-    h.cycle(10)
+    h, sched, _ = _leading_with_backlog(3)
     [(own, attempt)] = h.pools["n1"].running
     [(other, other_attempt)] = h.pools["n2"].running
     stale = ((own, attempt + 1), (own, attempt - 1), (other, other_attempt), ("nope", 1))
