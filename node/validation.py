@@ -276,12 +276,14 @@ def _parse_run_at(value: Any, field: str, intake: Intake) -> int:
     if seconds < 0:
         raise RequestError(field, "must not be before 1970-01-01T00:00:00Z")
     latest_ms = intake.now_ms + intake.limits.delay_s_max * 1000
-    run_at_ms = round(seconds * 1000)
-    if run_at_ms > latest_ms:
+    ms = seconds * 1000
+    # A float near its maximum is infinity in milliseconds, which round() cannot make an
+    # integer (an OverflowError: a 500, not this 422): anything that far out is refused first.
+    if ms > latest_ms + 1 or round(ms) > latest_ms:
         raise RequestError(
             field, f"is more than {intake.limits.delay_s_max} seconds (delay_s_max) away"
         )
-    return run_at_ms
+    return round(ms)
 
 
 def _parse_depends_on(value: Any, field: str, intake: Intake) -> tuple[str, ...]:

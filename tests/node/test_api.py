@@ -324,6 +324,9 @@ BAD_BODIES = [
     ({"type": "echo", "delay_s": -0.5}, 422, "delay_s"),
     ({"type": "echo", "delay_s": 1, "run_at": "2030-01-01T00:00:00Z"}, 422, "run_at"),
     ({"type": "echo", "run_at": "yesterday"}, 422, "run_at"),
+    # Epoch seconds so far out that they are infinity in milliseconds (found by hypothesis).
+    ({"type": "echo", "run_at": 1.797693134862316e305}, 422, "run_at"),
+    ({"type": "echo", "run_at": 10**400}, 422, "run_at"),
     ({"type": "echo", "depends_on": ["a", "a"]}, 422, "depends_on[1]"),
     ({"type": "echo", "depends_on": ["a", "b", "c", "d"]}, 422, "depends_on"),
     ({"type": "echo", "idempotency_key": ""}, 422, "idempotency_key"),
