@@ -352,8 +352,8 @@ def test_bench_e2e_noop(
     pinned: bool,
 ) -> None:
     # pinned (diagnostic): the node and its Redis share one CPU. With 5 workers every task is
-    # a round trip between them; on this host a round trip across CPUs costs Redis about
-    # twice the CPU of one within a CPU (an apply of one lease: 86 against 41 us), so the
+    # a round trip between them, and a round trip across CPUs can cost both far more CPU than
+    # one within a CPU: this row beside the unpinned one shows how much here, and that the
     # unpinned figure depends on where the OS put the two processes.
     with local_node(tmp_path, workers=workers) as (node, redis):
         if pinned and _pin_to_one_cpu(node.pid, redis.pid) is None:

@@ -174,12 +174,11 @@ def _leader_round(
         yield from feed(sched, Elected(term, now_ms()), now_ms, stats)
     elif not leads and sched.fence_term:
         yield from feed(sched, Deposed(now_ms()), now_ms, stats)
-    first = True
     while sched.leading:
         ops: tuple[Lease | Expire | Promote, ...] = ()
-        if first and own_ends:
+        if own_ends:  # the round's first drain only: it carries their finishes
             ops = _own_ended(sched, OwnEnded(own_ends, now_ms()), stats)
-        first = False
+            own_ends = ()
         pending: list[Effect] = []
         if ops:
             answers, drained = yield ApplyDrainRequest(ops, sched.term, DRAIN_BATCH_MAX)

@@ -113,22 +113,29 @@ class LocalFinishes(Generic[W]):
     round trip, so the drain sees them at once and no bell is rung). ``W`` is the driver's
     waiter (an asyncio future, a SimPy event), answered with the finish's result.
 
+    A leader round may :meth:`reserve` a drain's worth at its start: the scheduler hears of
+    them (leader_round's own_ends) and leases their slots in the same round trip, so the
+    round's first drain must carry exactly those (:meth:`for_drain` hands them out first);
+    a round that ends before its drain gives them back with :meth:`unreserve`.
+
     A finish is queued only while this node leads and its loops run; whatever is left when
     it stops leading (or stops) goes alone, as a follower's would."""
 
-    __slots__ = ("_queue",)
+    __slots__ = ("_queue", "_reserved")
 
     def __init__(self) -> None:
         self._queue: list[tuple[Finish, W]] = []
+        self._reserved: list[tuple[Finish, W]] = []
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return len(self._reserved) + len(self._queue)
 
     def __bool__(self) -> bool:
-        return bool(self._queue)
+        return bool(self._reserved or self._queue)
 
     def __iter__(self) -> Iterator[tuple[Finish, W]]:
-        return iter(self._queue)
+        yield from self._reserved
+        yield from self._queue
 
     @staticmethod
     def wanted(leading: bool, loops_stopped: bool) -> bool:
@@ -138,9 +145,7 @@ class LocalFinishes(Generic[W]):
     def add(self, finish: Finish, waiter: W) -> None:
         self._queue.append((finish, waiter))
 
-    def for_drain(self) -> tuple[list[tuple[Finish, W]], bool]:
-        """The finishes for the drain about to go, oldest first, and whether more are left
-        (the driver then wakes its leader loop again at once)."""
+    def _batch(self) -> tuple[list[tuple[Finish, W]], bool]:
         queue = self._queue
         if len(queue) <= LOCAL_FINISHES_PER_DRAIN_MAX:
             self._queue = []
@@ -149,18 +154,40 @@ class LocalFinishes(Generic[W]):
         del queue[:LOCAL_FINISHES_PER_DRAIN_MAX]
         return batch, True
 
-    def put_back(self, batch: list[tuple[Finish, W]]) -> None:
-        """Finishes taken for a drain that was not sent: first in line again, in order."""
-        self._queue[:0] = batch
+    def reserve(self, leading: bool) -> tuple[tuple[tuple[str, int], ...], bool]:
+        """At a leader round's start, while leading: a drain's worth for the round's first
+        drain, as (task id, attempt) for the scheduler, and whether more are left (the driver
+        then wakes its leader loop again at once)."""
+        self.unreserve()
+        if not leading or not self._queue:
+            return (), False
+        self._reserved, more = self._batch()
+        return tuple((f.task_id, f.attempt) for f, _ in self._reserved), more
+
+    def unreserve(self) -> None:
+        """The round ended without sending its reserved finishes: first in line again."""
+        if self._reserved:
+            self._queue[:0] = self._reserved
+            self._reserved = []
+
+    def for_drain(self) -> tuple[list[tuple[Finish, W]], bool]:
+        """The finishes for the drain about to go, oldest first (the reserved ones, if any),
+        and whether more are left (the driver then wakes its leader loop again at once)."""
+        if self._reserved:
+            batch, self._reserved = self._reserved, []
+            return batch, False  # reserve() already told of the rest
+        return self._batch()
 
     def to_flush(self, leading: bool) -> list[tuple[Finish, W]]:
         """After a round: the finishes no drain of ours will carry (not leading now), to go
         alone. Empty while leading."""
+        self.unreserve()
         if leading or not self._queue:
             return []
         return self.take_all()
 
     def take_all(self) -> list[tuple[Finish, W]]:
+        self.unreserve()
         batch, self._queue = self._queue, []
         return batch
 

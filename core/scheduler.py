@@ -421,17 +421,17 @@ class Scheduler:
             verified.lease_busy = lease_busy
         busy = verified.lease_busy
         ending = self.ending
+        if ending or leasing:
+            busy = busy.copy()
         if ending:
             if not ending <= leases.keys():
                 raise InvariantError("a task counted as ending is not leased")
-            busy = busy.copy()
             for tid in ending:
                 node_id = leases[tid].lease_node
                 if node_id != self.node_id:
                     raise InvariantError(f"{tid} counted as ending on another node, {node_id}")
                 busy[node_id] -= 1
         if leasing:
-            busy = busy.copy() if not ending else busy
             for node_id in leasing.values():
                 busy[node_id] = busy.get(node_id, 0) + 1
         for node_id, node in self.nodes.items():

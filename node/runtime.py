@@ -164,9 +164,6 @@ class NodeRuntime:
         # This node's finishes while it leads: its leader's next drain carries them to Redis
         # (finish, then drain, one round trip), so the drain sees them at once.
         self._local_finishes: LocalFinishes[asyncio.Future[bool]] = LocalFinishes()
-        # The local finishes this leader round reported to its scheduler (own_ends): they go
-        # with the round's first drain, whatever else was queued since.
-        self._reserved: list[tuple[Finish, asyncio.Future[bool]]] = []
         self._depth_shown: dict[Priority, int] | None = None
         # This node's own entry in the leader's NodeSeen events (own_seen_due).
         self._own_seen: tuple[int, int] | None = None
@@ -444,13 +441,14 @@ class NodeRuntime:
                 self._seen_leader = leader
             # Only a leader's round talks to the store: a follower's tells nothing of it.
             touches_store = leads or self.scheduler.leading
-            own_ends = self._reserve_local_finishes()
+            own_ends, more = self._local_finishes.reserve(self.scheduler.leading)
+            if more:
+                self._wake.set()  # the rest go with the next drain, at once
             proc = leader_round(
                 self.scheduler, leads, term, events, now_ms, self.leader_stats, own_ends
             )
             try:
                 await self._serve(proc)
-                self._unreserve_local_finishes()
                 if touches_store:
                     if self._store_lost_logged_at is not None:
                         self._store_lost_logged_at = None
@@ -473,7 +471,9 @@ class NodeRuntime:
                 log.exception("leader loop round failed")
                 await asyncio.sleep(0.2)
             finally:
-                self._unreserve_local_finishes()
+                # A round that ended before its drain (deposed, the store lost on the way)
+                # sent none of its reserved finishes: they wait for the next one, or go alone.
+                self._local_finishes.unreserve()
             if self.leader_stats.epoch_refused_term:
                 self.leader_stats.epoch_refused_term = 0
                 refused = getattr(self.leadership, "epoch_refused", None)
@@ -507,40 +507,14 @@ class NodeRuntime:
             log.warning("leading without reaching the store: handing leadership over")
             hand_over()
 
-    def _reserve_local_finishes(self) -> tuple[tuple[str, int], ...]:
-        """At a round's start, while leading: the finishes queued for our own leader's drain go
-        with this round's first drain, and the scheduler hears now that their slots are free
-        (leader_round's own_ends), so it leases them in the same round trip."""
-        if not self.scheduler.leading or not self._local_finishes:
-            return ()
-        batch, more = self._local_finishes.for_drain()
-        if more:
-            self._wake.set()  # the rest go with the next drain, at once
-        self._reserved = batch
-        return tuple((f.task_id, f.attempt) for f, _ in batch)
-
-    def _unreserve_local_finishes(self) -> None:
-        """A round that ended before its drain (deposed, the store lost on the way) sent none
-        of its reserved finishes: they wait for the next drain, first, or go alone."""
-        if self._reserved:
-            self._local_finishes.put_back(self._reserved)
-            self._reserved = []
-
-    def _finishes_for_drain(self) -> list[tuple[Finish, asyncio.Future[bool]]]:
-        if self._reserved:
-            batch, self._reserved = self._reserved, []
-            return batch
-        batch, more = self._local_finishes.for_drain()
-        if more:
-            self._wake.set()
-        return batch
-
     async def _finish_drain(
         self, request: DrainRequest | ApplyDrainRequest
     ) -> tuple[list[Any] | None, list[Any] | str]:
         """The finishes for this drain, then the request's ops (if any), then the drain, in
         one round trip. Answers the ops' answers (None without ops) and the drain's."""
-        batch = self._finishes_for_drain()
+        batch, more = self._local_finishes.for_drain()
+        if more:
+            self._wake.set()  # the rest go with the next drain, at once
         finishes = [f for f, _ in batch]
         applied: list[Any] | None = None
         try:
@@ -631,7 +605,7 @@ class NodeRuntime:
     async def _execute(self, request: Request) -> Any:
         store = self.store
         if isinstance(request, DrainRequest):
-            if not self._local_finishes and not self._reserved:
+            if not self._local_finishes:
                 return await store.drain(request.term, request.count_max)
             return (await self._finish_drain(request))[1]
         if isinstance(request, ApplyDrainRequest):

@@ -178,7 +178,6 @@ class SimNode:
         self._direct: deque[Taken] = deque()
         # As NodeRuntime: this node's finishes while it leads ride its leader's next drain.
         self._local_finishes: LocalFinishes[simpy.Event] = LocalFinishes()
-        self._reserved: list[tuple[Finish, simpy.Event]] = []
         self._take_policy = TakePolicy()
         self._handover = HandoverWatch()
         self._registry_info: dict[str, tuple[int, int]] = {}
@@ -210,7 +209,6 @@ class SimNode:
         self._own_seen = None
         self._direct = deque()
         self._local_finishes = LocalFinishes()
-        self._reserved = []
         self._take_policy = TakePolicy()
         self._handover = HandoverWatch()
         inc = self.incarnation
@@ -286,7 +284,6 @@ class SimNode:
         if self.incarnation != inc:
             return  # crashed meanwhile
         # As NodeRuntime.stop once its loops have stopped: finishes still queued go alone.
-        self._unreserve_local_finishes()  # a round's, not sent yet: they go alone too
         for finish, done in self._local_finishes.take_all():
             try:
                 done.succeed((yield from self.call(FinishRequest(finish))))
@@ -361,10 +358,10 @@ class SimNode:
                     self._local_finishes.add(request.finish, done)
                     self.wake()
                     answer = yield done
-                elif kind is ApplyDrainRequest or (
-                    kind is DrainRequest and (self._reserved or self._local_finishes)
-                ):
-                    batch = self._finishes_for_drain()
+                elif kind is ApplyDrainRequest or (kind is DrainRequest and self._local_finishes):
+                    batch, more = self._local_finishes.for_drain()
+                    if more:
+                        self.wake()  # as the runtime: the rest go with the next drain, at once
                     finishes = tuple(f for f, _ in batch)
                     if kind is ApplyDrainRequest:
                         combined: Any = FinishApplyDrainRequest(
@@ -417,31 +414,6 @@ class SimNode:
         elif taken:
             self._direct.extend(taken)
             self._start_direct(inc)
-
-    def _reserve_local_finishes(self) -> tuple[tuple[str, int], ...]:
-        """As NodeRuntime._reserve_local_finishes: while leading, the queued finishes go with
-        this round's first drain and the scheduler hears of their freed slots first."""
-        if not self.sched.leading or not self._local_finishes:
-            return ()
-        batch, more = self._local_finishes.for_drain()
-        if more:
-            self.wake()
-        self._reserved = batch
-        return tuple((f.task_id, f.attempt) for f, _ in batch)
-
-    def _unreserve_local_finishes(self) -> None:
-        if self._reserved:
-            self._local_finishes.put_back(self._reserved)
-            self._reserved = []
-
-    def _finishes_for_drain(self) -> list[tuple[Finish, simpy.Event]]:
-        if self._reserved:
-            batch, self._reserved = self._reserved, []
-            return batch
-        batch, more = self._local_finishes.for_drain()
-        if more:
-            self.wake()  # as the runtime: the rest go with the next drain, at once
-        return batch
 
     # ------------------------------------------------------------------ leader
     def wake(self) -> None:
@@ -499,7 +471,9 @@ class SimNode:
                 checker.on_leader_claim(self.id, term)
             before = self.sched.role
             started = self.now_ms()
-            own_ends = self._reserve_local_finishes()
+            own_ends, more = self._local_finishes.reserve(self.sched.leading)
+            if more:
+                self.wake()  # as the runtime: the rest go with the next drain, at once
             proc = leader_round(
                 self.sched,
                 leads,
@@ -511,11 +485,10 @@ class SimNode:
             )
             try:
                 yield from self.serve(proc)
-                self._unreserve_local_finishes()
                 self._finishes_alone(self._local_finishes.to_flush(self.sched.leading))
                 self._handover.after_round(leads, True, started, self.now_ms())
             except StoreUnavailable:
-                self._unreserve_local_finishes()
+                self._local_finishes.unreserve()
                 if self._handover.after_round(leads, False, started, self.now_ms()):
                     # As NodeRuntime._hand_over_if_cut_off: let a follower that may reach the
                     # store lead.

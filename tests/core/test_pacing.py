@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.pacing import (
@@ -36,37 +36,58 @@ OPS = st.lists(
         st.tuples(st.just("drain"), st.just(0)),
         st.tuples(st.just("flush"), st.booleans()),
         st.tuples(st.just("all"), st.just(0)),
+        st.tuples(st.just("reserve"), st.booleans()),
+        st.tuples(st.just("unreserve"), st.just(0)),
     ),
     max_size=12,
 )
 
 
 @given(OPS)
+@settings(max_examples=400)
 def test_local_finishes_leave_once_each_oldest_first_at_most_a_drains_worth(
     ops: list[tuple[str, int]],
 ) -> None:
     q: LocalFinishes[int] = LocalFinishes()
     added: list[int] = []
     out: list[int] = []
+    reserved: list[int] = []  # what the last reserve() told the scheduler of
     for op, arg in ops:
         if op == "add":
             for _ in range(arg):
                 i = len(added)
                 q.add(finish(i), i)
                 added.append(i)
+        elif op == "reserve":
+            before = len(q)
+            ends, more = q.reserve(leading=bool(arg))
+            reserved = [int(tid[1:]) for tid, _ in ends]
+            assert len(q) == before  # reserved, not gone
+            assert len(reserved) == (min(before, LOCAL_FINISHES_PER_DRAIN_MAX) if arg else 0)
+            assert more == (bool(arg) and before > LOCAL_FINISHES_PER_DRAIN_MAX)
+        elif op == "unreserve":
+            q.unreserve()
+            reserved = []
         elif op == "drain":
             before = len(q)
             batch, more = q.for_drain()
-            assert len(batch) == min(before, LOCAL_FINISHES_PER_DRAIN_MAX)
-            assert more == (len(q) > 0)
+            if reserved:
+                # The round's first drain carries exactly what the scheduler was told of.
+                assert [w for _, w in batch] == reserved and not more
+            else:
+                assert len(batch) == min(before, LOCAL_FINISHES_PER_DRAIN_MAX)
+                assert more == (len(q) > 0)
+            reserved = []
             out += [w for _, w in batch]
         elif op == "flush":
             before = len(q)
             batch = q.to_flush(leading=bool(arg))
             assert len(batch) == (0 if arg else before)
             out += [w for _, w in batch]
+            reserved = []
         else:
             out += [w for _, w in q.take_all()]
+            reserved = []
         # Each finish carries its own waiter, and none leaves twice or out of order.
         assert out == added[: len(out)]
     assert out + [w for _, w in q] == added
