@@ -31,8 +31,8 @@ from core.events import (
     TasksChanged,
     Tick,
 )
-from core.scheduler import Scheduler
-from core.store_model import FENCED, StoreUnavailable
+from core.scheduler import InvariantError, Scheduler
+from core.store_model import FENCED
 from core.task import Outcome, Status, TaskState
 from core.worker import Finish, Heartbeat, Interrupt, Release, WorkerEffect, WorkerPool
 
@@ -141,8 +141,8 @@ def leader_round(
 ) -> Procedure:
     """One pass of the leader loop: elections, node registry, inbox, timers, and every effect
     that follows, until the scheduler asks for nothing more. If the store stops answering
-    part way, the scheduler is told (it rebuilds from the store once it answers again) and
-    the StoreUnavailable goes on to the driver.
+    part way, or answers a request with an error, the scheduler is told (it rebuilds from the
+    store once it answers again) and the exception goes on to the driver.
 
     ``own_ends``: the (task id, attempt) of this node's ended handlers whose finishes the
     driver has reserved to send ahead of this round's first drain. The scheduler frees their
@@ -152,7 +152,13 @@ def leader_round(
     stats.timer_at_ms = None
     try:
         yield from _leader_round(sched, leads, term, node_events, now_ms, stats, own_ends)
-    except StoreUnavailable:
+    except InvariantError:
+        raise  # a bug here: nothing to start over from
+    except Exception:
+        # A store that did not answer, or answered with an error (a script's error reply, an
+        # answer that did not parse), is one whose answer is lost: what the request changed,
+        # the notifications a drain took off the inbox included, is unknown here. Start the
+        # term over from the store's truth either way.
         sched.step(StoreLost(now_ms()))
         raise
 

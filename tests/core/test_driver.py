@@ -42,9 +42,11 @@ def serve(
     lose: type[Any] | None = None,
     finishes: tuple[Finish, ...] = (),
     log: list[str] | None = None,
+    lost_as: Exception | None = None,
 ) -> None:
     """Answer each request from the store; for a request of type ``lose``, apply it but throw
-    StoreUnavailable in (the answer got lost on the way back). ``finishes``: the driver's
+    ``lost_as`` in (default StoreUnavailable: the answer got lost on the way back; another
+    exception: the driver could not read the answer). ``finishes``: the driver's
     reserved finishes, written ahead of the round's first drain (as the drivers do)."""
     pending = list(finishes)
 
@@ -75,7 +77,7 @@ def serve(
                 raise AssertionError(f"unexpected {request}")
             if lose is not None and isinstance(request, lose):
                 lose = None
-                request = proc.throw(StoreUnavailable("answer lost"))
+                request = proc.throw(lost_as or StoreUnavailable("answer lost"))
             else:
                 request = proc.send(answer)
     except StopIteration:
@@ -118,6 +120,24 @@ def test_a_lost_drain_answer_is_recovered_by_a_rebuild() -> None:
     assert not store.inbox  # the notification is gone with the lost answer
     rounds(sched, store, stats, 30)
     assert store.tasks["a"].status.value == "running"
+
+
+class ScriptError(RuntimeError):
+    """What a driver raises for an error reply (node/store.py's StoreError, say)."""
+
+
+def test_an_error_answer_is_recovered_by_a_rebuild_as_a_lost_one() -> None:
+    # The store applied the drain (the notification is off the inbox) but its answer came
+    # back as an error: without a rebuild, task a would wait unseen until the next election.
+    store, sched, stats = StoreModel(), Scheduler("n1"), LeaderStats()
+    rounds(sched, store, stats, 10)
+    store.submit([NewTask("a", "t")], 10)
+    with pytest.raises(ScriptError):
+        rounds(sched, store, stats, 20, lose=DrainRequest, lost_as=ScriptError("bad reply"))
+    assert not store.inbox and not sched.leading
+    rounds(sched, store, stats, 30)
+    sched.check_invariants()
+    assert store.tasks["a"].status is Status.RUNNING
 
 
 def _own_round(
