@@ -34,17 +34,18 @@ from core.events import (
 from core.scheduler import InvariantError, Scheduler
 from core.store_model import FENCED
 from core.task import Outcome, Status, TaskState
+from core.values import value
 from core.worker import Finish, Heartbeat, Interrupt, Release, WorkerEffect, WorkerPool
 
 
 # ---- requests the drivers serve -----------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@value
 class RaiseEpochRequest:
     term: int  # answer: bool
     holder: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class DrainRequest:
     """Pop inbox notifications. The driver sends its own node's finishes that it reserved for
     this round (``leader_round``'s ``own_ends``) ahead of the first drain of the round, in the
@@ -54,7 +55,7 @@ class DrainRequest:
     count_max: int  # answer: list[TaskState] | FENCED
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class ApplyDrainRequest:
     """The reserved finishes (as with DrainRequest), then ``ops`` (as ApplyRequest), then a
     drain, in one round trip and in that order: the leases to the slots those finishes free go
@@ -66,7 +67,7 @@ class ApplyDrainRequest:
     count_max: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class LiveStatesRequest:
     """One chunk of live tasks with seq > after_seq, in seq order. Answer: list[TaskState]."""
 
@@ -74,27 +75,27 @@ class LiveStatesRequest:
     count_max: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class ApplyRequest:
     ops: tuple[Lease | Expire | Promote, ...]  # answer: list[TaskState | None | FENCED]
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class HeartbeatRequest:
     beats: tuple[Heartbeat, ...]  # answer: list[tuple[bool, Status | None]]
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class FinishRequest:
     finish: Finish  # answer: bool
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class ReleaseRequest:
     release: Release  # answer: bool
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class InterruptHandler:
     """Not a store request: the driver stops the handler of this attempt. Answer: None."""
 

@@ -8,12 +8,11 @@ which the driver feeds back as :class:`core.events.TasksChanged`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from core.task import Status
+from core.values import value
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class RaiseEpoch:
     """Store the fencing epoch ``term`` unless a newer one is stored; answer EpochRaised."""
 
@@ -21,14 +20,14 @@ class RaiseEpoch:
     holder: str = ""  # the elected node: a second leader of the same term is refused
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Rebuild:
     """Read every live task (pending, queued, running, failed) and feed them back, then Rebuilt."""
 
     term: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Lease:
     """queued -> running on ``node_id`` until ``deadline_ms``; the store bumps the attempt and
     queues the assignment for the node in the same atomic step (durable before it is told)."""
@@ -40,7 +39,7 @@ class Lease:
     now_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Expire:
     """running (this attempt, deadline passed) -> ``target`` (queued, or dead past the limit)."""
 
@@ -51,7 +50,7 @@ class Expire:
     target: Status
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Promote:
     """pending/failed -> queued if run_at has come and every dependency succeeded; -> dead if a
     dependency is dead or cancelled; otherwise unchanged. The store decides from its own state."""
@@ -61,7 +60,7 @@ class Promote:
     now_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class SetTimer:
     """Tick me no later than ``at_ms``."""
 

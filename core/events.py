@@ -10,12 +10,11 @@ trusting an event stream is what makes a lost or repeated notification harmless.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from core.task import TaskState
+from core.values import value
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Elected:
     """Raft made this node leader in ``term``."""
 
@@ -23,14 +22,14 @@ class Elected:
     now_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Deposed:
     """Raft says this node no longer leads (another leader, or no quorum)."""
 
     now_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class EpochRaised:
     """Answer to :class:`core.effects.RaiseEpoch`: ``ok`` is False if a newer epoch is stored."""
 
@@ -39,7 +38,7 @@ class EpochRaised:
     now_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Fenced:
     """A store write of ``term`` was refused: a newer leader exists. Step down at once."""
 
@@ -47,7 +46,7 @@ class Fenced:
     now_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class StoreLost:
     """A store request got no answer (timeout, reset, restart): it may or may not have been
     applied, and drained notifications may be gone. The cache can no longer be trusted:
@@ -56,7 +55,7 @@ class StoreLost:
     now_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Rebuilt:
     """The driver finished feeding every live task of the store for ``term`` (see Rebuild)."""
 
@@ -64,7 +63,7 @@ class Rebuilt:
     now_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class TasksChanged:
     """Observed store state of tasks, in the order the store applied the changes."""
 
@@ -72,7 +71,7 @@ class TasksChanged:
     now_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class NodeSeen:
     """A node's heartbeat in the registry: how many worker slots it has and what it runs."""
 
@@ -82,7 +81,7 @@ class NodeSeen:
     now_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class NodeLeft:
     """A node said goodbye (graceful shutdown): assign it nothing more."""
 
@@ -90,7 +89,7 @@ class NodeLeft:
     now_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class OwnEnded:
     """The handlers of these attempts (task id, attempt) ended on the leader's own node, and
     their finishes go to the store ahead of the leader's next writes, in the same round trip:
@@ -101,7 +100,7 @@ class OwnEnded:
     now_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Tick:
     """Time passed: fire due timers (delays, backoffs, lease deadlines, node timeouts)."""
 

@@ -25,6 +25,7 @@ from typing import Final
 from core.effects import Expire, Lease, Promote
 from core.priority import Priority
 from core.task import AttemptEnd, ErrorKind, RetryPolicy, Status, TaskState
+from core.values import value
 from core.worker import Assignment
 
 FENCED: Final = "fenced"
@@ -134,7 +135,7 @@ def same_definition(new: NewTask, earlier: NewTask | TaskRecord) -> bool:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class NewTask:
     """A validated submission (the API layer checked types and limits)."""
 
@@ -241,7 +242,7 @@ def _copy_record(record: TaskRecord) -> TaskRecord:
     return TaskRecord(*_RECORD_FIELDS(record))
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Taken:
     """An assignment a node's slot took: the task as the store has it for this attempt."""
 

@@ -20,10 +20,11 @@ and ``cancelled`` are terminal.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import field
 from enum import StrEnum
 
 from core.priority import Priority
+from core.values import value
 
 
 class Status(StrEnum):
@@ -55,7 +56,7 @@ class ErrorKind(StrEnum):
     UNKNOWN_TYPE = "unknown_type"  # no worker registered the task type
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class RetryPolicy:
     max_retries: int = 3
     backoff_base_ms: int = 1000
@@ -81,7 +82,7 @@ class RetryPolicy:
         return half + rng.randint(0, exp_ms - half)
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class TaskState:
     """What the scheduler needs to know of one task: the store's truth at one version.
 
@@ -104,7 +105,7 @@ class TaskState:
     version: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Outcome:
     """How one attempt of a handler ended, as the worker saw it."""
 
@@ -137,7 +138,7 @@ class Outcome:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class AttemptEnd:
     """The transition a worker writes when an attempt ends (attempt-fenced in the store)."""
 

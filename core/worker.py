@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from core.task import AttemptEnd, Outcome, RetryPolicy, end_attempt
+from core.values import value
 
 
 class StopReason(StrEnum):
@@ -24,7 +25,7 @@ class StopReason(StrEnum):
     SHUTDOWN = "shutdown"  # the node is stopping: give the task back, it runs again elsewhere
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Assignment:
     """A lease granted to this node, as read from the store when a slot took it."""
 
@@ -38,19 +39,19 @@ class Assignment:
 
 
 # ---- effects ----------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@value
 class RunHandler:
     assignment: Assignment
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Interrupt:
     task_id: str
     attempt: int
     reason: StopReason
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Heartbeat:
     """Extend the lease to ``deadline_ms`` if this attempt still holds it."""
 
@@ -61,7 +62,7 @@ class Heartbeat:
     now_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Finish:
     """running (this attempt, this node) -> end.status, with result or error."""
 
@@ -72,7 +73,7 @@ class Finish:
     now_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Release:
     """running (this attempt, this node) -> queued: the node gives the task back unrun."""
 
