@@ -111,6 +111,9 @@ class WorkerPool:
         # Keyed by (task id, attempt): a node can hold a newer attempt of a task whose older
         # attempt lost its lease but has not stopped yet (both occupy a slot until it does).
         self.running: dict[tuple[str, int], _Running] = {}
+        # The attempts in ``running`` by task id: start() looks for an older attempt of the
+        # task it starts without a pass over every run.
+        self._attempts: dict[str, list[int]] = {}
         # Slots held by handlers whose attempt has ended (settled, written) but which still run:
         # a thread cannot be stopped. Each stays taken until its handler returns, or the next
         # task would start with no thread to run it.
@@ -157,8 +160,11 @@ class WorkerPool:
         if key in self.running:
             raise RuntimeError(f"{assignment.task_id} attempt {assignment.attempt} already runs")
         effects: list[WorkerEffect] = []
-        for (task_id, attempt), run in sorted(self.running.items()):
-            if task_id == assignment.task_id and attempt < assignment.attempt and run.stop is None:
+        task_id = assignment.task_id
+        attempts = self._attempts.get(task_id)
+        for attempt in sorted(attempts) if attempts else ():
+            run = self.running[(task_id, attempt)]
+            if attempt < assignment.attempt and run.stop is None:
                 # The store granted a newer attempt, so this one's lease is gone: stop it.
                 run.stop = StopReason.LEASE_LOST
                 effects.append(Interrupt(task_id, attempt, StopReason.LEASE_LOST))
@@ -170,6 +176,7 @@ class WorkerPool:
             return effects
         timeout_at = now_ms + assignment.timeout_ms
         self.running[key] = _Running(assignment, now_ms, timeout_at, assignment.lease_deadline_ms)
+        self._attempts.setdefault(task_id, []).append(assignment.attempt)
         heapq.heappush(self._timeouts, (timeout_at, assignment.task_id, assignment.attempt))
         # Its first beat no later than two beats before its deadline (a run taken with little
         # of its lease left would otherwise lapse before the shared schedule renewed it).
@@ -192,6 +199,10 @@ class WorkerPool:
         run = self.running.pop((task_id, attempt), None)
         if run is None:
             return []  # already settled (e.g. reported twice): nothing to write
+        attempts = self._attempts[task_id]
+        attempts.remove(attempt)
+        if not attempts:
+            del self._attempts[task_id]
         if run.outlives:
             self.held += 1  # the slot passes from the attempt to its stray handler
         a = run.assignment
@@ -253,15 +264,22 @@ class WorkerPool:
                 if run.stop is None:
                     run.stop = StopReason.SHUTDOWN
                     effects.append(Interrupt(task_id, attempt, run.stop))
-        for (task_id, attempt), run in sorted(self.running.items()):
-            if run.stop in (None, StopReason.SHUTDOWN) and now_ms >= run.held_until_ms:
-                # No heartbeat of ours landed before the lease ran out (the store unreachable,
-                # the node paused): the task may already run elsewhere. Stop, write nothing;
-                # the leader's expiry counts it and runs it again. A run our shutdown stopped
-                # was interrupted already: its end is not written either, but no second stop.
-                if run.stop is None:
-                    effects.append(Interrupt(task_id, attempt, StopReason.LEASE_LOST))
-                run.stop = StopReason.LEASE_LOST
+        # Sorted (effects in one order, for the simulation's replay) only once one has lapsed:
+        # this runs on every tick.
+        lapsed = [
+            key
+            for key, run in self.running.items()
+            if now_ms >= run.held_until_ms and run.stop in (None, StopReason.SHUTDOWN)
+        ]
+        for task_id, attempt in sorted(lapsed) if lapsed else ():
+            # No heartbeat of ours landed before the lease ran out (the store unreachable, the
+            # node paused): the task may already run elsewhere. Stop, write nothing; the
+            # leader's expiry counts it and runs it again. A run our shutdown stopped was
+            # interrupted already: its end is not written either, but no second stop.
+            run = self.running[(task_id, attempt)]
+            if run.stop is None:
+                effects.append(Interrupt(task_id, attempt, StopReason.LEASE_LOST))
+            run.stop = StopReason.LEASE_LOST
         if self._next_heartbeat_ms is not None and now_ms >= self._next_heartbeat_ms:
             deadline = now_ms + self.lease_ms
             for (task_id, attempt), run in sorted(self.running.items()):
@@ -276,6 +294,13 @@ class WorkerPool:
             raise RuntimeError(
                 f"{len(running)} tasks run and {self.held} slots are held, on {self.slots} slots"
             )
+        by_task: dict[str, list[int]] = {}
+        for task_id, attempt in running:
+            by_task.setdefault(task_id, []).append(attempt)
+        if {t: sorted(a) for t, a in self._attempts.items()} != {
+            t: sorted(a) for t, a in by_task.items()
+        }:
+            raise RuntimeError(f"attempts index {self._attempts} is not that of {list(running)}")
         live: set[str] = set()
         for (task_id, attempt), run in running.items():
             a = run.assignment

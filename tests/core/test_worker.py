@@ -51,9 +51,11 @@ def test_an_accepted_heartbeat_keeps_the_handler_running() -> None:
     ]
 
 
-# (advance ms, which heartbeats the store accepts: a bit per beat of that tick)
+# (advance ms, which heartbeats the store accepts: a bit per beat of that tick, what starts:
+# 0 nothing, 1 a new task, 2 a newer attempt of the last task started, as after its lease
+# expired at the leader while its handler here still ran)
 steps_st = st.lists(
-    st.tuples(st.integers(1, LEASE_MS), st.integers(0, 2**8 - 1), st.booleans()),
+    st.tuples(st.integers(1, LEASE_MS), st.integers(0, 2**8 - 1), st.integers(0, 2)),
     min_size=1,
     max_size=40,
 )
@@ -62,21 +64,38 @@ steps_st = st.lists(
 @given(steps_st)
 @settings(max_examples=200, deadline=None)
 def test_a_handler_runs_only_under_a_lease_the_store_accepted(
-    steps: list[tuple[int, int, bool]],
+    steps: list[tuple[int, int, int]],
 ) -> None:
     pool = WorkerPool("n1", slots=3, lease_ms=LEASE_MS)
     now = T0
     accepted: dict[tuple[str, int], int] = {}  # the test's books: the store's deadline
     stopped: set[tuple[str, int]] = set()
     next_id = 0
+    last: tuple[str, int] | None = None  # the last task started, and its attempt
+
+    def ended(task_id: str, attempt: int) -> None:
+        stopped.add((task_id, attempt))
+        pool.handler_ended(task_id, attempt, Outcome.error("I", "x"), now, random.Random(0))
+
     for advance, accept_bits, start in steps:
         if start and pool.free > 0:
-            tid = f"t{next_id}"
-            next_id += 1
+            if start == 2 and last is not None:
+                tid, attempt = last[0], last[1] + 1
+            else:
+                tid, attempt = f"t{next_id}", 1
+                next_id += 1
             # The leader's clock may differ a little from ours: the deadline it wrote.
             deadline = now + LEASE_MS - (next_id * 37) % 100
-            pool.start(assignment(tid, 1, deadline), now)
-            accepted[(tid, 1)] = deadline
+            older = {k for k, r in pool.running.items() if k[0] == tid and r.stop is None}
+            started = pool.start(assignment(tid, attempt, deadline), now)
+            # A newer attempt's lease is the store's word that the older ones lost theirs.
+            interrupted = {(e.task_id, e.attempt) for e in started if isinstance(e, Interrupt)}
+            assert interrupted == older
+            for task_id, old_attempt in sorted(interrupted):
+                accepted[(task_id, old_attempt)] = now
+                ended(task_id, old_attempt)
+            accepted[(tid, attempt)] = deadline
+            last = (tid, attempt)
         now += advance
         effects = pool.tick(now)
         bit = 0
@@ -85,10 +104,7 @@ def test_a_handler_runs_only_under_a_lease_the_store_accepted(
                 key = (e.task_id, e.attempt)
                 assert e.reason is StopReason.LEASE_LOST
                 assert now >= accepted[key], "stopped while the store still held its lease"
-                stopped.add(key)
-                pool.handler_ended(
-                    e.task_id, e.attempt, Outcome.error("I", "x"), now, random.Random(0)
-                )
+                ended(e.task_id, e.attempt)
             elif isinstance(e, Heartbeat):
                 key = (e.task_id, e.attempt)
                 if accept_bits >> (bit % 8) & 1 and now < accepted[key]:
