@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -48,8 +48,27 @@ def _convert(reply: Any) -> Any:
 
 
 def pack(args: Sequence[str | int | bytes]) -> bytes:
-    """One command in RESP: an array of bulk strings (one format per argument: a submit of
-    a thousand tasks packs thousands)."""
+    """One command in RESP: an array of bulk strings. hiredis packs it in C, 2.5x faster than
+    the loop of _pack_py (measured on a finish of five tasks); a round of the leader packs
+    three commands of dozens of arguments."""
+    if _pack_command is None:
+        return _pack_py(args)
+    if float in map(type, args):
+        # hiredis would format it; we refuse it, as _pack_py does (a ms timestamp as a float
+        # is a bug upstream).
+        raise TypeError("a Redis argument must be str, int or bytes, not float")
+    try:
+        return _pack_command(tuple(args))
+    except TypeError:
+        return _pack_py(args)  # its error names the argument's type
+
+
+_pack_command: Callable[[tuple[str | int | bytes, ...]], bytes] | None = getattr(
+    hiredis, "pack_command", None
+)
+
+
+def _pack_py(args: Sequence[str | int | bytes]) -> bytes:
     parts = [b"*%d\r\n" % len(args)]
     append = parts.append
     for a in args:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from redis import exceptions as rexc
 
 from node.redis_server import EmbeddedRedis
-from node.resp import FastRedis, fast_url_supported, pack
+from node.resp import FastRedis, _pack_py, fast_url_supported, pack
 from tests.conftest import RedisFactory
 
 
@@ -37,6 +37,27 @@ def test_pack_is_resp() -> None:
     )
     with pytest.raises(TypeError):
         pack(["SET", "k", 1.5])  # type: ignore[list-item]
+    with pytest.raises(TypeError):
+        pack(["SET", "k", True])
+
+
+_ARG = st.one_of(st.text(), st.binary(), st.integers(-(2**70), 2**70))
+
+
+@given(st.lists(_ARG, min_size=1, max_size=30))
+@settings(max_examples=300, deadline=None)
+def test_the_c_packer_and_the_python_one_agree(args: list[str | int | bytes]) -> None:
+    # hiredis.pack_command where the installed hiredis has it, the Python loop otherwise: the
+    # same bytes, or the same refusal (a lone surrogate cannot be UTF-8).
+    try:
+        expected: bytes | type[BaseException] = _pack_py(args)
+    except UnicodeEncodeError:
+        expected = UnicodeEncodeError
+    try:
+        got: bytes | type[BaseException] = pack(args)
+    except UnicodeEncodeError:
+        got = UnicodeEncodeError
+    assert got == expected
 
 
 def test_which_urls() -> None:
