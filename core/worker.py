@@ -294,13 +294,13 @@ class WorkerPool:
             raise RuntimeError(
                 f"{len(running)} tasks run and {self.held} slots are held, on {self.slots} slots"
             )
-        by_task: dict[str, list[int]] = {}
-        for task_id, attempt in running:
-            by_task.setdefault(task_id, []).append(attempt)
-        if {t: sorted(a) for t, a in self._attempts.items()} != {
-            t: sorted(a) for t, a in by_task.items()
-        }:
-            raise RuntimeError(f"attempts index {self._attempts} is not that of {list(running)}")
+        # The index holds every running attempt, and as many entries as there are runs: no
+        # more (the simulation checks this after every step, so no sorted copies).
+        index = self._attempts
+        if sum(map(len, index.values())) != len(running) or any(
+            attempt not in index.get(task_id, ()) for task_id, attempt in running
+        ):
+            raise RuntimeError(f"attempts index {index} is not that of {list(running)}")
         live: set[str] = set()
         for (task_id, attempt), run in running.items():
             a = run.assignment
