@@ -105,36 +105,64 @@ class HandoverWatch:
         return True
 
 
+# Leader rounds whose requests may be in flight at once. They travel one ordered link to the
+# store (one Redis connection; one simulated FIFO link), so the store applies them in the order
+# they were sent and the scheduler is fed their answers in that order. One at a time, node and
+# store work in turn: the store idles while the node starts what a round leased and hears those
+# handlers end, and the node idles while the store applies the round that follows. With two,
+# the store applies one round while the node carries out the other's answer.
+LEADER_ROUNDS_IN_FLIGHT_MAX = 2
+
+
+def start_round(
+    in_flight: int, in_flight_max: int, woken: bool, steady: bool, own_ends_queued: bool
+) -> bool:
+    """Whether a leader loop starts a round now, ``in_flight`` rounds being on the wire.
+
+    Alone, a round starts once the loop is woken (a submission's ring, a finish, the registry)
+    or its timer ran out (the driver then passes ``woken``). Beside rounds in flight, only one
+    that carries this node's own ended handlers, and only while the scheduler leads in the term
+    Raft names (``steady``): their slots' leases go with it, which is the work worth
+    overlapping. Anything else waits for the round in flight, whose end wakes the loop again;
+    an election or a step down never runs beside another round."""
+    if in_flight <= 0:
+        return woken
+    return in_flight < in_flight_max and steady and own_ends_queued
+
+
 W = TypeVar("W")
+# A leader round's share of the finishes: told to the scheduler as OwnEnded, carried by the
+# round's first drain, given back if the round ends before it.
+Reservation = list[tuple[Finish, W]]
 
 
 class LocalFinishes(Generic[W]):
-    """The leader's own finishes, waiting to ride its next drain (finish, then drain, one
-    round trip, so the drain sees them at once and no bell is rung). ``W`` is the driver's
-    waiter (an asyncio future, a SimPy event), answered with the finish's result.
+    """The leader's own finishes, waiting to ride a drain of its leader rounds (finish, then
+    drain, one round trip, so the drain sees them at once and no bell is rung). ``W`` is the
+    driver's waiter (an asyncio future, a SimPy event), answered with the finish's result.
 
-    A leader round may :meth:`reserve` a drain's worth at its start: the scheduler hears of
-    them (leader_round's own_ends) and leases their slots in the same round trip, so the
-    round's first drain must carry exactly those (:meth:`for_drain` hands them out first);
-    a round that ends before its drain gives them back with :meth:`unreserve`.
+    A leader round takes its share at its start (:meth:`reserve`): the scheduler hears of them
+    (leader_round's own_ends) and leases their slots in the same round trip, so the round's
+    first drain must carry exactly those (:meth:`for_drain`); a round that ends before its
+    drain gives them back with :meth:`unreserve`. Several rounds may hold reservations at once
+    (LEADER_ROUNDS_IN_FLIGHT_MAX); what no round holds is the queue, which ``len``, ``bool``
+    and iteration show.
 
     A finish is queued only while this node leads and its loops run; whatever is left when
     it stops leading (or stops) goes alone, as a follower's would."""
 
-    __slots__ = ("_queue", "_reserved")
+    __slots__ = ("_queue",)
 
     def __init__(self) -> None:
         self._queue: list[tuple[Finish, W]] = []
-        self._reserved: list[tuple[Finish, W]] = []
 
     def __len__(self) -> int:
-        return len(self._reserved) + len(self._queue)
+        return len(self._queue)
 
     def __bool__(self) -> bool:
-        return bool(self._reserved or self._queue)
+        return bool(self._queue)
 
     def __iter__(self) -> Iterator[tuple[Finish, W]]:
-        yield from self._reserved
         yield from self._queue
 
     @staticmethod
@@ -142,52 +170,70 @@ class LocalFinishes(Generic[W]):
         """Whether a finish of this node should wait for its own leader's drain."""
         return leading and not loops_stopped
 
+    @staticmethod
+    def ends(reservation: Reservation[W]) -> tuple[tuple[str, int], ...]:
+        """A reservation as the scheduler hears of it: (task id, attempt) of each."""
+        return tuple((f.task_id, f.attempt) for f, _ in reservation)
+
     def add(self, finish: Finish, waiter: W) -> None:
         self._queue.append((finish, waiter))
 
-    def _batch(self) -> tuple[list[tuple[Finish, W]], bool]:
+    def _take(self, count: int) -> Reservation[W]:
         queue = self._queue
-        if len(queue) <= LOCAL_FINISHES_PER_DRAIN_MAX:
+        if len(queue) <= count:
             self._queue = []
-            return queue, False
-        batch = queue[:LOCAL_FINISHES_PER_DRAIN_MAX]
-        del queue[:LOCAL_FINISHES_PER_DRAIN_MAX]
-        return batch, True
+            return queue
+        batch = queue[:count]
+        del queue[:count]
+        return batch
 
-    def reserve(self, leading: bool) -> tuple[tuple[tuple[str, int], ...], bool]:
-        """At a leader round's start, while leading: a drain's worth for the round's first
-        drain, as (task id, attempt) for the scheduler, and whether more are left (the driver
-        then wakes its leader loop again at once)."""
-        self.unreserve()
-        if not leading or not self._queue:
-            return (), False
-        self._reserved, more = self._batch()
-        return tuple((f.task_id, f.attempt) for f, _ in self._reserved), more
+    def reserve(
+        self, leading: bool, in_flight: int = 0, in_flight_max: int = 1
+    ) -> tuple[Reservation[W], bool]:
+        """At a leader round's start, while leading: the round's share, oldest first, and
+        whether finishes are left (the driver then wakes its leader loop again at once).
 
-    def unreserve(self) -> None:
-        """The round ended without sending its reserved finishes: first in line again."""
-        if self._reserved:
-            self._queue[:0] = self._reserved
-            self._reserved = []
+        A drain's worth, but half of what waits when no round is in flight and another may go
+        beside this one: the second half goes at once in that second round, so the store
+        applies one while the node runs what the other leased (handlers that end together
+        would otherwise keep the rounds in lockstep, one at a time)."""
+        queue = self._queue
+        if not leading or not queue:
+            return [], False
+        count = min(len(queue), LOCAL_FINISHES_PER_DRAIN_MAX)
+        if in_flight == 0 and in_flight_max > 1 and count > 1:
+            count = (count + 1) // 2
+        batch = self._take(count)
+        return batch, bool(self._queue)
 
-    def for_drain(self) -> tuple[list[tuple[Finish, W]], bool]:
-        """The finishes for the drain about to go, oldest first (the reserved ones, if any),
-        and whether more are left (the driver then wakes its leader loop again at once)."""
-        if self._reserved:
-            batch, self._reserved = self._reserved, []
+    def unreserve(self, reservation: Reservation[W]) -> None:
+        """The round ended without sending its reservation: first in line again (they are
+        older than anything still queued)."""
+        if reservation:
+            self._queue[:0] = reservation
+            reservation.clear()
+
+    def for_drain(self, reservation: Reservation[W] | None = None) -> tuple[Reservation[W], bool]:
+        """The finishes for the drain about to go, oldest first: the round's reservation, if
+        it still holds one (it is emptied: the drain carries them), else a drain's worth of
+        the queue; and whether more are queued (the driver then wakes its leader loop again
+        at once)."""
+        if reservation:
+            batch = reservation[:]
+            reservation.clear()
             return batch, False  # reserve() already told of the rest
-        return self._batch()
+        batch = self._take(LOCAL_FINISHES_PER_DRAIN_MAX)
+        return batch, bool(self._queue)
 
-    def to_flush(self, leading: bool) -> list[tuple[Finish, W]]:
-        """After a round: the finishes no drain of ours will carry (not leading now), to go
-        alone. Empty while leading."""
-        self.unreserve()
+    def to_flush(self, leading: bool) -> Reservation[W]:
+        """After a round: the queued finishes no drain of ours will carry (not leading now),
+        to go alone. Empty while leading."""
         if leading or not self._queue:
             return []
         return self.take_all()
 
-    def take_all(self) -> list[tuple[Finish, W]]:
-        self.unreserve()
+    def take_all(self) -> Reservation[W]:
+        """Every queued finish (not those rounds in flight hold)."""
         batch, self._queue = self._queue, []
         return batch
 

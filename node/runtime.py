@@ -45,16 +45,19 @@ from core.driver import (
 from core.events import Event, NodeLeft, NodeSeen
 from core.pacing import (
     END_RETRY_S,
+    LEADER_ROUNDS_IN_FLIGHT_MAX,
     NODE_FORGET_MS,
     REGISTRY_PERIOD_S,
     SWEEP_PERIOD_S,
     TAKE_WAIT_S,
     HandoverWatch,
     LocalFinishes,
+    Reservation,
     TakePolicy,
     TakeStep,
     leader_wait_s,
     own_seen_due,
+    start_round,
 )
 from core.priority import Priority
 from core.scheduler import Scheduler, SchedulerConfig
@@ -75,6 +78,10 @@ from node.store import RedisStore, StoreUnavailable
 from node.tasks import Handler, TaskContext, is_async, set_current
 
 log = logging.getLogger("dsched.runtime")
+
+# After a leader round the store did not answer (or answered with an error), the next waits
+# this long.
+STORE_RETRY_S = 0.2
 
 
 def now_ms() -> int:
@@ -111,6 +118,34 @@ class SoloLeadership:
         return []
 
 
+class LeaderWake:
+    """What wakes the leader loop: :meth:`set` gives it a reason to run a round (a submission,
+    a finish of its own, the registry, an election); :meth:`round_ended` only makes it look
+    again, since a round in flight ended (another may start now)."""
+
+    __slots__ = ("_event", "_woken")
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self._woken = False
+
+    def set(self) -> None:
+        self._woken = True
+        self._event.set()
+
+    def round_ended(self) -> None:
+        self._event.set()
+
+    def take(self) -> bool:
+        """Whether it was set since the last take; starts over either way."""
+        woken, self._woken = self._woken, False
+        self._event.clear()
+        return woken
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
 class NodeRuntime:
     def __init__(
         self,
@@ -135,7 +170,9 @@ class NodeRuntime:
         self._executor = ThreadPoolExecutor(
             max_workers=max(1, config.workers), thread_name_prefix="dsched-task"
         )
-        self._wake = asyncio.Event()
+        self._wake = LeaderWake()
+        # Leader rounds in flight (core.pacing.start_round says how many may be).
+        self._rounds: set[asyncio.Task[None]] = set()
         self._slot_free = asyncio.Event()
         # Leases this node's own leader made to this node come back from the apply script
         # itself (StoreModel.apply's direct node): no assignment list, no take round trip. They
@@ -203,9 +240,12 @@ class NodeRuntime:
         self._stopping = True
         self._wake.set()
         self._slot_free.set()
-        for t in self._tasks:
+        # Rounds in flight too: a cancelled one gives its unsent finishes back to the queue,
+        # which then goes alone.
+        tasks = [*self._tasks, *self._rounds]
+        for t in tasks:
             t.cancel()
-        for t in self._tasks:
+        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         await self._finishes_alone(self._local_finishes.take_all())
@@ -426,78 +466,116 @@ class NodeRuntime:
                 await asyncio.sleep(0.5)
 
     async def _leader_loop(self) -> None:
+        """Starts leader rounds as core.pacing.start_round paces them: one at a time, and a
+        second beside it that carries this node's own ended handlers, both on the store's
+        ordered leader link (one round at a time if the link is not ordered)."""
+        wake = self._wake
+        rounds = self._rounds
+        in_flight_max = LEADER_ROUNDS_IN_FLIGHT_MAX if self.store.leader_link_ordered else 1
+        woken = True
         while not self._stopping:
-            started = self._loop_alive_ms = now_ms()
+            woken = wake.take() or woken
             leads, term, leader = self.leadership.snapshot()
-            events = self._node_events(now_ms())
-            previous = self._seen_leader
-            if leads and term != self.scheduler.term and previous not in (None, self.node_id):
-                # The leader we followed is gone or cut off: assign it nothing until its registry
-                # entry is refreshed (NodeSeen), or the tie-break by node id may hand it the first
-                # task, which then waits out a whole lease. leader_round feeds node events
-                # before the election, which rebuilds and dispatches within the same round.
-                events.append(NodeLeft(previous, now_ms()))
-            if leader is not None:
-                self._seen_leader = leader
-            # Only a leader's round talks to the store: a follower's tells nothing of it.
-            touches_store = leads or self.scheduler.leading
-            own_ends, more = self._local_finishes.reserve(self.scheduler.leading)
-            if more:
-                self._wake.set()  # the rest go with the next drain, at once
-            proc = leader_round(
-                self.scheduler, leads, term, events, now_ms, self.leader_stats, own_ends
-            )
-            try:
-                await self._serve(proc)
-                if touches_store:
-                    if self._store_lost_logged_at is not None:
-                        self._store_lost_logged_at = None
-                        log.info("store reachable again")
-                    self._store_ok = True
-                await self._finishes_alone(self._local_finishes.to_flush(self.scheduler.leading))
-                self._handover.after_round(leads, True, started, now_ms())
-            except StoreUnavailable as exc:
-                lost_at = self._store_lost_logged_at
-                if lost_at is None or time.monotonic() >= lost_at + 10.0:
-                    # Once when it goes, then every 10 s: a long outage fills no log.
-                    self._store_lost_logged_at = time.monotonic()
-                    log.warning("store unavailable in leader loop: %s", exc)
-                self._store_ok = False
-                self._hand_over_if_cut_off(leads, started)
-                await asyncio.sleep(0.2)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("leader loop round failed")
-                await asyncio.sleep(0.2)
-            finally:
-                # A round that ended before its drain (deposed, the store lost on the way)
-                # sent none of its reserved finishes: they wait for the next one, or go alone.
-                self._local_finishes.unreserve()
-            if self.leader_stats.epoch_refused_term:
-                self.leader_stats.epoch_refused_term = 0
-                refused = getattr(self.leadership, "epoch_refused", None)
-                if refused is not None:
-                    with contextlib.suppress(StoreUnavailable):
-                        refused(await self.store.epoch())
-            fenced = self.leader_stats.fenced_writes
-            if fenced > self._fenced_reported:
-                self.metrics.fenced(fenced - self._fenced_reported)
-                self._fenced_reported = fenced
-            counts = self.scheduler.queue.counts()
-            if counts != self._depth_shown:
-                self._depth_shown = counts
-                self.metrics.set_queue_depth({p.label: n for p, n in counts.items()})
-            if self._wake.is_set():
-                # Woken during the round (a finish, a submission): go again at once, without
-                # the cost of a timed wait.
-                self._wake.clear()
+            sched = self.scheduler
+            steady = leads and sched.leading and term == sched.term
+            if start_round(len(rounds), in_flight_max, woken, steady, bool(self._local_finishes)):
+                woken = False
+                self._start_round(leads, term, leader, in_flight_max)
+                # The round sends its first request before the loop looks again, so a round
+                # started next goes after it on the ordered link.
                 await asyncio.sleep(0)
+                continue
+            if rounds:
+                await wake.wait()  # woken, or a round ended
                 continue
             timeout = leader_wait_s(self.leader_stats.timer_at_ms, now_ms())
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            self._wake.clear()
+                await asyncio.wait_for(wake.wait(), timeout)
+            woken = True  # woken, or the timer is due
+
+    def _start_round(self, leads: bool, term: int, leader: str | None, in_flight_max: int) -> None:
+        sched = self.scheduler
+        started = self._loop_alive_ms = now_ms()
+        events = self._node_events(started)
+        previous = self._seen_leader
+        if leads and term != sched.term and previous not in (None, self.node_id):
+            # The leader we followed is gone or cut off: assign it nothing until its registry
+            # entry is refreshed (NodeSeen), or the tie-break by node id may hand it the first
+            # task, which then waits out a whole lease. leader_round feeds node events
+            # before the election, which rebuilds and dispatches within the same round.
+            events.append(NodeLeft(previous, started))
+        if leader is not None:
+            self._seen_leader = leader
+        # Only a leader's round talks to the store: a follower's tells nothing of it.
+        touches_store = leads or sched.leading
+        reservation, more = self._local_finishes.reserve(
+            sched.leading, len(self._rounds), in_flight_max
+        )
+        if more:
+            self._wake.set()  # the rest go with the next round, at once
+        proc = leader_round(
+            sched, leads, term, events, now_ms, self.leader_stats, LocalFinishes.ends(reservation)
+        )
+        task = asyncio.create_task(self._round(proc, reservation, leads, touches_store, started))
+        self._rounds.add(task)
+        task.add_done_callback(self._round_done)
+
+    def _round_done(self, task: asyncio.Task[None]) -> None:
+        self._rounds.discard(task)
+        self._wake.round_ended()
+
+    async def _round(
+        self,
+        proc: Procedure,
+        reservation: Reservation[asyncio.Future[bool]],
+        leads: bool,
+        touches_store: bool,
+        started: int,
+    ) -> None:
+        failed = False
+        try:
+            await self._serve(proc, reservation)
+            if touches_store:
+                if self._store_lost_logged_at is not None:
+                    self._store_lost_logged_at = None
+                    log.info("store reachable again")
+                self._store_ok = True
+            await self._finishes_alone(self._local_finishes.to_flush(self.scheduler.leading))
+            self._handover.after_round(leads, True, started, now_ms())
+        except StoreUnavailable as exc:
+            lost_at = self._store_lost_logged_at
+            if lost_at is None or time.monotonic() >= lost_at + 10.0:
+                # Once when it goes, then every 10 s: a long outage fills no log.
+                self._store_lost_logged_at = time.monotonic()
+                log.warning("store unavailable in leader loop: %s", exc)
+            self._store_ok = False
+            self._hand_over_if_cut_off(leads, started)
+            failed = True
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("leader loop round failed")
+            failed = True
+        finally:
+            # A round that ended before its drain (deposed, the store lost on the way) sent
+            # none of its reserved finishes: they wait for the next one, or go alone.
+            self._local_finishes.unreserve(reservation)
+        if self.leader_stats.epoch_refused_term:
+            self.leader_stats.epoch_refused_term = 0
+            refused = getattr(self.leadership, "epoch_refused", None)
+            if refused is not None:
+                with contextlib.suppress(StoreUnavailable):
+                    refused(await self.store.epoch())
+        fenced = self.leader_stats.fenced_writes
+        if fenced > self._fenced_reported:
+            self.metrics.fenced(fenced - self._fenced_reported)
+            self._fenced_reported = fenced
+        counts = self.scheduler.queue.counts()
+        if counts != self._depth_shown:
+            self._depth_shown = counts
+            self.metrics.set_queue_depth({p.label: n for p, n in counts.items()})
+        if failed:
+            await asyncio.sleep(STORE_RETRY_S)
 
     def _hand_over_if_cut_off(self, leads: bool, started_ms: int) -> None:
         if not self._handover.after_round(leads, False, started_ms, now_ms()):
@@ -508,11 +586,14 @@ class NodeRuntime:
             hand_over()
 
     async def _finish_drain(
-        self, request: DrainRequest | ApplyDrainRequest
+        self,
+        request: DrainRequest | ApplyDrainRequest,
+        reservation: Reservation[asyncio.Future[bool]] | None,
     ) -> tuple[list[Any] | None, list[Any] | str]:
-        """The finishes for this drain, then the request's ops (if any), then the drain, in
-        one round trip. Answers the ops' answers (None without ops) and the drain's."""
-        batch, more = self._local_finishes.for_drain()
+        """The finishes for this drain (the round's reservation, if it holds one), then the
+        request's ops (if any), then the drain, in one round trip. Answers the ops' answers
+        (None without ops) and the drain's."""
+        batch, more = self._local_finishes.for_drain(reservation)
         if more:
             self._wake.set()  # the rest go with the next drain, at once
         finishes = [f for f, _ in batch]
@@ -588,13 +669,16 @@ class NodeRuntime:
                 except StoreUnavailable:
                     pass
 
-    async def _serve(self, proc: Procedure) -> None:
-        """Run a core procedure: carry out each request it yields, send the answer back in."""
+    async def _serve(
+        self, proc: Procedure, reservation: Reservation[asyncio.Future[bool]] | None = None
+    ) -> None:
+        """Run a core procedure: carry out each request it yields, send the answer back in.
+        ``reservation``: a leader round's share of this node's finishes (its first drain's)."""
         try:
             request = next(proc)
             while True:
                 try:
-                    answer = await self._execute(request)
+                    answer = await self._execute(request, reservation)
                 except StoreUnavailable as exc:
                     request = proc.throw(exc)
                     continue
@@ -602,14 +686,16 @@ class NodeRuntime:
         except StopIteration:
             return
 
-    async def _execute(self, request: Request) -> Any:
+    async def _execute(
+        self, request: Request, reservation: Reservation[asyncio.Future[bool]] | None = None
+    ) -> Any:
         store = self.store
         if isinstance(request, DrainRequest):
-            if not self._local_finishes:
+            if not reservation and not self._local_finishes:
                 return await store.drain(request.term, request.count_max)
-            return (await self._finish_drain(request))[1]
+            return (await self._finish_drain(request, reservation))[1]
         if isinstance(request, ApplyDrainRequest):
-            return await self._finish_drain(request)
+            return await self._finish_drain(request, reservation)
         if isinstance(request, ApplyRequest):
             answers, taken = await store.apply_direct(request.ops, self.node_id)
             self._took_direct(taken)

@@ -515,6 +515,7 @@ class RedisStore:
         retention_ms: int,
         group_commit_max: int,
         fast: FastRedis | None = None,
+        lead: FastRedis | None = None,
     ) -> None:
         if not prefix or any(c in prefix for c in "{}"):
             raise ValueError("prefix must be non-empty and contain no braces")
@@ -526,6 +527,10 @@ class RedisStore:
         self._blocking = blocking
         # Scripts (every state change) go through the lean client where the URL allows it.
         self._fast = fast
+        # The leader's requests (drains, applies, its own finishes, epoch, rebuild) on one
+        # connection of their own: Redis runs them in the order they were sent, so the leader
+        # may send a round before the one in flight has answered (leader_link_ordered).
+        self._lead = lead
         self.prefix = prefix
         self.base = "{" + prefix + "}"
         self.retention_ms = retention_ms
@@ -578,10 +583,16 @@ class RedisStore:
             max_connections=BLOCKING_CONNECTIONS_MAX,
             **common,
         )
-        fast = None
+        fast = lead = None
         if fast_url_supported(url):
             fast = FastRedis(
                 url, command_timeout_s=COMMAND_TIMEOUT_S, connect_timeout_s=CONNECT_TIMEOUT_S
+            )
+            lead = FastRedis(
+                url,
+                command_timeout_s=COMMAND_TIMEOUT_S,
+                connect_timeout_s=CONNECT_TIMEOUT_S,
+                connections=1,
             )
         store = cls(
             client,
@@ -590,6 +601,7 @@ class RedisStore:
             retention_ms=retention_ms,
             group_commit_max=group_commit_max,
             fast=fast,
+            lead=lead,
         )
         try:
             await store.ping()
@@ -604,12 +616,22 @@ class RedisStore:
         await self._finishes.close()
         if self._fast is not None:
             await self._fast.aclose()
+        if self._lead is not None:
+            await self._lead.aclose()
         await self._r.aclose(close_connection_pool=True)
         await self._blocking.aclose(close_connection_pool=True)
 
     async def ping(self) -> bool:
         await self._read(self._r.ping)
         return True
+
+    @property
+    def leader_link_ordered(self) -> bool:
+        """Whether the leader's requests share one connection, so that Redis runs them in the
+        order they were sent however many are in flight (redis:// and unix:// URLs; with
+        rediss:// each call takes a pooled connection of its own, and the leader sends one
+        round at a time)."""
+        return self._lead is not None
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -631,22 +653,28 @@ class RedisStore:
             if sha != _SHAS[name]:
                 raise StoreError(f"SCRIPT LOAD of {name} answered {sha}, not {_SHAS[name]}")
 
-    async def _eval(self, name: str, *args: str | int, idempotent: bool = False) -> Any:
+    async def _eval(
+        self, name: str, *args: str | int, idempotent: bool = False, lead: bool = False
+    ) -> Any:
         """Run one script; after a NOSCRIPT (Redis restarted), reload all and run it again.
 
         ``idempotent``: running it twice changes nothing more and answers the same, so a call
         whose connection broke (e.g. a pooled connection to a Redis that since restarted) is
-        sent once more. Never for submit, finish, release, drain or take."""
+        sent once more. Never for submit, finish, release, drain or take. ``lead``: on the
+        leader's ordered connection (leader_link_ordered)."""
         with _redis_errors():
             try:
-                return await self._evalsha(name, args)
+                return await self._evalsha(name, args, lead)
             except rexc.ConnectionError:
                 if not idempotent:
                     raise
-                return await self._evalsha(name, args)
+                return await self._evalsha(name, args, lead)
 
-    async def _evalsha(self, name: str, args: tuple[str | int, ...]) -> Any:
-        fast = self._fast
+    def _client(self, lead: bool) -> FastRedis | None:
+        return self._lead if lead else self._fast
+
+    async def _evalsha(self, name: str, args: tuple[str | int, ...], lead: bool = False) -> Any:
+        fast = self._client(lead)
         try:
             if fast is not None:
                 return await fast.evalsha(_SHAS[name], (self.base,), args)
@@ -670,24 +698,30 @@ class RedisStore:
         its place. Each script is atomic on its own; a failure of one leaves the others be."""
         return await self._eval_seq([(name, argv) for argv in argvs])
 
-    async def _eval_seq(self, calls: list[tuple[str, list[str | int]]]) -> list[Any]:
+    async def _eval_seq(
+        self, calls: list[tuple[str, list[str | int]]], lead: bool = False
+    ) -> list[Any]:
         """Several scripts in one pipeline on one connection, so Redis runs them in this order
         (other clients' commands may come between them); each answer or exception in its
-        place. Not resent after a broken connection: none of them needs to be idempotent."""
+        place. Not resent after a broken connection: none of them needs to be idempotent.
+        ``lead``: on the leader's ordered connection."""
         with _redis_errors():
-            replies = await self._pipeline_seq(calls)
+            replies = await self._pipeline_seq(calls, lead)
             missing = [i for i, r in enumerate(replies) if isinstance(r, rexc.NoScriptError)]
             if missing:
                 # NOSCRIPT ran nothing; the ones before it (if any) stay as they were.
                 await self._load_scripts()
-                again = await self._pipeline_seq([calls[i] for i in missing])
+                again = await self._pipeline_seq([calls[i] for i in missing], lead)
                 for i, reply in zip(missing, again, strict=True):
                     replies[i] = reply
         return replies
 
-    async def _pipeline_seq(self, calls: list[tuple[str, list[str | int]]]) -> list[Any]:
-        if self._fast is not None:
-            return await self._fast.pipeline(
+    async def _pipeline_seq(
+        self, calls: list[tuple[str, list[str | int]]], lead: bool = False
+    ) -> list[Any]:
+        fast = self._client(lead)
+        if fast is not None:
+            return await fast.pipeline(
                 [("EVALSHA", _SHAS[name], 1, self.base, *args) for name, args in calls]
             )
         async with self._r.pipeline(transaction=False) as pipe:
@@ -853,11 +887,11 @@ class RedisStore:
     async def raise_epoch(self, term: int, holder: str = "") -> bool:
         """Store ``term`` as the fencing epoch unless a newer one is stored, or the same term
         is held by another leader (see StoreModel.raise_epoch)."""
-        return bool(await self._eval("raise_epoch", term, holder, idempotent=True))
+        return bool(await self._eval("raise_epoch", term, holder, idempotent=True, lead=True))
 
     async def drain(self, term: int, count_max: int) -> list[TaskState] | str:
         """Pop up to ``count_max`` inbox notifications; each task's current state once."""
-        reply = await self._eval("drain", term, count_max)
+        reply = await self._eval("drain", term, count_max, lead=True)
         if reply == FENCED:
             return FENCED
         return _drained(reply)
@@ -873,7 +907,9 @@ class RedisStore:
         finish_args: list[str | int] = [len(finishes), 0]
         for f in finishes:
             finish_args += _finish_args(f)
-        replies = await self._eval_seq([("finish", finish_args), ("drain", [term, count_max])])
+        replies = await self._eval_seq(
+            [("finish", finish_args), ("drain", [term, count_max])], lead=True
+        )
         done, drained = replies
         for reply in replies:
             if isinstance(reply, BaseException):
@@ -903,7 +939,8 @@ class RedisStore:
                 ("finish", finish_args),
                 ("apply", _apply_args(ops, direct_node)),
                 ("drain", [term, count_max]),
-            ]
+            ],
+            lead=True,
         )
         for reply in replies:
             if isinstance(reply, BaseException):
@@ -921,7 +958,7 @@ class RedisStore:
     ) -> list[TaskState]:
         """Live (non-terminal) tasks with seq > after_seq, in seq order, at most count_max."""
         count = -1 if count_max is None else count_max
-        reply = await self._eval("live_states", after_seq, count, idempotent=True)
+        reply = await self._eval("live_states", after_seq, count, idempotent=True, lead=True)
         return [_state(v) for v in reply]
 
     async def live_states(self, chunk: int = LIVE_CHUNK_DEFAULT) -> AsyncIterator[list[TaskState]]:
@@ -953,7 +990,9 @@ class RedisStore:
         if not ops:
             return [], []
         # Idempotent: a second run finds each op done and answers the same state.
-        reply = await self._eval("apply", *_apply_args(ops, direct_node), idempotent=True)
+        reply = await self._eval(
+            "apply", *_apply_args(ops, direct_node), idempotent=True, lead=True
+        )
         return _applied(reply)
 
     # ------------------------------------------------------------------ workers
@@ -1126,4 +1165,4 @@ class RedisStore:
                     yield str(message["data"])
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+                await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # untyped before redis-py 8

@@ -42,15 +42,18 @@ from core.effects import Effect, Lease
 from core.events import Event, NodeSeen
 from core.pacing import (
     END_RETRY_S,
+    LEADER_ROUNDS_IN_FLIGHT_MAX,
     REGISTRY_PERIOD_S,
     SWEEP_PERIOD_S,
     TAKE_WAIT_S,
     HandoverWatch,
     LocalFinishes,
+    Reservation,
     TakePolicy,
     TakeStep,
     leader_wait_s,
     own_seen_due,
+    start_round,
 )
 from core.scheduler import Role, Scheduler, SchedulerConfig
 from core.store_model import StoreUnavailable, Taken
@@ -173,6 +176,7 @@ class SimNode:
         self.pending: list[tuple[Submission, int]] = []
         self._wake_flag = False
         self._wake_event: simpy.Event | None = None
+        self._rounds = 0  # leader rounds in flight (core.pacing.start_round)
         self._slot_event: simpy.Event | None = None
         self._submit_event: simpy.Event | None = None
         self._direct: deque[Taken] = deque()
@@ -203,6 +207,7 @@ class SimNode:
         self._in_run = set()
         self.pending = []
         self._wake_flag = False
+        self._rounds = 0
         self._registry_info = {}
         self._registry_seen = {}
         self._registry_looked_at = None
@@ -336,8 +341,11 @@ class SimNode:
             raise StoreUnavailable(name)
         return answer
 
-    def serve(self, proc: Procedure) -> ProcessGen:
-        """Run a core procedure: carry out each request, send the answer back in."""
+    def serve(
+        self, proc: Procedure, reservation: Reservation[simpy.Event] | None = None
+    ) -> ProcessGen:
+        """Run a core procedure: carry out each request, send the answer back in.
+        ``reservation``: a leader round's share of this node's finishes (its first drain's)."""
         # call() inlined: the hottest path of every loop (one generator frame less per answer).
         caller = self.world.caller
         node_id = self.id
@@ -358,8 +366,10 @@ class SimNode:
                     self._local_finishes.add(request.finish, done)
                     self.wake()
                     answer = yield done
-                elif kind is ApplyDrainRequest or (kind is DrainRequest and self._local_finishes):
-                    batch, more = self._local_finishes.for_drain()
+                elif kind is ApplyDrainRequest or (
+                    kind is DrainRequest and (reservation or self._local_finishes)
+                ):
+                    batch, more = self._local_finishes.for_drain(reservation)
                     if more:
                         self.wake()  # as the runtime: the rest go with the next drain, at once
                     finishes = tuple(f for f, _ in batch)
@@ -460,67 +470,116 @@ class SimNode:
         return events
 
     def _leader_loop(self, inc: int) -> ProcessGen:
+        """As NodeRuntime._leader_loop: rounds as core.pacing.start_round paces them, each a
+        process of its own, on the node's one (FIFO) link to the store."""
         env = self.env
         leadership = self.world.leadership
-        checker = self.world.checker
+        woken = True
         while True:
             if self.paused or self.incarnation != inc:
                 yield from self._gate(inc)
+            woken = self._wake_flag or woken
+            self._wake_flag = False
             leads, term = leadership.status(self.index)
-            if leads:
-                checker.on_leader_claim(self.id, term)
-            before = self.sched.role
-            started = self.now_ms()
-            own_ends, more = self._local_finishes.reserve(self.sched.leading)
-            if more:
-                self.wake()  # as the runtime: the rest go with the next drain, at once
-            proc = leader_round(
-                self.sched,
-                leads,
-                term,
-                self._node_events(started),
-                self.now_ms,
-                self.stats,
-                own_ends,
-            )
+            sched = self.sched
+            steady = leads and sched.leading and term == sched.term
+            if start_round(
+                self._rounds,
+                LEADER_ROUNDS_IN_FLIGHT_MAX,
+                woken,
+                steady,
+                bool(self._local_finishes),
+            ):
+                woken = False
+                self._start_round(leads, term, inc)
+                # As the runtime: the round sends its first request before the loop looks
+                # again (it starts URGENT, ahead of this NORMAL timeout).
+                yield env.timeout(0)
+                continue
+            wake = self._wake_event = env.event()
+            idle = not self._rounds
+            if idle:
+                timeout = leader_wait_s(self.stats.timer_at_ms, self.now_ms())
+                # At least one millisecond: a timer that is already due is served next round.
+                call_later(env, max(timeout, 0.001), partial(fire_if_pending, wake))
+            yield wake  # woken, a round ended, or (none in flight) the timer is due
+            self._wake_event = None
+            if idle:
+                woken = True  # woken, or the timer is due
+
+    def _start_round(self, leads: bool, term: int, inc: int) -> None:
+        if leads:
+            self.world.checker.on_leader_claim(self.id, term)
+        sched = self.sched
+        started = self.now_ms()
+        reservation, more = self._local_finishes.reserve(
+            sched.leading, self._rounds, LEADER_ROUNDS_IN_FLIGHT_MAX
+        )
+        if more:
+            self.wake()  # as the runtime: the rest go with the next round, at once
+        proc = leader_round(
+            sched,
+            leads,
+            term,
+            self._node_events(started),
+            self.now_ms,
+            self.stats,
+            LocalFinishes.ends(reservation),
+        )
+        self._rounds += 1
+        self.env.process(self._guard(self._round(proc, reservation, leads, term, started, inc)))
+
+    def _round(
+        self,
+        proc: Procedure,
+        reservation: Reservation[simpy.Event],
+        leads: bool,
+        term: int,
+        started: int,
+        inc: int,
+    ) -> ProcessGen:
+        """As NodeRuntime._round: one leader round, then what follows it."""
+        env = self.env
+        before = self.sched.role
+        try:
             try:
-                yield from self.serve(proc)
+                yield from self.serve(proc, reservation)
                 self._finishes_alone(self._local_finishes.to_flush(self.sched.leading))
                 self._handover.after_round(leads, True, started, self.now_ms())
+                failed = False
             except StoreUnavailable:
-                self._local_finishes.unreserve()
+                failed = True
                 if self._handover.after_round(leads, False, started, self.now_ms()):
                     # As NodeRuntime._hand_over_if_cut_off: let a follower that may reach the
                     # store lead.
                     self.world.trace.emit(env.now, "handover", self.id, term)
-                    leadership.transfer(self.index, lambda: None)
-                yield env.timeout(STORE_RETRY_S)
-                if self.paused or self.incarnation != inc:
-                    yield from self._gate(inc)
+                    self.world.leadership.transfer(self.index, lambda: None)
+            finally:
+                # Ended before its drain: its finishes wait for the next round, or go alone.
+                self._local_finishes.unreserve(reservation)
             if self.stats.epoch_refused_term:
                 # As the runtime: our Raft term is below the stored epoch (terms restart when
                 # the whole cluster does, the epoch does not): stand again above it.
                 self.stats.epoch_refused_term = 0
                 try:
                     epoch = yield from self.call(EpochRequest())
-                    leadership.raise_term_above(self.index, epoch)
+                    self.world.leadership.raise_term_above(self.index, epoch)
                 except StoreUnavailable:
                     pass
             if self.sched.role is not before:
                 self.world.trace.emit(
                     env.now, "role", self.id, self.sched.role.value, self.sched.term
                 )
-            if self._wake_flag:
-                # Rung during the round (as an asyncio.Event set meanwhile): go again at once.
-                self._wake_flag = False
-                continue
-            timeout = leader_wait_s(self.stats.timer_at_ms, self.now_ms())
-            wake = self._wake_event = env.event()
-            # At least one millisecond: a timer that is already due is served next round.
-            call_later(env, max(timeout, 0.001), partial(fire_if_pending, wake))
-            yield wake
-            self._wake_event = None
-            self._wake_flag = False
+            if failed:
+                yield env.timeout(STORE_RETRY_S)
+                if self.paused or self.incarnation != inc:
+                    yield from self._gate(inc)
+        finally:
+            if self.incarnation == inc:  # a crashed incarnation's count went with it
+                self._rounds -= 1
+                event = self._wake_event
+                if event is not None and not event.triggered:
+                    event.succeed()  # a round ended: the loop looks again
 
     def _finishes_alone(self, batch: list[tuple[Finish, simpy.Event]]) -> None:
         """As NodeRuntime._finishes_alone: finishes queued for a drain that will not come

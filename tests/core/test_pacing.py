@@ -20,6 +20,7 @@ from core.pacing import (
     TakeStep,
     leader_wait_s,
     own_seen_due,
+    start_round,
 )
 from core.task import AttemptEnd, Status
 from core.worker import Finish
@@ -29,29 +30,34 @@ def finish(i: int) -> Finish:
     return Finish(f"t{i}", 1, "n1", AttemptEnd(Status.SUCCEEDED, 0), i)
 
 
-# Operations on the queue: add n finishes, take a drain's worth, flush (leading or not).
+# Operations on the queue: add n finishes; a round starts (reserve, leading or not), drains
+# (with its reservation, or none), ends (gives back what it did not send); flush (leading or
+# not); take all.
 OPS = st.lists(
     st.one_of(
         st.tuples(st.just("add"), st.integers(1, 2 * LOCAL_FINISHES_PER_DRAIN_MAX + 5)),
-        st.tuples(st.just("drain"), st.just(0)),
+        st.tuples(st.just("reserve"), st.booleans()),
+        st.tuples(st.just("drain"), st.integers(-1, 2)),
+        st.tuples(st.just("end"), st.integers(0, 2)),
         st.tuples(st.just("flush"), st.booleans()),
         st.tuples(st.just("all"), st.just(0)),
-        st.tuples(st.just("reserve"), st.booleans()),
-        st.tuples(st.just("unreserve"), st.just(0)),
     ),
-    max_size=12,
+    max_size=16,
 )
 
 
-@given(OPS)
-@settings(max_examples=400)
+@given(OPS, st.integers(1, 3))
+@settings(max_examples=500)
 def test_local_finishes_leave_once_each_oldest_first_at_most_a_drains_worth(
-    ops: list[tuple[str, int]],
+    ops: list[tuple[str, int]], in_flight_max: int
 ) -> None:
     q: LocalFinishes[int] = LocalFinishes()
     added: list[int] = []
     out: list[int] = []
-    reserved: list[int] = []  # what the last reserve() told the scheduler of
+    rounds: list[tuple[list[tuple[Finish, int]], list[int]]] = []  # reservation, told of
+    # Finishes left while a round held older ones: out may leave order from then on.
+    overlapped = False
+    sent = 0
     for op, arg in ops:
         if op == "add":
             for _ in range(arg):
@@ -60,39 +66,68 @@ def test_local_finishes_leave_once_each_oldest_first_at_most_a_drains_worth(
                 added.append(i)
         elif op == "reserve":
             before = len(q)
-            ends, more = q.reserve(leading=bool(arg))
-            reserved = [int(tid[1:]) for tid, _ in ends]
-            assert len(q) == before  # reserved, not gone
-            assert len(reserved) == (min(before, LOCAL_FINISHES_PER_DRAIN_MAX) if arg else 0)
-            assert more == (bool(arg) and before > LOCAL_FINISHES_PER_DRAIN_MAX)
-        elif op == "unreserve":
-            q.unreserve()
-            reserved = []
+            reservation, more = q.reserve(bool(arg), len(rounds), in_flight_max)
+            told = [int(tid[1:]) for tid, _ in LocalFinishes.ends(reservation)]
+            assert told == [w for _, w in reservation]
+            share = min(before, LOCAL_FINISHES_PER_DRAIN_MAX) if arg else 0
+            if not rounds and in_flight_max > 1 and share > 1:
+                share = (share + 1) // 2  # half now, the rest in a round beside it
+            assert len(told) == share
+            assert len(q) == before - share
+            assert more == (len(q) > 0 and bool(arg))
+            rounds.append((reservation, told))
         elif op == "drain":
             before = len(q)
-            batch, more = q.for_drain()
-            if reserved:
-                # The round's first drain carries exactly what the scheduler was told of.
-                assert [w for _, w in batch] == reserved and not more
+            if 0 <= arg < len(rounds):
+                reservation, told = rounds[arg]
+                rounds[arg] = (reservation, [])
+            else:
+                reservation, told = [], []
+            batch, more = q.for_drain(reservation)
+            if told:
+                # A round's first drain carries exactly what the scheduler was told of.
+                assert [w for _, w in batch] == told and not more and not reservation
             else:
                 assert len(batch) == min(before, LOCAL_FINISHES_PER_DRAIN_MAX)
                 assert more == (len(q) > 0)
-            reserved = []
             out += [w for _, w in batch]
+        elif op == "end":
+            if arg < len(rounds):
+                reservation, _ = rounds.pop(arg)
+                before = len(q)
+                back = [w for _, w in reservation]
+                q.unreserve(reservation)
+                assert not reservation and len(q) == before + len(back)
+                assert [w for _, w in q][: len(back)] == back  # first in line again
         elif op == "flush":
             before = len(q)
             batch = q.to_flush(leading=bool(arg))
             assert len(batch) == (0 if arg else before)
             out += [w for _, w in batch]
-            reserved = []
         else:
             out += [w for _, w in q.take_all()]
-            reserved = []
-        # Each finish carries its own waiter, and none leaves twice or out of order.
-        assert out == added[: len(out)]
-    assert out + [w for _, w in q] == added
+        if len(out) > sent and any(r for r, _ in rounds):
+            overlapped = True
+        sent = len(out)
+        queued = [w for _, w in q]
+        assert queued == sorted(queued)  # oldest first
+        held = [w for r, _ in rounds for _, w in r]
+        # None leaves twice, none is lost, each carries its own waiter.
+        assert sorted(out + queued + held) == added
+        if not overlapped:
+            assert out == added[: len(out)]
     for f, w in q:
         assert f.task_id == f"t{w}"
+
+
+def test_rounds_start_alone_when_woken_and_beside_one_only_for_own_ends() -> None:
+    assert start_round(0, 2, True, False, False)
+    assert not start_round(0, 2, False, True, True)  # not woken, timer not due
+    assert start_round(1, 2, False, True, True)
+    assert not start_round(1, 2, True, True, False)  # a ring waits for the round in flight
+    assert not start_round(1, 2, True, False, True)  # not steady: no election beside a round
+    assert not start_round(2, 2, True, True, True)
+    assert not start_round(1, 1, True, True, True)  # an unordered link: one at a time
 
 
 def test_local_finishes_are_wanted_only_while_leading_with_loops_running() -> None:

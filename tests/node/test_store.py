@@ -819,6 +819,33 @@ async def test_finish_apply_drain_is_finish_then_apply_then_drain(store: RedisSt
     check_indexes(await snapshot(store.redis, store.base), store.base)
 
 
+async def test_the_leaders_requests_run_in_the_order_sent_with_many_in_flight(
+    store: RedisStore,
+) -> None:
+    """The leader sends a round before the one ahead has answered (leader_link_ordered): Redis
+    must apply them in the order sent. Each task is leased to n1 by one call and to n2 by the
+    next, both in flight at once: the first must win every time, also while the connection
+    is (re)opened."""
+    assert store.leader_link_ordered
+    ids = [f"o{i}" for i in range(60)]
+    await store.submit([new(t) for t in ids], NOW)
+    for part in (ids[:30], ids[30:]):
+        calls = []
+        for t in part:  # each call is sent at once (a task each), in this order
+            for node in ("n1", "n2"):
+                op = Lease(1, t, node, NOW + 10_000, NOW)
+                calls.append(asyncio.create_task(store.apply_direct([op], "")))
+        answers = await asyncio.gather(*calls)
+        assert [a[0][0].lease_node for a in answers] == ["n1", "n1"] * len(part)
+        # The second part goes over a connection opened anew, with all its calls waiting on it.
+        lead = store._lead
+        assert lead is not None and lead._slots[0] is not None
+        lead._slots[0].close()
+    for t in ids:
+        rec = await store.get(t)
+        assert rec is not None and rec.lease_node == "n1" and rec.attempt == 1
+
+
 async def test_concurrent_finishes_are_group_committed(store: RedisStore) -> None:
     await store.submit([new(f"t{i}") for i in range(40)], NOW)
     attempts = [await leased(store, f"t{i}") for i in range(40)]
