@@ -22,3 +22,6 @@ class Priority(IntEnum):
 
 
 PRIORITY_LEVELS = len(Priority)
+# Each priority's label by its value: what a per-task path looks up instead of building the
+# enum member and its name (the value is what records and the heap hold).
+PRIORITY_LABELS: tuple[str, ...] = tuple(p.label for p in sorted(Priority))

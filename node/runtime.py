@@ -59,7 +59,7 @@ from core.pacing import (
     own_seen_due,
     start_round,
 )
-from core.priority import Priority
+from core.priority import PRIORITY_LABELS, Priority
 from core.scheduler import Scheduler, SchedulerConfig
 from core.store_model import Taken, TaskRecord
 from core.task import Outcome
@@ -161,6 +161,8 @@ class NodeRuntime:
         self.store = store
         self.metrics = metrics
         self.handlers = handlers
+        # Whether each type's handler is a coroutine function, asked of inspect once per type.
+        self._asyncness: dict[str, bool] = {}
         self.leadership = leadership
         self.rng = rng or random.Random()
         self.scheduler = Scheduler(self.node_id, SchedulerConfig(lease_ms=config.lease_ms))
@@ -786,7 +788,7 @@ class NodeRuntime:
             return [Release(record.id, taken.attempt, self.node_id, now_ms())]
         assignment = taken.assignment()
         now = now_ms()
-        priority = Priority(record.priority).label
+        priority = PRIORITY_LABELS[record.priority]
         others: list[WorkerEffect] = []
         for effect in self.pool.start(assignment, now):
             if isinstance(effect, RunHandler):
@@ -828,10 +830,14 @@ class NodeRuntime:
         try:
             if handler is None:
                 raise LookupError(f"no handler registered for task type {a.type!r} here")
-            payload = json.loads(payload_json)
+            # Most payloads of a busy queue are "null" (no payload): no decoder call for it.
+            payload = None if payload_json == "null" else json.loads(payload_json)
             # This coroutine runs as its own asyncio task, so its context is its own.
             set_current(TaskContext(a.task_id, a.attempt, a.type, self.node_id))
-            if is_async(handler):
+            asyncness = self._asyncness.get(a.type)
+            if asyncness is None:
+                asyncness = self._asyncness[a.type] = is_async(handler)
+            if asyncness:
                 result = await handler(payload)
             else:
                 ctx = contextvars.copy_context()

@@ -1,8 +1,13 @@
-"""node/metrics.py: the cached label children count into the very series GET /metrics shows."""
+"""node/metrics.py: the counts land in the very series GET /metrics shows, as prometheus_client
+would show them."""
 
 from __future__ import annotations
 
-from node.metrics import Metrics
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from node.metrics import HTTP_BUCKETS_S, LabelledCounter, LabelledHistogram, Metrics, _Collector
 
 
 def _sample(text: str, name: str, **labels: str) -> float | None:
@@ -47,3 +52,38 @@ def test_http_methods_are_a_bounded_label() -> None:
         == 3
     )
     assert "BREW" not in text
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b"]),
+            st.one_of(st.sampled_from(HTTP_BUCKETS_S), st.floats(0, 20, allow_nan=False)),
+        ),
+        max_size=40,
+    )
+)
+@settings(max_examples=200, deadline=None)
+def test_histograms_and_counters_expose_what_prometheus_client_would(
+    observations: list[tuple[str, float]],
+) -> None:
+    """The plain-number series render exactly as prometheus_client's own Histogram and Counter
+    fed the same values (bounds included: buckets are "le")."""
+    ours = LabelledHistogram("h", "doc", ("k",), HTTP_BUCKETS_S)
+    counter = LabelledCounter("c", "doc", ("k",))
+    theirs = CollectorRegistry()
+    reference = Histogram("h", "doc", ("k",), buckets=HTTP_BUCKETS_S, registry=theirs)
+    reference_counter = Counter("c", "doc", ("k",), registry=theirs)
+    for key, value in observations:
+        ours.observe((key,), value)
+        counter.inc((key,))
+        reference.labels(key).observe(value)
+        reference_counter.labels(key).inc()
+    mine = CollectorRegistry()
+    mine.register(_Collector([ours, counter]))
+
+    def samples(registry: CollectorRegistry) -> list[str]:
+        text = generate_latest(registry).decode()
+        return sorted(line for line in text.splitlines() if "_created" not in line)
+
+    assert samples(mine) == samples(theirs)
