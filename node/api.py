@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import http_exceptions, web, web_protocol
 
 from core.limits import Limits
-from core.priority import Priority
+from core.priority import PRIORITY_LABELS, Priority
 from core.store_model import IdempotencyConflict, QueueFull, SubmitError, TaskRecord
 from core.task import Status
 from node import tasks as task_registry
@@ -218,9 +218,6 @@ def _conflict(record: TaskRecord, message: str) -> web.Response:
     return _json_response({**error.body(), "task": task_json(record)}, 409)
 
 
-_LABELS: dict[int, str] = {p: p.label for p in Priority}
-
-
 def _refusal(exc: SubmitError, rows: list[SubmitRow], batch: bool) -> RequestError:
     """The store's refusal of a submission (of ``rows``) as the API's error: the field inside
     a batch is named with its index (``tasks[3].depends_on``)."""
@@ -257,7 +254,7 @@ def _count_submitted(request: web.Request, rows: list[SubmitRow]) -> None:
     metrics = request.app[METRICS]
     by_label = Counter((row[TYPE], row[PRIORITY]) for row in rows)
     for (type_name, priority), n in sorted(by_label.items()):
-        metrics.submitted(type_name, _LABELS[priority], n)
+        metrics.submitted(type_name, PRIORITY_LABELS[priority], n)
 
 
 # ---------------------------------------------------------------------------- handlers
@@ -277,7 +274,7 @@ async def submit_task(request: web.Request) -> web.Response:
         # The idempotency key matched: the first task, unchanged, and nothing new to wake for.
         return _json_response(task_json(answer), 200)
     seq, status = answer
-    request.app[METRICS].submitted(row[TYPE], _LABELS[row[PRIORITY]], 1)
+    request.app[METRICS].submitted(row[TYPE], PRIORITY_LABELS[row[PRIORITY]], 1)
     request.app[RUNTIME].notify_changed([created_record(row, seq, status, now)])
     body = CreatedJson(now)(row, seq, status).encode()
     return _body_response(body, 201, Location=f"/v1/tasks/{row[ID]}")
