@@ -123,13 +123,21 @@ _SCRIPT_NAMES: Final = (
 )
 
 
+# round.lua runs these scripts' bodies as functions (name_main), in this order.
+_ROUND_PARTS: Final = ("finish", "apply", "drain")
+
+
 def _read_sources() -> dict[str, str]:
     lua = resources.files("node") / "lua"
     lib = (lua / "_lib.lua").read_text(encoding="utf-8")
-    return {
-        name: lib + "\n" + (lua / f"{name}.lua").read_text(encoding="utf-8")
-        for name in _SCRIPT_NAMES
-    }
+    bodies = {name: (lua / f"{name}.lua").read_text(encoding="utf-8") for name in _SCRIPT_NAMES}
+    scripts = {name: lib + "\n" + body for name, body in bodies.items()}
+    # A body's ARGV is its function's parameter, and its return the function's.
+    parts = "".join(
+        f"local function {name}_main(ARGV)\n{bodies[name]}\nend\n" for name in _ROUND_PARTS
+    )
+    scripts["round"] = lib + "\n" + parts + (lua / "round.lua").read_text(encoding="utf-8")
+    return scripts
 
 
 # Read at import: a missing or unreadable script is a packaging error, found at once.
@@ -900,24 +908,12 @@ class RedisStore:
         self, finishes: Sequence[Finish], term: int, count_max: int
     ) -> tuple[list[bool | BaseException], list[TaskState] | str]:
         """The leader's own node's finishes, then the leader's drain, in one round trip: as
-        ``finish_many(finishes)`` followed by ``drain(term, count_max)`` (Redis runs them in
-        that order), so the drain sees these ends as the store applied them; no bell (the
+        ``finish_many(finishes)`` followed by ``drain(term, count_max)`` in one atomic step
+        (round.lua), so the drain sees these ends as the store applied them; no bell (the
         caller leads, and is the one who would hear it). Answers each finish's outcome (True,
         False or its ValueError) and the drain's."""
-        finish_args: list[str | int] = [len(finishes), 0]
-        for f in finishes:
-            finish_args += _finish_args(f)
-        replies = await self._eval_seq(
-            [("finish", finish_args), ("drain", [term, count_max])], lead=True
-        )
-        done, drained = replies
-        for reply in replies:
-            if isinstance(reply, BaseException):
-                raise _translate(reply)
-        answers = [_finish_answer(f, a) for f, a in zip(finishes, done, strict=True)]
-        if drained == FENCED:
-            return answers, FENCED
-        return answers, _drained(drained)
+        answers, _, drained = await self.finish_apply_drain(finishes, (), "", term, count_max)
+        return answers, drained
 
     async def finish_apply_drain(
         self,
@@ -928,24 +924,19 @@ class RedisStore:
         count_max: int,
     ) -> tuple[list[bool | BaseException], tuple[list[TaskState | str | None], list[Taken]], Any]:
         """``finish_drain`` with the leader's ops between the finishes and the drain, all in
-        one round trip (Redis runs them in that order): the leases to the slots those finishes
-        free go with them. Answers the finishes' outcomes, ``apply_direct``'s answer, and the
-        drain's (FENCED or states)."""
-        finish_args: list[str | int] = [len(finishes), 0]
+        one atomic step (round.lua: finish, apply, drain): the leases to the slots those
+        finishes free go with them. Answers the finishes' outcomes, ``apply_direct``'s answer,
+        and the drain's (FENCED or states)."""
+        args: list[str | int] = [len(finishes), 0]
         for f in finishes:
-            finish_args += _finish_args(f)
-        replies = await self._eval_seq(
-            [
-                ("finish", finish_args),
-                ("apply", _apply_args(ops, direct_node)),
-                ("drain", [term, count_max]),
-            ],
-            lead=True,
-        )
-        for reply in replies:
-            if isinstance(reply, BaseException):
-                raise _translate(reply)
-        done, applied, drained = replies
+            args += _finish_args(f)
+        apply_args = _apply_args(ops, direct_node)
+        if not direct_node:
+            apply_args.append("")  # round.lua's part is fixed-size: the direct node, even none
+        args += apply_args
+        args += [term, count_max]
+        # Not resent after a broken connection: its finishes and drain are not idempotent.
+        done, applied, drained = await self._eval("round", *args, lead=True)
         answers = [_finish_answer(f, a) for f, a in zip(finishes, done, strict=True)]
         return (
             answers,

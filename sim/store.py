@@ -87,10 +87,8 @@ class FinishDrainRequest:
 @dataclass(frozen=True, slots=True)
 class FinishApplyDrainRequest:
     """RedisStore.finish_apply_drain: the leader's own node's finishes, its ops, then its
-    drain, in one round trip and that order. Served as one step here, where Redis runs three
-    scripts between which other clients' commands may come (a cancel between the finish and
-    the apply, say): the model leaves those interleavings out. Answer: ([written per finish],
-    (apply's answers, direct leases taken), drain's answer)."""
+    drain, in that order and one atomic step, as round.lua runs them. Answer: ([written per
+    finish], (apply's answers, direct leases taken), drain's answer)."""
 
     finishes: tuple[Finish, ...]
     apply: ApplyRequest

@@ -1324,3 +1324,22 @@ async def test_forget_nodes_drops_only_long_unseen_entries_and_their_lists(
     assert await raw.llen(store.key("a", "gone")) == 0
     assert await raw.llen(store.key("a", "here")) == 1
     assert await store.forget_nodes(NOW, 600_000) == []  # nothing more to forget
+
+
+async def test_the_preludes_written_out_defaults_are_the_derived_ones(store: RedisStore) -> None:
+    """_lib.lua writes STATE_DEFAULTS out (it runs at every call); derived from STATE_FIELDS
+    and DEFAULTS here, in Redis, the two must agree."""
+    from node.store import SCRIPTS
+
+    lib = SCRIPTS["drain"][: SCRIPTS["drain"].index("-- drain:")]
+    check = lib + (
+        "local derived = {}\n"
+        "for i, f in ipairs(STATE_FIELDS) do\n"
+        "  if DEFAULTS[f] then derived[#derived + 1] = i .. '=' .. DEFAULTS[f] end\n"
+        "end\n"
+        "local written = {}\n"
+        "for _, d in ipairs(STATE_DEFAULTS) do written[#written + 1] = d[1] .. '=' .. d[2] end\n"
+        "return { table.concat(derived, ','), table.concat(written, ',') }\n"
+    )
+    derived, written = await store.redis.eval(check, 1, store.base)
+    assert derived and written == derived

@@ -95,6 +95,18 @@ def model_apply(model: StoreModel, ops: list[Lease | Expire | Promote]) -> list[
     return out
 
 
+def model_round(
+    model: StoreModel,
+    fins: list[Finish],
+    ops: list[Lease | Expire | Promote],
+    direct: str,
+    term: int,
+    count: int,
+) -> tuple[object, ...]:
+    """What round.lua does in one step: the finishes, the ops, the drain."""
+    return (model_finishes(model, fins), model.apply(ops, direct), model.drain(term, count))
+
+
 def model_list(
     model: StoreModel, status: Status | None, type_: str | None, priority: Priority | None
 ) -> list[dict[str, Any] | None]:
@@ -300,7 +312,7 @@ OPS = [
     "submit", "submit", "submit", "cancel", "retry", "raise_epoch", "drain", "drain",
     "live_states", "apply", "apply", "apply", "apply", "take", "take", "take_many", "heartbeat",
     "heartbeat", "finish", "finish", "finish", "release", "sweep", "advance", "advance",
-    "advance", "list", "counts", "get", "sweep", "due", "due", *["cycle"] * 6,
+    "advance", "list", "counts", "get", "sweep", "due", "due", *["cycle"] * 6, "round", "round",
 ]  # fmt: skip
 
 
@@ -401,6 +413,28 @@ async def test_store_matches_model(redis_server: EmbeddedRedis, data: st.DataObj
                     )
                 else:
                     want, got = await both(store.apply(ops), model_apply, model, ops)
+            elif op == "round":
+                # A leader round in one script: its own node's finishes (valid ends: the model
+                # stops at a ValueError), its ops (leases to its own node come back direct),
+                # its drain.
+                size = data.draw(st.integers(0, 3), label="finishes")
+                fins = data.draw(
+                    st.lists(finish_st(model, now, False), min_size=size, max_size=size)
+                )
+                ops = data.draw(st.lists(leader_op_st(model, now), max_size=3))
+                direct = data.draw(st.sampled_from(["", *NODES]), label="direct node")
+                term = data.draw(term_st(model), label="term")
+                count = data.draw(st.integers(0, 6), label="count")
+                want, got = await both(
+                    store.finish_apply_drain(fins, ops, direct, term, count),
+                    model_round,
+                    model,
+                    fins,
+                    ops,
+                    direct,
+                    term,
+                    count,
+                )
             elif op == "cycle":
                 # A whole lease as a healthy cluster runs it, each step compared: the leader
                 # leases a queued task under the stored epoch, the node takes it, then beats,
