@@ -351,10 +351,9 @@ def test_bench_e2e_noop(
     workers: int,
     pinned: bool,
 ) -> None:
-    # pinned (diagnostic): the node and its Redis share one CPU. With 5 workers every task is
-    # a round trip between them, and a round trip across CPUs can cost both far more CPU than
-    # one within a CPU: this row beside the unpinned one shows how much here, and that the
-    # unpinned figure depends on where the OS put the two processes.
+    # pinned (diagnostic): the node and its Redis share one CPU. The leader keeps two rounds in
+    # flight so that the node and Redis work at once on two CPUs; pinned, they take turns: this
+    # row beside the unpinned one shows what that overlap is worth here.
     with local_node(tmp_path, workers=workers) as (node, redis):
         if pinned and _pin_to_one_cpu(node.pid, redis.pid) is None:
             pytest.skip("no CPU affinity here")
