@@ -29,6 +29,30 @@ from core.task import Outcome, RetryPolicy, Status, TaskState
 from core.worker import Assignment, Finish, Heartbeat, Release, RunHandler, WorkerPool
 
 
+def leases_per_node(store: StoreModel) -> dict[str, int]:
+    """How many running tasks the store holds leased to each node."""
+    leased: dict[str, int] = {}
+    for rec in store.tasks.values():
+        if rec.status is Status.RUNNING:
+            leased[rec.lease_node] = leased.get(rec.lease_node, 0) + 1
+    return leased
+
+
+def worker_ticks(store: StoreModel, pools: dict[str, WorkerPool], now_ms: int) -> None:
+    """Every pool ticks; its heartbeats go straight to the store (interrupts stop handlers,
+    which end when a test says so)."""
+    for node, pool in pools.items():
+        for effect in pool.tick(now_ms):
+            if isinstance(effect, Heartbeat):
+                held, _ = store.heartbeat(
+                    effect.task_id, effect.attempt, node, effect.deadline_ms, now_ms
+                )
+                if held:
+                    pool.lease_held(effect.task_id, effect.attempt, effect.deadline_ms)
+                else:
+                    pool.lease_refused(effect.task_id, effect.attempt, False)
+
+
 @dataclass
 class Harness:
     nodes: list[str] = field(default_factory=lambda: ["n1", "n2"])
@@ -229,28 +253,14 @@ class Harness:
         return True
 
     def leases_per_node(self) -> dict[str, int]:
-        """How many running tasks the store holds leased to each node."""
-        leased: dict[str, int] = {}
-        for rec in self.store.tasks.values():
-            if rec.status is Status.RUNNING:
-                leased[rec.lease_node] = leased.get(rec.lease_node, 0) + 1
-        return leased
+        return leases_per_node(self.store)
 
     def crash_node(self, node: str) -> None:
         """Volatile state lost: its running handlers vanish without a word."""
         self.pools[node] = WorkerPool(node, self.slots, self.lease_ms)
 
     def worker_ticks(self) -> None:
-        for node, pool in self.pools.items():
-            for effect in pool.tick(self.now_ms):
-                if isinstance(effect, Heartbeat):
-                    held, _ = self.store.heartbeat(
-                        effect.task_id, effect.attempt, node, effect.deadline_ms, self.now_ms
-                    )
-                    if held:
-                        pool.lease_held(effect.task_id, effect.attempt, effect.deadline_ms)
-                    else:
-                        pool.lease_refused(effect.task_id, effect.attempt, False)
+        worker_ticks(self.store, self.pools, self.now_ms)
 
     # ------------------------------------------------------------------ time
     def advance(self, ms: int) -> None:

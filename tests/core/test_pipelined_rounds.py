@@ -33,7 +33,8 @@ from core.priority import Priority
 from core.scheduler import Scheduler, SchedulerConfig
 from core.store_model import NewTask, StoreModel, StoreUnavailable, Taken
 from core.task import Outcome, Status
-from core.worker import Finish, Heartbeat, Release, WorkerPool
+from core.worker import Finish, Release, WorkerPool
+from tests.core.harness import leases_per_node, worker_ticks
 
 LEADER, OTHER = "n1", "n2"
 SLOTS = 2
@@ -114,16 +115,7 @@ class PipelinedRounds:
             self.start(OTHER, taken)
 
     def worker_ticks(self) -> None:
-        for node, pool in self.pools.items():
-            for effect in pool.tick(self.now_ms):
-                if isinstance(effect, Heartbeat):
-                    held, _ = self.store.heartbeat(
-                        effect.task_id, effect.attempt, node, effect.deadline_ms, self.now_ms
-                    )
-                    if held:
-                        pool.lease_held(effect.task_id, effect.attempt, effect.deadline_ms)
-                    else:
-                        pool.lease_refused(effect.task_id, effect.attempt, False)
+        worker_ticks(self.store, self.pools, self.now_ms)
 
     # ---- the leader loop
     def may_start(self, woken: bool) -> bool:
@@ -214,13 +206,6 @@ class PipelinedRounds:
             else:
                 return
         raise AssertionError("rounds never settled")
-
-    def leases_per_node(self) -> dict[str, int]:
-        leased: dict[str, int] = {}
-        for rec in self.store.tasks.values():
-            if rec.status is Status.RUNNING:
-                leased[rec.lease_node] = leased.get(rec.lease_node, 0) + 1
-        return leased
 
 
 class PipelinedRoundsMachine(RuleBasedStateMachine):
@@ -318,7 +303,7 @@ class PipelinedRoundsMachine(RuleBasedStateMachine):
 
     @invariant()
     def no_node_holds_more_leases_than_slots(self) -> None:
-        for node, n in self.d.leases_per_node().items():
+        for node, n in leases_per_node(self.d.store).items():
             assert n <= SLOTS, f"{node} holds {n} leases on {SLOTS} slots"
 
     @invariant()
