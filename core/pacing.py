@@ -7,10 +7,11 @@ simulation proves the pacing that ships. No I/O and no clock: times are argument
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from core.worker import Finish
 
@@ -131,9 +132,12 @@ def start_round(
 
 
 W = TypeVar("W")
+# A finish waiting to ride a drain: its place in line (the order finishes were added), the
+# finish, the driver's waiter.
+Queued = tuple[int, Finish, W]
 # A leader round's share of the finishes: told to the scheduler as OwnEnded, carried by the
 # round's first drain, given back if the round ends before it.
-Reservation = list[tuple[Finish, W]]
+Reservation = list[Queued[W]]
 
 
 class LocalFinishes(Generic[W]):
@@ -144,17 +148,18 @@ class LocalFinishes(Generic[W]):
     A leader round takes its share at its start (:meth:`reserve`): the scheduler hears of them
     (leader_round's own_ends) and leases their slots in the same round trip, so the round's
     first drain must carry exactly those (:meth:`for_drain`); a round that ends before its
-    drain gives them back with :meth:`unreserve`. Several rounds may hold reservations at once
-    (LEADER_ROUNDS_IN_FLIGHT_MAX); what no round holds is the queue, which ``len``, ``bool``
-    and iteration show.
+    drain gives them back with :meth:`unreserve`, to their place in line. Several rounds may
+    hold reservations at once (LEADER_ROUNDS_IN_FLIGHT_MAX); what no round holds is the queue,
+    which ``len``, ``bool`` and iteration show, oldest first.
 
     A finish is queued only while this node leads and its loops run; whatever is left when
     it stops leading (or stops) goes alone, as a follower's would."""
 
-    __slots__ = ("_queue",)
+    __slots__ = ("_added", "_queue")
 
     def __init__(self) -> None:
-        self._queue: list[tuple[Finish, W]] = []
+        self._queue: list[Queued[W]] = []
+        self._added = 0
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -163,7 +168,8 @@ class LocalFinishes(Generic[W]):
         return bool(self._queue)
 
     def __iter__(self) -> Iterator[tuple[Finish, W]]:
-        yield from self._queue
+        for _, finish, waiter in self._queue:
+            yield finish, waiter
 
     @staticmethod
     def wanted(leading: bool, loops_stopped: bool) -> bool:
@@ -173,10 +179,11 @@ class LocalFinishes(Generic[W]):
     @staticmethod
     def ends(reservation: Reservation[W]) -> tuple[tuple[str, int], ...]:
         """A reservation as the scheduler hears of it: (task id, attempt) of each."""
-        return tuple((f.task_id, f.attempt) for f, _ in reservation)
+        return tuple((f.task_id, f.attempt) for _, f, _ in reservation)
 
     def add(self, finish: Finish, waiter: W) -> None:
-        self._queue.append((finish, waiter))
+        self._queue.append((self._added, finish, waiter))
+        self._added += 1
 
     def _take(self, count: int) -> Reservation[W]:
         queue = self._queue
@@ -207,35 +214,41 @@ class LocalFinishes(Generic[W]):
         return batch, bool(self._queue)
 
     def unreserve(self, reservation: Reservation[W]) -> None:
-        """The round ended without sending its reservation: first in line again (they are
-        older than anything still queued)."""
+        """The round ended without sending its reservation: back to their place in line
+        (ahead of anything added after them, whichever round gives back first)."""
         if reservation:
-            self._queue[:0] = reservation
+            self._queue = list(heapq.merge(reservation, self._queue, key=_place))
             reservation.clear()
 
-    def for_drain(self, reservation: Reservation[W] | None = None) -> tuple[Reservation[W], bool]:
+    def for_drain(
+        self, reservation: Reservation[W] | None = None
+    ) -> tuple[list[tuple[Finish, W]], bool]:
         """The finishes for the drain about to go, oldest first: the round's reservation, if
         it still holds one (it is emptied: the drain carries them), else a drain's worth of
         the queue; and whether more are queued (the driver then wakes its leader loop again
         at once)."""
         if reservation:
-            batch = reservation[:]
+            batch = [(f, w) for _, f, w in reservation]
             reservation.clear()
             return batch, False  # reserve() already told of the rest
-        batch = self._take(LOCAL_FINISHES_PER_DRAIN_MAX)
+        batch = [(f, w) for _, f, w in self._take(LOCAL_FINISHES_PER_DRAIN_MAX)]
         return batch, bool(self._queue)
 
-    def to_flush(self, leading: bool) -> Reservation[W]:
+    def to_flush(self, leading: bool) -> list[tuple[Finish, W]]:
         """After a round: the queued finishes no drain of ours will carry (not leading now),
         to go alone. Empty while leading."""
         if leading or not self._queue:
             return []
         return self.take_all()
 
-    def take_all(self) -> Reservation[W]:
+    def take_all(self) -> list[tuple[Finish, W]]:
         """Every queued finish (not those rounds in flight hold)."""
         batch, self._queue = self._queue, []
-        return batch
+        return [(f, w) for _, f, w in batch]
+
+
+def _place(queued: Queued[Any]) -> int:
+    return queued[0]
 
 
 class TakeStep(Enum):

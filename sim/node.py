@@ -555,8 +555,10 @@ class SimNode:
                     self.world.trace.emit(env.now, "handover", self.id, term)
                     self.world.leadership.transfer(self.index, lambda: None)
             finally:
-                # Ended before its drain: its finishes wait for the next round, or go alone.
-                self._local_finishes.unreserve(reservation)
+                # Ended before its drain: its finishes wait for the next round, or go alone;
+                # a crash took them with the node (a restarted node has finishes of its own).
+                if self.incarnation == inc:
+                    self._local_finishes.unreserve(reservation)
             if self.stats.epoch_refused_term:
                 # As the runtime: our Raft term is below the stored epoch (terms restart when
                 # the whole cluster does, the epoch does not): stand again above it.
