@@ -15,6 +15,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
+import functools
 import json
 import logging
 import os
@@ -520,9 +521,14 @@ class NodeRuntime:
         )
         task = asyncio.create_task(self._round(proc, reservation, leads, touches_store, started))
         self._rounds.add(task)
-        task.add_done_callback(self._round_done)
+        task.add_done_callback(functools.partial(self._round_done, reservation))
 
-    def _round_done(self, task: asyncio.Task[None]) -> None:
+    def _round_done(
+        self, reservation: Reservation[asyncio.Future[bool]], task: asyncio.Task[None]
+    ) -> None:
+        # Its finishes back in line, if the round did not give them back itself: a round
+        # cancelled before its first step (stop()) never ran its own finally.
+        self._local_finishes.unreserve(reservation)
         self._rounds.discard(task)
         self._wake.round_ended()
 
@@ -542,7 +548,6 @@ class NodeRuntime:
                     self._store_lost_logged_at = None
                     log.info("store reachable again")
                 self._store_ok = True
-            await self._finishes_alone(self._local_finishes.to_flush(self.scheduler.leading))
             self._handover.after_round(leads, True, started, now_ms())
         except StoreUnavailable as exc:
             lost_at = self._store_lost_logged_at
@@ -562,6 +567,8 @@ class NodeRuntime:
             # A round that ended before its drain (deposed, the store lost on the way) sent
             # none of its reserved finishes: they wait for the next one, or go alone.
             self._local_finishes.unreserve(reservation)
+        if not failed:
+            await self._finishes_alone(self._local_finishes.to_flush(self.scheduler.leading))
         if self.leader_stats.epoch_refused_term:
             self.leader_stats.epoch_refused_term = 0
             refused = getattr(self.leadership, "epoch_refused", None)

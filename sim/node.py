@@ -544,7 +544,6 @@ class SimNode:
         try:
             try:
                 yield from self.serve(proc, reservation)
-                self._finishes_alone(self._local_finishes.to_flush(self.sched.leading))
                 self._handover.after_round(leads, True, started, self.now_ms())
                 failed = False
             except StoreUnavailable:
@@ -559,6 +558,9 @@ class SimNode:
                 # a crash took them with the node (a restarted node has finishes of its own).
                 if self.incarnation == inc:
                     self._local_finishes.unreserve(reservation)
+            if not failed:
+                # As the runtime: what no drain of ours will carry (deposed) goes alone.
+                self._finishes_alone(self._local_finishes.to_flush(self.sched.leading))
             if self.stats.epoch_refused_term:
                 # As the runtime: our Raft term is below the stored epoch (terms restart when
                 # the whole cluster does, the epoch does not): stand again above it.

@@ -28,7 +28,7 @@ if applied.err then
   return applied -- a caller bug (an unknown op kind): the error, after the finishes
 end
 local last = applied[#applied]
-if type(last) == "table" and last[1] == "!target" then
+if type(last) == "table" and #last == 2 and last[1] == "!target" then
   -- A bad Expire target ends the round where the model raises: no drain after it.
   return { finished, applied, {} }
 end

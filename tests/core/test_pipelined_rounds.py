@@ -308,13 +308,16 @@ class PipelinedRoundsMachine(RuleBasedStateMachine):
 
     @invariant()
     def one_live_attempt_per_task(self) -> None:
-        for pool in self.d.pools.values():
+        # A handler not stopped, of the attempt the store holds running: at most one per task,
+        # and on the node the store leased it to.
+        live: dict[str, int] = {}
+        for node, pool in self.d.pools.items():
             for (tid, attempt), run in pool.running.items():
                 rec = self.d.store.tasks[tid]
-                if run.stop is None and rec.status is Status.RUNNING:
-                    # A live run holds the store's current attempt, or an older one that the
-                    # store already took back (its handler is stopped at its next tick).
-                    assert attempt <= rec.attempt
+                if run.stop is None and rec.status is Status.RUNNING and attempt == rec.attempt:
+                    live[tid] = live.get(tid, 0) + 1
+                    assert node == rec.lease_node, (tid, node, rec.lease_node)
+        assert all(n <= 1 for n in live.values()), live
 
     def teardown(self) -> None:
         # Liveness: faults stop, handlers succeed, the loop runs; everything must end.

@@ -1,0 +1,75 @@
+"""The node's leader loop around core's rounds (node/runtime.py), in process over a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from core.events import Elected, EpochRaised, NodeSeen, Rebuilt
+from core.task import AttemptEnd, Status
+from core.worker import Finish
+from node.config import NodeConfig
+from node.metrics import Metrics
+from node.runtime import NodeRuntime, SoloLeadership, now_ms
+from node.store import RedisStore
+
+
+def _leading_runtime(store: RedisStore) -> NodeRuntime:
+    """A runtime (no loops started) whose scheduler leads in term 1."""
+    runtime = NodeRuntime(
+        NodeConfig(node_id="n1", workers=2), store, Metrics(), {}, SoloLeadership("n1")
+    )
+    t = now_ms()
+    for event in (
+        NodeSeen("n1", 2, None, t),
+        Elected(1, t),
+        EpochRaised(1, True, t),
+        Rebuilt(1, t),
+    ):
+        runtime.scheduler.step(event)
+    assert runtime.scheduler.leading
+    return runtime
+
+
+async def test_a_round_cancelled_before_its_first_step_gives_its_finishes_back(
+    store: RedisStore,
+) -> None:
+    """Found in review: stop() cancels the rounds in flight, and a round created in the same
+    pass never ran its own finally; its share of the node's finishes was neither sent nor
+    given back, so stop() could not send it alone and its writer waited for good."""
+    runtime = _leading_runtime(store)
+    t = now_ms()
+    waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    runtime._local_finishes.add(Finish("t1", 1, "n1", AttemptEnd(Status.SUCCEEDED, 0), t), waiter)
+    runtime._start_round(True, 1, "n1", 2)
+    [round_task] = runtime._rounds
+    assert not runtime._local_finishes  # reserved by the round
+    round_task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await round_task
+    await asyncio.sleep(0)  # its done callbacks
+    assert [f.task_id for f, _ in runtime._local_finishes] == ["t1"] and not runtime._rounds
+    # stop() sends what is queued alone: the writer hears (refused: no such attempt holds t1).
+    await runtime.stop(grace_s=0)
+    assert waiter.done() and waiter.result() is False
+
+
+async def test_a_round_that_finds_itself_deposed_sends_its_finishes_alone(
+    store: RedisStore,
+) -> None:
+    """Found in review: a round that took its share of the node's finishes and then found
+    itself deposed (no drain to carry them) flushed the queue before giving its share back,
+    so the share waited for a later round (up to an idle wait) instead of going at once."""
+    runtime = _leading_runtime(store)
+    waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    runtime._local_finishes.add(
+        Finish("t1", 1, "n1", AttemptEnd(Status.SUCCEEDED, 0), now_ms()), waiter
+    )
+    runtime._start_round(False, 1, None, 2)  # Raft says: no longer leading
+    [round_task] = runtime._rounds
+    await round_task
+    assert not runtime.scheduler.leading
+    assert waiter.done() and waiter.result() is False  # sent alone, in the round
+    assert not runtime._local_finishes
+    await runtime.stop(grace_s=0)
