@@ -60,6 +60,16 @@ log = logging.getLogger("dsched.raft")
 # names it knows and does nothing for any other, and TCPTransport.send pickles any dict on an
 # identified link; so this type can travel on the same links. We drop it before pysyncobj anyway.
 PING_MESSAGE_TYPE: Final = "dsched_ping"
+# Pre-Vote (Raft thesis 9.6), which pysyncobj lacks, travels the same way: a member whose election
+# timer fires asks first whether a majority would vote for it, and raises its term only if so.
+PRE_VOTE_MESSAGE_TYPE: Final = "dsched_pre_vote"
+PRE_VOTE_GRANTED_MESSAGE_TYPE: Final = "dsched_pre_vote_granted"
+_OWN_MESSAGE_TYPES: Final = frozenset(
+    {PING_MESSAGE_TYPE, PRE_VOTE_MESSAGE_TYPE, PRE_VOTE_GRANTED_MESSAGE_TYPE}
+)
+# While Pre-Vote holds pysyncobj's election timer back, it is parked this many maximum election
+# timeouts ahead, rewritten at every tick (so a stalled adapter would only delay elections).
+_HELD_TIMEOUTS: Final = 10
 
 # pysyncobj's _RAFT_STATE values, as words for the status.
 _STATE_NAMES: Final = {0: "follower", 1: "candidate", 2: "leader"}
@@ -120,6 +130,12 @@ class RaftConfig:
     # CPython lets a busy thread keep the GIL 5 ms at a time by default; the tick thread then
     # misses heartbeats and a follower starts a spurious election. 1 ms keeps it responsive.
     switch_interval_s: float | None = 0.001
+    # Pre-Vote: a member stands for election only after a majority said it would vote for it,
+    # and nobody says so while it still hears a live leader. Without it a member that cannot
+    # hear the leader (a newcomer the leader has not reached yet, one cut off from the leader
+    # alone) raises its term on every timeout, and its next vote request deposes a healthy
+    # leader: an election, and a dispatch pause, for nothing. Costs one round trip per election.
+    pre_vote: bool = True
     # Join/leave through pysyncobj's dynamicMembershipChange (addNodeToCluster and friends).
     dynamic_membership: bool = False
     # Bound on stop(): how long to wait for the tick thread to close its sockets and exit.
@@ -326,6 +342,19 @@ class RaftMember:
         self._other_nodes: set[Any] = set()
         self._others: tuple[str, ...] = ()
         self._heard_at: dict[str, float] = {}  # peer raft addr -> when we last read from it
+        # Pre-Vote. _leader_heard_at: when the leader's AppendEntries last arrived (the lease in
+        # which this member refuses pre-votes). _election_due: the election timer pysyncobj would
+        # have fired; _parked_at: where we parked pysyncobj's own one (to tell its re-arming).
+        self._leader_heard_at = -math.inf
+        self._election_due = math.inf
+        self._parked_at: float | None = None
+        # When this member last voted (for itself or another) in a new term, and that vote.
+        self._voted_at = -math.inf
+        self._vote_seen: tuple[int, Any] = (0, None)
+        self._pre_vote_round = 0
+        self._pre_vote_started_at = -math.inf
+        self._pre_vote_term = 0
+        self._pre_vote_granted: dict[str, int] = {}  # peer raft addr -> its term, this round
         self._next_ping_at = -math.inf
         self._next_announce_at = -math.inf
         self._tick_thread_id: int | None = None
@@ -391,8 +420,21 @@ class RaftMember:
         deliver = self._transport._onMessageReceivedCallback
 
         def on_message(node: Any, message: Any) -> None:
-            self._heard_at[node.id] = _now()
-            if isinstance(message, dict) and message.get("type") == PING_MESSAGE_TYPE:
+            now = _now()
+            self._heard_at[node.id] = now
+            if isinstance(message, dict):
+                kind = message.get("type")
+                if kind in _OWN_MESSAGE_TYPES:
+                    if kind == PRE_VOTE_MESSAGE_TYPE:
+                        self._on_pre_vote(node, message, now)
+                    elif kind == PRE_VOTE_GRANTED_MESSAGE_TYPE:
+                        self._on_pre_vote_granted(node, message)
+                    return
+                if kind == "append_entries" and message.get("term", -1) >= self._sync._getTerm():
+                    self._leader_heard_at = now
+                deliver(node, message)
+                if kind == "request_vote":
+                    self._note_vote(now)
                 return
             deliver(node, message)
 
@@ -569,9 +611,127 @@ class RaftMember:
                 self._ping_peers()
             status = self._refresh_status(now)
             self._maybe_announce(now, status)
+            if self._config.pre_vote:
+                self._hold_election(now)
         except Exception:
             # Never let a bug here kill the tick: pysyncobj would only log it and retry anyway.
             log.exception("raft tick callback failed")
+
+    # ------------------------------------------------------------------ Pre-Vote
+    # pysyncobj's election check runs at the start of a tick, before this adapter's callback, so
+    # the callback keeps pysyncobj's timer parked far ahead and runs the real timer itself:
+    # whenever pysyncobj re-arms its timer (it heard a leader, granted a vote, stood), the new
+    # value becomes ours. When ours fires, a pre-vote round goes out and the timer re-arms; a
+    # majority of grants sets pysyncobj's timer to 0, and its next tick stands as before.
+    # A deadline of 0 set by pysyncobj or by raise_term_above (a leadership transfer's
+    # TimeoutNow, a term bump) is left alone: those elections are meant to depose the leader.
+    def _note_vote(self, now: float) -> None:
+        sync = self._sync
+        seen = (sync._getTerm(), sync._SyncObj__votedForNodeId)
+        if seen != self._vote_seen:
+            self._vote_seen = seen
+            if seen[1] is not None:
+                self._voted_at = now
+
+    def _hold_election(self, now: float) -> None:
+        sync = self._sync
+        self._note_vote(now)  # pysyncobj stands at the start of a tick: a vote for itself
+        if self._raft_state == _LEADER_STATE or sync._SyncObj__selfNode is None:
+            self._parked_at = None
+            return
+        deadline = sync._SyncObj__raftElectionDeadline
+        if deadline <= 0:
+            self._parked_at = None
+            return
+        if deadline != self._parked_at:
+            self._election_due = deadline  # pysyncobj re-armed it
+        if now >= self._election_due:
+            self._election_due = now + sync._SyncObj__generateRaftTimeout()
+            if self._start_pre_vote(now):
+                return
+        self._parked_at = now + _HELD_TIMEOUTS * self._config.election_timeout_max_s
+        sync._SyncObj__raftElectionDeadline = self._parked_at
+
+    def _start_pre_vote(self, now: float) -> bool:
+        """Ask every peer; True if this member stands already (it is its own majority)."""
+        sync = self._sync
+        self._pre_vote_round += 1
+        self._pre_vote_granted = {}
+        self._pre_vote_started_at = now
+        self._pre_vote_term = sync._getTerm()
+        request = {
+            "type": PRE_VOTE_MESSAGE_TYPE,
+            "round": self._pre_vote_round,
+            "last_log_index": sync._SyncObj__getCurrentLogIndex(),
+            "last_log_term": sync._SyncObj__getCurrentLogTerm(),
+        }
+        for node in sorted(sync.otherNodes, key=lambda n: str(n.id)):
+            self._transport.send(node, request)
+        return self._maybe_stand()
+
+    def _on_pre_vote(self, node: Any, message: dict[str, Any], now: float) -> None:
+        sync = self._sync
+        if node not in sync.otherNodes:
+            return
+        # No vote while a live leader is heard: a leader with a quorum, or a follower that had
+        # its leader's AppendEntries within the minimum election timeout. Nor within that time
+        # of a vote this member cast: the election it voted in is likely to end in a leader, and
+        # a grant now would let a member whose timer fired a moment later depose it.
+        if now - self._voted_at < self._config.election_timeout_min_s:
+            return
+        if self._raft_state == _LEADER_STATE:
+            if self._status.has_quorum:
+                return
+        elif (
+            sync._getLeader() is not None
+            and now - self._leader_heard_at < self._config.election_timeout_min_s
+        ):
+            return
+        # Raft's vote rule: the candidate's log is at least as up to date as ours.
+        theirs = (message.get("last_log_term", -1), message.get("last_log_index", -1))
+        ours = (sync._SyncObj__getCurrentLogTerm(), sync._SyncObj__getCurrentLogIndex())
+        if theirs < ours:
+            return
+        # Not a vote: nothing here changes this member's term or whom it voted for. The grant
+        # carries our term so the candidate stands above it (pysyncobj ignores a lower term's
+        # vote request without an answer, so a candidate behind in terms would never learn it).
+        self._transport.send(
+            node,
+            {
+                "type": PRE_VOTE_GRANTED_MESSAGE_TYPE,
+                "round": message.get("round"),
+                "term": sync._getTerm(),
+            },
+        )
+
+    def _on_pre_vote_granted(self, node: Any, message: dict[str, Any]) -> None:
+        if message.get("round") != self._pre_vote_round or node not in self._sync.otherNodes:
+            return
+        self._pre_vote_granted[str(node.id)] = int(message.get("term", 0))
+        self._maybe_stand()
+
+    def _maybe_stand(self) -> bool:
+        sync = self._sync
+        members = {str(n.id) for n in sync.otherNodes}
+        granted = [t for a, t in self._pre_vote_granted.items() if a in members]
+        if 2 * (len(granted) + 1) <= len(members) + 1:
+            return False
+        if (
+            self._raft_state == _LEADER_STATE
+            or self._leader_heard_at > self._pre_vote_started_at
+            or self._voted_at > self._pre_vote_started_at
+            or sync._getTerm() != self._pre_vote_term
+        ):
+            return False  # a leader turned up, or an election began, since the round went out
+        self._pre_vote_round += 1  # late grants of this round count for nothing
+        self._pre_vote_granted = {}
+        top = max(granted, default=0)
+        if top > sync._getTerm():
+            # Raising one's own term to one seen is what a member does on any newer message.
+            sync._SyncObj__setCurrentTerm(top, None)
+        self._parked_at = None
+        sync._SyncObj__raftElectionDeadline = 0.0  # stand at the next tick
+        return True
 
     def _ping_peers(self) -> None:
         # Sorted: the simulation needs the same send order in every run (str hashes are salted).

@@ -137,6 +137,9 @@ def _idle_until(member: RaftMember, transport: SimTransport | None) -> float:
                 due = min(due, at + fallback)
     elif sync._SyncObj__connectedNodes or not sync._SyncObj__otherNodes:
         due = min(due, sync._SyncObj__raftElectionDeadline)  # follower or candidate
+    if state != _syncobj._RAFT_STATE.LEADER and member._config.pre_vote:
+        # Pre-Vote parks pysyncobj's election timer and runs the real one itself.
+        due = min(due, member._election_due)
     # RaftMember: pings, the quorum window of each peer heard from, the announcement retry.
     due = min(due, member._next_ping_at)
     now = _syncobj.monotonicTime()
