@@ -67,9 +67,9 @@ PRE_VOTE_GRANTED_MESSAGE_TYPE: Final = "dsched_pre_vote_granted"
 _OWN_MESSAGE_TYPES: Final = frozenset(
     {PING_MESSAGE_TYPE, PRE_VOTE_MESSAGE_TYPE, PRE_VOTE_GRANTED_MESSAGE_TYPE}
 )
-# While Pre-Vote holds pysyncobj's election timer back, it is parked this many maximum election
-# timeouts ahead, rewritten at every tick (so a stalled adapter would only delay elections).
-_HELD_TIMEOUTS: Final = 10
+# Where Pre-Vote parks pysyncobj's election deadline: never due. A finite park (it was 3 s) let a
+# member resumed after a longer pause stand at its first tick, before the adapter looked.
+_PARKED: Final = math.inf
 
 # pysyncobj's _RAFT_STATE values, as words for the status.
 _STATE_NAMES: Final = {0: "follower", 1: "candidate", 2: "leader"}
@@ -343,11 +343,13 @@ class RaftMember:
         self._others: tuple[str, ...] = ()
         self._heard_at: dict[str, float] = {}  # peer raft addr -> when we last read from it
         # Pre-Vote. _leader_heard_at: when the leader's AppendEntries last arrived (the lease in
-        # which this member refuses pre-votes). _election_due: the election timer pysyncobj would
-        # have fired; _parked_at: where we parked pysyncobj's own one (to tell its re-arming).
+        # which this member refuses pre-votes); _stale_leader_heard_at: when one of a lower term
+        # did. _election_due: the election timer, taken over from pysyncobj. _standing: this
+        # adapter set pysyncobj's deadline to 0 (a majority granted).
         self._leader_heard_at = -math.inf
+        self._stale_leader_heard_at = -math.inf
         self._election_due = math.inf
-        self._parked_at: float | None = None
+        self._standing = False
         # When this member last voted (for itself or another) in a new term, and that vote.
         self._voted_at = -math.inf
         self._vote_seen: tuple[int, Any] = (0, None)
@@ -419,6 +421,10 @@ class RaftMember:
         # The tick thread sleeps 0.1 s before its first tick, so nothing is delivered before this.
         deliver = self._transport._onMessageReceivedCallback
 
+        pre_vote = cfg.pre_vote
+        if pre_vote:
+            self._take_deadline()  # before the tick thread's first tick stands on it
+
         def on_message(node: Any, message: Any) -> None:
             now = _now()
             self._heard_at[node.id] = now
@@ -430,11 +436,16 @@ class RaftMember:
                     elif kind == PRE_VOTE_GRANTED_MESSAGE_TYPE:
                         self._on_pre_vote_granted(node, message)
                     return
-                if kind == "append_entries" and message.get("term", -1) >= self._sync._getTerm():
-                    self._leader_heard_at = now
+                if kind == "append_entries":
+                    if message.get("term", -1) >= self._sync._getTerm():
+                        self._leader_heard_at = now
+                    else:
+                        self._stale_leader_heard_at = now
                 deliver(node, message)
                 if kind == "request_vote":
                     self._note_vote(now)
+                if pre_vote:
+                    self._take_deadline()  # a leader heard, a vote granted: re-armed
                 return
             deliver(node, message)
 
@@ -541,9 +552,11 @@ class RaftMember:
 
         def bump() -> None:
             sync = self._sync
-            if sync._getTerm() > term:
+            current = sync._getTerm()
+            if current > term:
                 return
-            sync._SyncObj__setCurrentTerm(term, None)
+            if term > current:  # in the same term, keep the vote already cast in it
+                sync._SyncObj__setCurrentTerm(term, None)
             sync._SyncObj__raftLeader = None
             sync._SyncObj__setState(_RAFT_FOLLOWER)
             sync._SyncObj__raftElectionDeadline = 0.0  # stand at the next tick
@@ -593,6 +606,13 @@ class RaftMember:
         # pysyncobj reports every transition here, on the tick thread: the one place its state
         # (follower/candidate/leader) is readable without building getStatus()'s whole dict.
         self._raft_state = new_state
+        if old_state == _LEADER_STATE and new_state != _LEADER_STATE and self._config.pre_vote:
+            # A deposed leader's deadline is the one from before it led, long past: it would
+            # stand at once, without Pre-Vote. A follower's timer starts afresh.
+            sync = self._sync
+            self._election_due = _now() + sync._SyncObj__generateRaftTimeout()
+            if sync._SyncObj__raftElectionDeadline > 0:
+                sync._SyncObj__raftElectionDeadline = _PARKED
         # Called in the middle of a transition. Only "became leader" is consistent at this point
         # (leader and term already set), and it is the one transition worth publishing without
         # waiting for the tick: the node starts fencing sooner, and the simulation's
@@ -611,20 +631,38 @@ class RaftMember:
                 self._ping_peers()
             status = self._refresh_status(now)
             self._maybe_announce(now, status)
-            if self._config.pre_vote:
-                self._hold_election(now)
         except Exception:
             # Never let a bug here kill the tick: pysyncobj would only log it and retry anyway.
             log.exception("raft tick callback failed")
+        if self._config.pre_vote:
+            try:
+                self._hold_election(_now())
+            except Exception:
+                # Elections must go on: hand the timer back to pysyncobj (no Pre-Vote this time).
+                log.exception("pre-vote failed")
+                sync = self._sync
+                if sync._SyncObj__raftElectionDeadline == _PARKED:
+                    due = self._election_due
+                    if not math.isfinite(due):
+                        due = _now() + sync._SyncObj__generateRaftTimeout()
+                    sync._SyncObj__raftElectionDeadline = due
 
     # ------------------------------------------------------------------ Pre-Vote
     # pysyncobj's election check runs at the start of a tick, before this adapter's callback, so
-    # the callback keeps pysyncobj's timer parked far ahead and runs the real timer itself:
-    # whenever pysyncobj re-arms its timer (it heard a leader, granted a vote, stood), the new
-    # value becomes ours. When ours fires, a pre-vote round goes out and the timer re-arms; a
-    # majority of grants sets pysyncobj's timer to 0, and its next tick stands as before.
-    # A deadline of 0 set by pysyncobj or by raise_term_above (a leadership transfer's
-    # TimeoutNow, a term bump) is left alone: those elections are meant to depose the leader.
+    # pysyncobj's deadline stays parked (never due) and the adapter runs the election timer:
+    # whenever pysyncobj re-arms its deadline (it heard a leader, granted a vote, stood), the
+    # adapter takes the new value, right after the message that caused it or at the next tick.
+    # When the timer fires a pre-vote round goes out and the timer re-arms; a majority of grants
+    # sets pysyncobj's deadline to 0, and its next tick stands as before. A 0 set by pysyncobj
+    # or raise_term_above (a leadership transfer's TimeoutNow, a term bump) is left alone: those
+    # elections are meant to depose the leader.
+    def _take_deadline(self) -> None:
+        sync = self._sync
+        deadline = sync._SyncObj__raftElectionDeadline
+        if 0 < deadline < _PARKED:
+            self._election_due = deadline
+            sync._SyncObj__raftElectionDeadline = _PARKED
+
     def _note_vote(self, now: float) -> None:
         sync = self._sync
         seen = (sync._getTerm(), sync._SyncObj__votedForNodeId)
@@ -636,24 +674,34 @@ class RaftMember:
     def _hold_election(self, now: float) -> None:
         sync = self._sync
         self._note_vote(now)  # pysyncobj stands at the start of a tick: a vote for itself
-        if self._raft_state == _LEADER_STATE or sync._SyncObj__selfNode is None:
-            self._parked_at = None
+        if sync._SyncObj__selfNode is None:
             return
-        deadline = sync._SyncObj__raftElectionDeadline
-        if deadline <= 0:
-            self._parked_at = None
+        if sync._SyncObj__raftElectionDeadline <= 0:
+            if self._standing and not sync._SyncObj__connectedToAnyone():
+                # The grants are stale by the time a link is back: ask again then.
+                self._standing = False
+                sync._SyncObj__raftElectionDeadline = _PARKED
             return
-        if deadline != self._parked_at:
-            self._election_due = deadline  # pysyncobj re-armed it
-        if now >= self._election_due:
-            self._election_due = now + sync._SyncObj__generateRaftTimeout()
-            if self._start_pre_vote(now):
-                return
-        self._parked_at = now + _HELD_TIMEOUTS * self._config.election_timeout_max_s
-        sync._SyncObj__raftElectionDeadline = self._parked_at
+        self._standing = False
+        self._take_deadline()
+        if self._raft_state == _LEADER_STATE or now < self._election_due:
+            return
+        self._election_due = now + sync._SyncObj__generateRaftTimeout()
+        if now - self._stale_leader_heard_at < self._config.election_timeout_max_s:
+            # A leader is heard in a lower term: this member's term ran ahead (a transfer or a
+            # bump that lost its votes). pysyncobj answers a lower term's AppendEntries with
+            # nothing and those who hear the leader refuse pre-votes, so only a real vote
+            # request, at once, brings the terms together again.
+            self._stand()
+            return
+        self._start_pre_vote(now)
 
-    def _start_pre_vote(self, now: float) -> bool:
-        """Ask every peer; True if this member stands already (it is its own majority)."""
+    def _stand(self) -> None:
+        self._standing = True
+        self._sync._SyncObj__raftElectionDeadline = 0.0  # stand at the next tick
+
+    def _start_pre_vote(self, now: float) -> None:
+        """Ask every peer (a lone member is its own majority, and stands at once)."""
         sync = self._sync
         self._pre_vote_round += 1
         self._pre_vote_granted = {}
@@ -667,7 +715,7 @@ class RaftMember:
         }
         for node in sorted(sync.otherNodes, key=lambda n: str(n.id)):
             self._transport.send(node, request)
-        return self._maybe_stand()
+        self._maybe_stand()
 
     def _on_pre_vote(self, node: Any, message: dict[str, Any], now: float) -> None:
         sync = self._sync
@@ -729,8 +777,7 @@ class RaftMember:
         if top > sync._getTerm():
             # Raising one's own term to one seen is what a member does on any newer message.
             sync._SyncObj__setCurrentTerm(top, None)
-        self._parked_at = None
-        sync._SyncObj__raftElectionDeadline = 0.0  # stand at the next tick
+        self._stand()
         return True
 
     def _ping_peers(self) -> None:
