@@ -37,6 +37,13 @@ def elect(cluster: SimRaftCluster, timeout_s: float = 2.0) -> tuple[int, int]:
     return agreed
 
 
+def leader_and_a_follower(cluster: SimRaftCluster) -> tuple[int, int, int]:
+    """Elect, let the followers catch up, and name one of them: (leader, term, follower)."""
+    leader, term = elect(cluster)
+    cluster.run_until(lambda: False, 0.5)
+    return leader, term, next(i for i in range(len(cluster)) if i != leader)
+
+
 def status_of(cluster: SimRaftCluster, i: int) -> RaftStatus:
     status = cluster.status(i)
     assert status is not None, f"member {i} is not running"
@@ -365,9 +372,7 @@ def terms_seen_with_one_link_cut(seed: int, config: RaftConfig) -> tuple[int, in
     then heal. Returns (terms the cluster went through, how many other members led meanwhile)."""
     env = simpy.Environment()
     with SimRaftCluster(env, 3, seed, config=config) as cluster:
-        leader, term = elect(cluster)
-        cluster.run_until(lambda: False, 0.5)
-        cut_off = next(i for i in range(3) if i != leader)
+        leader, term, cut_off = leader_and_a_follower(cluster)
         pid = cluster.partition([leader], [cut_off])
         leaders_seen = {leader}
 
@@ -429,9 +434,7 @@ def test_pre_vote_holds_after_a_pause_longer_than_any_timeout(seed: int) -> None
     # due during the pause and the member stood at its first tick: 2 of these 6 seeds.)
     env = simpy.Environment()
     with SimRaftCluster(env, 3, seed) as cluster:
-        leader, term = elect(cluster)
-        cluster.run_until(lambda: False, 0.5)
-        follower = next(i for i in range(3) if i != leader)
+        leader, term, follower = leader_and_a_follower(cluster)
         cluster.pause(follower)
         cluster.run_until(lambda: False, 3.5)
         cluster.resume(follower)
@@ -448,9 +451,7 @@ def test_a_member_whose_term_ran_ahead_is_brought_back(seed: int) -> None:
     # candidate for good in every seed before that rule).
     env = simpy.Environment()
     with SimRaftCluster(env, 3, seed) as cluster:
-        leader, term = elect(cluster)
-        cluster.run_until(lambda: False, 0.5)
-        target = next(i for i in range(3) if i != leader)
+        leader, term, target = leader_and_a_follower(cluster)
         pid = cluster.partition([target], [i for i in range(3) if i != target], one_way=True)
         member = cluster.member(leader)
         assert member is not None
