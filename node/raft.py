@@ -875,8 +875,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--busy-threads", type=int, default=0, help="CPU-burning threads (load)")
     parser.add_argument("--dynamic", action="store_true", help="enable dynamic membership")
     parser.add_argument("--run-s", type=float, default=600.0, help="exit after this long")
+    parser.add_argument("--no-pre-vote", action="store_true", help="pysyncobj's elections as is")
     args = parser.parse_args(argv)
-    config = RaftConfig(dynamic_membership=args.dynamic)
+    config = RaftConfig(dynamic_membership=args.dynamic, pre_vote=not args.no_pre_vote)
     peers = [p for p in args.peers.split(",") if p]
     member = RaftMember(
         args.self_addr,
