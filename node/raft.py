@@ -687,11 +687,15 @@ class RaftMember:
         if self._raft_state == _LEADER_STATE or now < self._election_due:
             return
         self._election_due = now + sync._SyncObj__generateRaftTimeout()
-        if now - self._stale_leader_heard_at < self._config.election_timeout_max_s:
-            # A leader is heard in a lower term: this member's term ran ahead (a transfer or a
-            # bump that lost its votes). pysyncobj answers a lower term's AppendEntries with
-            # nothing and those who hear the leader refuse pre-votes, so only a real vote
-            # request, at once, brings the terms together again.
+        if (
+            sync._getLeader() is None
+            and now - self._stale_leader_heard_at < self._config.election_timeout_max_s
+        ):
+            # No leader in this member's term, and one heard in a lower term: its term ran
+            # ahead (a transfer or a bump that lost its votes). pysyncobj answers a lower term's
+            # AppendEntries with nothing and those who hear the leader refuse pre-votes, so only
+            # a real vote request, at once, brings the terms together again. (A follower of a
+            # leader in its own term that still hears the deposed one must ask, as any other.)
             self._stand()
             return
         self._start_pre_vote(now)

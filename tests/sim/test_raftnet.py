@@ -462,3 +462,28 @@ def test_a_member_whose_term_ran_ahead_is_brought_back(seed: int) -> None:
         assert cluster.run_until(lambda: cluster.agreed_leader() is not None, 3.0), [
             cluster.status(i) for i in range(3)
         ]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_deposed_leaders_late_heartbeats_do_not_let_a_follower_skip_the_pre_vote(
+    seed: int,
+) -> None:
+    # Five members. The leader L hands over to C but never hears C (one-way cut), so L keeps
+    # sending AppendEntries of the old term for up to the fallback timeout. Then M stops hearing
+    # C: M has a leader in its own term, and its timer fires while L's stale heartbeats still
+    # arrive. M must ask first, and C, heard by the others, keeps leading (found in review: the
+    # rule for a member whose term ran ahead let M stand at once, deposing C in every seed).
+    env = simpy.Environment()
+    with SimRaftCluster(env, 5, seed) as cluster:
+        old, _term, new = leader_and_a_follower(cluster)
+        bystander = next(i for i in range(5) if i not in (old, new))
+        cluster.partition([new], [old], one_way=True)
+        member = cluster.member(old)
+        assert member is not None
+        member.request_transfer_leadership(cluster.addr(new))
+        assert cluster.run_until(lambda: status_of(cluster, new).is_leader, 1.0)
+        term = status_of(cluster, new).term
+        cluster.run_until(lambda: False, 0.05)
+        cluster.partition([new], [bystander], one_way=True)
+        cluster.run_until(lambda: False, 2.0)
+        assert cluster.leaders() == [(new, term)], cluster.leaders()
