@@ -44,6 +44,18 @@ def leader_and_a_follower(cluster: SimRaftCluster) -> tuple[int, int, int]:
     return leader, term, next(i for i in range(len(cluster)) if i != leader)
 
 
+def add_through(cluster: SimRaftCluster, leader: int, new: int) -> RaftMember:
+    """Ask the leader to add member `new` and wait for its answer, which must be success.
+    Returns the leader's member."""
+    outcomes: list[tuple[bool, str]] = []
+    member = cluster.member(leader)
+    assert member is not None
+    member.request_add_member(cluster.addr(new), lambda ok, why: outcomes.append((ok, why)))
+    assert cluster.run_until(lambda: bool(outcomes), 2.0)
+    assert outcomes == [(True, "success")]
+    return member
+
+
 def status_of(cluster: SimRaftCluster, i: int) -> RaftStatus:
     status = cluster.status(i)
     assert status is not None, f"member {i} is not running"
@@ -208,12 +220,7 @@ def test_dynamic_membership_join_and_leave() -> None:
     with SimRaftCluster(env, 3, seed=6, config=config) as cluster:
         leader, _ = elect(cluster)
         new = cluster.add_member_host()
-        outcomes: list[tuple[bool, str]] = []
-        member = cluster.member(leader)
-        assert member is not None
-        member.request_add_member(cluster.addr(new), lambda ok, why: outcomes.append((ok, why)))
-        assert cluster.run_until(lambda: bool(outcomes), 2.0)
-        assert outcomes == [(True, "success")]
+        member = add_through(cluster, leader, new)
         four = ("n0", "n1", "n2", "n3")
         assert cluster.run_until(
             lambda: all(
@@ -227,7 +234,7 @@ def test_dynamic_membership_join_and_leave() -> None:
         elect(cluster)
         # A follower leaves: removed from the configuration and from the member map.
         leaving = next(i for i in range(3) if i != leader)
-        outcomes.clear()
+        outcomes: list[tuple[bool, str]] = []
         member.request_remove_member(cluster.addr(leaving), lambda ok, w: outcomes.append((ok, w)))
         assert cluster.run_until(lambda: bool(outcomes), 2.0)
         assert outcomes == [(True, "success")]
@@ -412,12 +419,7 @@ def test_pre_vote_lets_a_newcomer_join_without_an_election() -> None:
         leader, term = elect(cluster)
         new = cluster.add_member_host()
         pid = cluster.partition([leader], [new])
-        outcomes: list[tuple[bool, str]] = []
-        member = cluster.member(leader)
-        assert member is not None
-        member.request_add_member(cluster.addr(new), lambda ok, why: outcomes.append((ok, why)))
-        assert cluster.run_until(lambda: bool(outcomes), 2.0)
-        assert outcomes == [(True, "success")]
+        add_through(cluster, leader, new)
         cluster.run_until(lambda: False, 1.0)
         assert cluster.agreed_leader(range(3)) == (leader, term)
         cluster.heal(pid)
