@@ -762,19 +762,19 @@ class RaftMember:
         self._pre_vote_granted[str(node.id)] = int(message.get("term", 0))
         self._maybe_stand()
 
-    def _maybe_stand(self) -> bool:
+    def _maybe_stand(self) -> None:
         sync = self._sync
         members = {str(n.id) for n in sync.otherNodes}
         granted = [t for a, t in self._pre_vote_granted.items() if a in members]
         if 2 * (len(granted) + 1) <= len(members) + 1:
-            return False
+            return
         if (
             self._raft_state == _LEADER_STATE
             or self._leader_heard_at > self._pre_vote_started_at
             or self._voted_at > self._pre_vote_started_at
             or sync._getTerm() != self._pre_vote_term
         ):
-            return False  # a leader turned up, or an election began, since the round went out
+            return  # a leader turned up, or an election began, since the round went out
         self._pre_vote_round += 1  # late grants of this round count for nothing
         self._pre_vote_granted = {}
         top = max(granted, default=0)
@@ -782,7 +782,6 @@ class RaftMember:
             # Raising one's own term to one seen is what a member does on any newer message.
             sync._SyncObj__setCurrentTerm(top, None)
         self._stand()
-        return True
 
     def _ping_peers(self) -> None:
         # Sorted: the simulation needs the same send order in every run (str hashes are salted).
