@@ -36,7 +36,7 @@ TARGET = SimConfig(
 
 
 def _lifecycles(r: RunResult) -> int:
-    return r.completed + r.dead
+    return r.completed + r.dead + r.cancelled
 
 
 @pytest.mark.timeout(900)

@@ -28,6 +28,9 @@ class ScenarioSummary:
     acked: int = 0
     completed: int = 0
     dead: int = 0
+    cancelled: int = 0
+    retried_by_hand: int = 0
+    ran_cancelled: int = 0
     executions: int = 0
     duplicates: int = 0
     overlaps: int = 0
@@ -46,6 +49,9 @@ class ScenarioSummary:
         self.acked += r.acked
         self.completed += r.completed
         self.dead += r.dead
+        self.cancelled += r.cancelled
+        self.retried_by_hand += r.retried_by_hand
+        self.ran_cancelled += r.ran_cancelled
         self.executions += r.executions
         self.duplicates += r.duplicates
         self.overlaps += r.overlaps
@@ -63,7 +69,7 @@ class ScenarioSummary:
 
     @property
     def lifecycles(self) -> int:
-        return self.completed + self.dead
+        return self.completed + self.dead + self.cancelled
 
 
 def percentile(values: list[float], q: float) -> float | None:

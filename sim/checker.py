@@ -18,7 +18,7 @@ its report shows the invariant, the message and the events that led to it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +77,13 @@ class Counters:
     # cannot show held (WorkerPool.tick), so only a node that is paused or crashed leaves one.
     overlaps: int = 0
     store_restores: int = 0
+    # Cancels the store applied, and retries by hand (a cancelled or dead task queued again).
+    cancelled: int = 0
+    retried_by_hand: int = 0
+    # Handlers started for an attempt already cancelled: the node took its assignment before
+    # the cancel and heard of it after (pub/sub or a refused heartbeat stops it).
+    ran_cancelled: int = 0
+    store_restores: int = 0
     leader_writes: int = 0
     elections: int = 0
     failovers_s: list[float] = field(default_factory=list)
@@ -104,13 +111,21 @@ class Checker:
         self.failures: dict[str, int] = {}  # failing completions applied, per task
         self.expiries: dict[str, int] = {}  # lease expiries applied, per task
         self.releases: dict[str, int] = {}  # releases applied, per task
+        # Retries by hand applied, per task: each allows one more attempt, and resets the
+        # retry policy (failures counted from `failures_before_retry`, as the store counts).
+        self.by_hand: dict[str, int] = {}
+        self.failures_before_retry: dict[str, int] = {}
+        # (task, attempt) whose lease a cancel ended: not live, though its handler may still run.
+        self.cancelled_leases: set[tuple[str, int]] = set()
+        self.on_ended: Callable[[str, bool], None] = lambda _task, _cancelled: None
         self.succeeded: set[str] = set()
         self.terminal: set[str] = set()
         self.live_execs: dict[str, list[_Execution]] = {}
         self.execs_per_task: dict[str, int] = {}
         self.applied: set[str] = set()  # tasks whose submission the store applied
         self.lost: set[str] = set()  # applied, then gone with a store restore
-        self._counted: set[str] = set()
+        # Tasks counted in completed, dead or cancelled, and as which (a retry by hand uncounts).
+        self._counted: dict[str, Status] = {}
         self._failover_from: tuple[float, int] | None = None
 
     def fail(self, invariant: int, message: str) -> None:
@@ -155,6 +170,11 @@ class Checker:
         facts = self.facts.get(task_id)
         if task_id in self.terminal:
             self.fail(2, f"{task_id} leased (attempt {attempt}) after it ended")
+        before = self.lease_of.get(task_id)
+        if before is not None and attempt <= before[0]:
+            # The attempt is the completion's fencing token: reused, a late completion of the
+            # older attempt would be taken for this one's.
+            self.fail(2, f"{task_id} leased as attempt {attempt} after attempt {before[0]}")
         self.lease_of[task_id] = (attempt, node)
         self.deadline_ms[(task_id, attempt)] = deadline_ms
         if facts is not None:
@@ -163,14 +183,15 @@ class Checker:
                 + self.failures.get(task_id, 0)
                 + self.expiries.get(task_id, 0)
                 + self.releases.get(task_id, 0)
+                + self.by_hand.get(task_id, 0)
             )
             if attempt > allowed:
                 self.fail(
                     5,
                     f"{task_id} leased for attempt {attempt}, but only {allowed} are allowed "
-                    f"(failures, expiries and releases so far)",
+                    f"(failures, expiries, releases and retries by hand so far)",
                 )
-            if self.failures.get(task_id, 0) > facts.max_retries:
+            if self._policy_failures(task_id) > facts.max_retries:
                 self.fail(5, f"{task_id} leased again after {facts.max_retries} retries")
             for dep in facts.depends_on:
                 if dep not in self.succeeded:
@@ -197,8 +218,8 @@ class Checker:
         self.lease_of[task_id] = (attempt, "")  # settled: no further completion may land
         facts = self.facts.get(task_id)
         if end.status is not Status.SUCCEEDED:
-            failures = self.failures.get(task_id, 0) + 1
-            self.failures[task_id] = failures
+            self.failures[task_id] = self.failures.get(task_id, 0) + 1
+            failures = self._policy_failures(task_id)
             self.counters.handler_failures += 1
             if failures != end.failures:
                 self.fail(
@@ -229,19 +250,51 @@ class Checker:
         if status.terminal:
             self.on_terminal(task_id, status)
 
+    def _policy_failures(self, task_id: str) -> int:
+        """Failures the retry policy counts: those since the last retry by hand."""
+        return self.failures.get(task_id, 0) - self.failures_before_retry.get(task_id, 0)
+
     def on_terminal(self, task_id: str, status: Status) -> None:
         if task_id in self.terminal:
             return
         self.terminal.add(task_id)
-        # Counted once per task, ever: a store restore may roll an end back and it ends again.
+        # Counted once per end: a store restore may roll an end back and it ends again.
         if task_id in self._counted:
             return
-        self._counted.add(task_id)
+        self._counted[task_id] = status
         if status is Status.SUCCEEDED:
             if task_id in self.acked:
                 self.counters.completed += 1
         elif status is Status.DEAD:
             self.counters.dead += 1
+        elif status is Status.CANCELLED:
+            self.counters.cancelled += 1
+        if status is not Status.SUCCEEDED:
+            self.on_ended(task_id, status is Status.CANCELLED)
+
+    def on_cancel(self, task_id: str, attempt: int, running_on: str) -> None:
+        """The store cancelled a task that had not ended; ``running_on``: the node whose lease
+        the cancel ended ("" if it was not running)."""
+        if running_on:
+            self.cancelled_leases.add((task_id, attempt))
+        # Settled: no completion of this attempt (or any before it) may land now.
+        self.lease_of[task_id] = (attempt, "")
+        self.on_terminal(task_id, Status.CANCELLED)
+
+    def on_retry(self, task_id: str) -> None:
+        """The store queued a cancelled or dead task again (a retry by hand)."""
+        if task_id not in self.terminal:
+            self.fail(5, f"{task_id} retried by hand, but it had not ended")
+        self.terminal.discard(task_id)
+        self.counters.retried_by_hand += 1
+        self.by_hand[task_id] = self.by_hand.get(task_id, 0) + 1
+        self.failures_before_retry[task_id] = self.failures.get(task_id, 0)
+        # Counted again by how it ends this time.
+        counted = self._counted.pop(task_id, None)
+        if counted is Status.DEAD:
+            self.counters.dead -= 1
+        elif counted is Status.CANCELLED:
+            self.counters.cancelled -= 1
 
     # ------------------------------------------------------------------ executions (invariant 2)
     def on_exec_start(self, task_id: str, attempt: int, node: str) -> None:
@@ -255,7 +308,9 @@ class Checker:
                 self.fail(2, f"{task_id} attempt {attempt} runs on {other.node} and {node}")
             if other.attempt < attempt:
                 deadline = self.deadline_ms.get((task_id, other.attempt), 0)
-                if deadline > now_ms + self.skew_tolerance_ms:
+                if (task_id, other.attempt) in self.cancelled_leases:
+                    pass  # its lease ended with the cancel; the handler just has not heard yet
+                elif deadline > now_ms + self.skew_tolerance_ms:
                     self.fail(
                         2,
                         f"{task_id} attempt {attempt} started on {node} while attempt "
@@ -263,6 +318,8 @@ class Checker:
                         f"(deadline {deadline} ms > now {now_ms:.0f} ms)",
                     )
                 self.counters.overlaps += 1
+        if (task_id, attempt) in self.cancelled_leases:
+            self.counters.ran_cancelled += 1
         own_deadline = self.deadline_ms.get((task_id, attempt), 0)
         if own_deadline < now_ms - self.skew_tolerance_ms:
             # A lapsed lease is not a live one: the leader may have granted the next attempt.
@@ -316,8 +373,10 @@ class Checker:
         }
         self.failures = {t: r.failures for t, r in tasks.items() if r.failures}
         self.expiries = {t: r.lease_expiries for t, r in tasks.items() if r.lease_expiries}
-        # Releases are not stored: allow every attempt made so far.
+        # Releases and retries by hand are not stored: allow every attempt made so far.
         self.releases = {t: r.attempt for t, r in tasks.items() if r.attempt}
+        self.by_hand = {}
+        self.failures_before_retry = {}  # the store's failures count from its last retry
 
     # ------------------------------------------------------------------ the end (1, 6)
     def lost_acked(self, model: StoreModel) -> int:
@@ -346,7 +405,9 @@ class Checker:
         """Executions beyond one per task and one per failing attempt: at-least-once re-runs."""
         total = 0
         for task_id, runs in self.execs_per_task.items():
-            total += max(0, runs - 1 - self.failures.get(task_id, 0))
+            # A retry by hand asks for a run more, and a cancelled one ends early.
+            expected = 1 + self.failures.get(task_id, 0) + self.by_hand.get(task_id, 0)
+            total += max(0, runs - expected)
         return total
 
     def final_check(

@@ -64,6 +64,15 @@ class LoadConfig:
     depends_p: float = 0.08
     delay_p: float = 0.03
     delay_max_s: float = 2.0
+    # Clients cancel this share of the acknowledged tasks, an exponential time after the
+    # acknowledgement with mean `cancel_after_s` (short, so that queued, leased and running
+    # tasks get cancelled, not only ended ones), and retry by hand this share of the tasks that
+    # end cancelled or dead, `retry_after_s` (at most) after the end; both only while the load
+    # runs. The races of cancels and retries with leases, finishes and failover are the point.
+    cancel_p: float = 0.02
+    cancel_after_s: float = 0.02
+    retry_by_hand_p: float = 0.5
+    retry_after_s: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,6 +59,18 @@ class Submission:
     node: str = ""
 
 
+@dataclass(slots=True)
+class ClientOp:
+    """A client's cancel (DELETE /v1/tasks/{id}) or retry by hand (POST .../retry). Both are
+    idempotent at the store, so a client that heard nothing sends it again elsewhere."""
+
+    kind: str  # "cancel" | "retry"
+    task_id: str
+    attempts: int = 0
+    token: int = 0
+    done: bool = False
+
+
 @dataclass
 class LoadStats:
     submitted: int = 0
@@ -67,6 +79,10 @@ class LoadStats:
     gave_up: int = 0
     refused: int = 0
     acked_at_s: list[float] = field(default_factory=list)
+    # Cancels and retries by hand the clients sent (the checker counts what the store applied).
+    cancels_sent: int = 0
+    retries_sent: int = 0
+    ops_gave_up: int = 0
 
 
 class Clients:
@@ -80,6 +96,7 @@ class Clients:
         on_ack: Callable[[str], None],
         facts: dict[str, TaskFacts],
         specs: dict[str, TaskSpec],
+        ops_rng: random.Random | None = None,
     ) -> None:
         self.env = env
         self.load = load
@@ -92,11 +109,17 @@ class Clients:
         self.stats = LoadStats()
         self.recent_acked: deque[str] = deque(maxlen=RECENT_ACKED_MAX)
         self._count = 0
+        # Cancels and retries by hand draw from a stream of their own: the arrivals' stream
+        # stays as it was without them.
+        self.ops_rng = ops_rng or random.Random(0)
+        self._stop_s = 0.0
+        self._retried_by_hand: set[str] = set()
 
     # ------------------------------------------------------------------ arrivals
     def start(self, start_s: float, stop_s: float) -> None:
         """Arrivals from ``start_s`` until ``stop_s``: a chain of timers (one event per task,
         as a process waiting on timeouts would take, without the process)."""
+        self._stop_s = stop_s
         rate = self.load.rate_per_s
         if rate <= 0:
             return
@@ -186,6 +209,10 @@ class Clients:
         self.stats.acked_at_s.append(self.env.now)
         self.recent_acked.append(sub.spec.task_id)
         self.on_ack(sub.spec.task_id)
+        cfg = self.load
+        if self.ops_rng.random() < cfg.cancel_p:
+            delay = self.ops_rng.expovariate(1.0 / cfg.cancel_after_s)
+            self._op_later(ClientOp("cancel", sub.spec.task_id), delay)
 
     def failed(self, sub: Submission, token: int) -> None:
         """The node answered an error, or the connection broke: try again elsewhere."""
@@ -217,3 +244,54 @@ class Clients:
         sub.token += 1  # whatever answer the old send gets, the client no longer listens
         delay = 0.1 + 0.2 * self.rng.random()
         self.env.timeout(delay).callbacks.append(lambda _e: self._send(sub))
+
+    # ------------------------------------------------------------------ cancels, retries by hand
+    def ended(self, task_id: str, cancelled: bool) -> None:
+        """The store ended a task cancelled or dead (a client polling it would see so): retry
+        it by hand, once per task, with probability retry_by_hand_p."""
+        cfg = self.load
+        if self.ops_rng.random() >= cfg.retry_by_hand_p or task_id in self._retried_by_hand:
+            return
+        self._retried_by_hand.add(task_id)
+        self._op_later(ClientOp("retry", task_id), self.ops_rng.uniform(0.05, cfg.retry_after_s))
+
+    def _op_later(self, op: ClientOp, delay_s: float) -> None:
+        if self.env.now + delay_s >= self._stop_s:
+            return  # only while the load runs: the liveness phase judges a quiet cluster
+        if op.kind == "cancel":
+            self.stats.cancels_sent += 1
+        else:
+            self.stats.retries_sent += 1
+        self.env.timeout(delay_s).callbacks.append(lambda _e: self._send_op(op))
+
+    def _send_op(self, op: ClientOp) -> None:
+        if op.done:
+            return
+        if op.attempts >= self.net.client_attempts_max:
+            op.done = True
+            self.stats.ops_gave_up += 1
+            return
+        op.attempts += 1
+        op.token += 1
+        token = op.token
+        live = [node for node in self.nodes if node.up]
+        if live:
+            node = live[self.ops_rng.randrange(len(live))] if len(live) > 1 else live[0]
+            node.client_op(op, token)
+
+        def no_answer(_e: object) -> None:
+            if not op.done and op.token == token:
+                self._send_op(op)  # a crashed or frozen node, or no node up: elsewhere
+
+        self.env.timeout(self.net.client_timeout_s).callbacks.append(no_answer)
+
+    def op_answered(self, op: ClientOp, token: int, ok: bool) -> None:
+        """The node answered (ok) or failed (the store unreachable: send again elsewhere)."""
+        if op.done or token != op.token:
+            return
+        if ok:
+            op.done = True
+        else:
+            op.token += 1
+            delay = 0.1 + 0.2 * self.ops_rng.random()
+            self.env.timeout(delay).callbacks.append(lambda _e: self._send_op(op))

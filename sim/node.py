@@ -63,10 +63,12 @@ from sim.checker import TaskFacts
 from sim.net import UNAVAILABLE
 from sim.simenv import Timer, call_later, fire, fire_if_pending
 from sim.store import (
+    CancelRequest,
     EpochRequest,
     FinishApplyDrainRequest,
     FinishDrainRequest,
     RegistryRequest,
+    RetryRequest,
     SubmitRefused,
     SubmitRequest,
     SweepRequest,
@@ -75,7 +77,7 @@ from sim.store import (
 )
 
 if TYPE_CHECKING:
-    from sim.load import Submission
+    from sim.load import ClientOp, Submission
     from sim.world import World
 
 # The runtime's pacing is core.pacing's, shared; these are the runtime's other timings.
@@ -907,3 +909,39 @@ class SimNode:
                 continue
             for sub, token in batch:
                 clients.acked(sub, token)
+
+    def client_op(self, op: ClientOp, token: int) -> None:
+        """A client's cancel or retry by hand arrived (DELETE /v1/tasks/{id}, POST
+        .../retry): the API handler calls the store, as node/api.py does."""
+        if not self.up or self.stopping:
+            return  # connection refused: the client tries elsewhere after its timeout
+        self.env.process(self._guard(self._client_op(op, token, self.incarnation)))
+
+    def _client_op(self, op: ClientOp, token: int, inc: int) -> ProcessGen:
+        if self.paused:
+            yield from self._gate(inc)
+        now = self.now_ms()
+        request = (
+            CancelRequest(op.task_id, now) if op.kind == "cancel" else RetryRequest(op.task_id, now)
+        )
+        try:
+            yield from self.call(request)
+        except StoreUnavailable:
+            self.world.clients.op_answered(op, token, False)
+            return
+        self.world.clients.op_answered(op, token, True)
+
+    def cancel_heard(self, task_id: str) -> None:
+        """A message on this node's cancel channel (as NodeRuntime._cancel_listener): stop the
+        task's handler now, not at its next refused heartbeat."""
+        inc = self.incarnation
+        self._when_running(inc, partial(self._stop_cancelled, task_id, inc))
+
+    def _stop_cancelled(self, task_id: str, inc: int) -> None:
+        if not self.up:
+            return
+        pool = self.pool
+        for tid, attempt in sorted(self.handlers):
+            if tid == task_id:
+                effects = pool.lease_refused(tid, attempt, True)
+                self._drive(worker_effects(pool, effects), inc, pool.check_invariants)

@@ -31,6 +31,9 @@ def summary_rows(campaign: Campaign) -> list[dict[str, Any]]:
                 "acked": s.acked,
                 "completed": s.completed,
                 "dead": s.dead,
+                "cancelled": s.cancelled,
+                "retried_by_hand": s.retried_by_hand,
+                "ran_cancelled": s.ran_cancelled,
                 "executions": s.executions,
                 "duplicates": s.duplicates,
                 "overlaps": s.overlaps,
@@ -52,6 +55,7 @@ def summary_rows(campaign: Campaign) -> list[dict[str, Any]]:
 def format_table(campaign: Campaign) -> str:
     header = (
         f"{'scenario':<16} {'seeds':>5} {'viol':>4} {'acked':>8} {'completed':>9} {'dead':>6} "
+        f"{'cxl':>5} "
         f"{'dups':>6} {'ovl':>4} {'lost':>5} {'fo':>4} {'fo p50':>7} {'fo p99':>7} {'lc/cpu-s':>9}"
     )
     lines = [header, "-" * len(header)]
@@ -72,6 +76,7 @@ def format_table(campaign: Campaign) -> str:
         f"{seeds} seeds in {wall:.1f} s wall ({campaign.jobs} jobs): "
         f"{seeds / wall * 60 if wall else 0:.0f} seeds/min, "
         f"{lifecycles / wall if wall else 0:.0f} task lifecycles/s; "
+        "cxl = cancelled by a client (and not retried by hand after); "
         "fo = failovers (leader lost -> first lease by the next leader), in ms; "
         "ovl = a newer attempt started while an older one's handler still ran (lease lapsed)"
     )
@@ -82,7 +87,8 @@ def _row(row: dict[str, Any]) -> str:
     lc = row["lifecycles_per_cpu_s"]
     return (
         f"{row['scenario'][:16]:<16} {row['seeds']:>5} {row['violations']:>4} {row['acked']:>8} "
-        f"{row['completed']:>9} {row['dead']:>6} {row['duplicates']:>6} {row['overlaps']:>4} "
+        f"{row['completed']:>9} {row['dead']:>6} {row['cancelled']:>5} "
+        f"{row['duplicates']:>6} {row['overlaps']:>4} "
         f"{row['lost_acked']:>5} "
         f"{row['failovers']:>4} {_ms(row['failover_p50_s']):>7} {_ms(row['failover_p99_s']):>7} "
         f"{'-' if lc is None else f'{lc:.0f}':>9}"

@@ -61,6 +61,8 @@ def figures(result: RunResult) -> dict[str, Any]:
         "fenced_writes": result.fenced_writes,
         "stale_refused": result.stale_refused,
         "overlaps": result.overlaps,
+        "cancelled": result.cancelled,
+        "retried_by_hand": result.retried_by_hand,
         "elections": result.elections,
         "failovers_ms": [round(x * 1000, 1) for x in result.failovers_s],
         "drain_ms": None if result.drain_s is None else round(result.drain_s * 1000, 1),

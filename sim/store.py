@@ -129,6 +129,24 @@ class SweepRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class CancelRequest:
+    """A client's cancel, as RedisStore.cancel: any non-terminal task -> cancelled, and the
+    node running it is told (pub/sub). Answer: the task's status, or None if unknown."""
+
+    task_id: str
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class RetryRequest:
+    """A client's retry by hand, as RedisStore.retry: dead or cancelled -> queued (pending
+    while it waits on dependencies). Answer: the task's status, or None if unknown."""
+
+    task_id: str
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class EpochRequest:
     """Read the stored fencing epoch (RedisStore.epoch). Answer: int."""
 
@@ -188,6 +206,7 @@ class SimStore:
         self._parked: dict[str, deque[_Parked]] = {}
         self._bell_armed: dict[str, bool] = {}
         self._ring: Callable[[str], None] = lambda _node: None
+        self._tell_cancel: Callable[[str, str], None] = lambda _node, _task: None
         self._snapshot: StoreModel | None = None
         self.requests = 0
         self._restored = False
@@ -195,6 +214,10 @@ class SimStore:
 
     def set_bell(self, ring: Callable[[str], None]) -> None:
         self._ring = ring
+
+    def set_cancel_channel(self, tell: Callable[[str, str], None]) -> None:
+        """tell(node, task_id): publish on the node's cancel channel (fire-and-forget)."""
+        self._tell_cancel = tell
 
     # ------------------------------------------------------------------ availability
     def crash(self, lose_unsynced: bool) -> None:
@@ -274,6 +297,10 @@ class SimStore:
             answer(self.model.live_states(request.after_seq, request.count_max))
         elif kind is ReleaseRequest:
             answer(self._release(request))
+        elif kind is CancelRequest:
+            answer(self._cancel(request))
+        elif kind is RetryRequest:
+            answer(self._retry(request))
         else:
             raise TypeError(f"unknown store request {request!r}")
 
@@ -441,6 +468,33 @@ class SimStore:
             self._ring_bell()
         return ok
 
+    def _cancel(self, request: CancelRequest) -> Status | None:
+        record = self.model.tasks.get(request.task_id)
+        if record is None:
+            return None
+        before, attempt, node = record.status, record.attempt, record.lease_node
+        self.model.cancel(request.task_id, request.now_ms)
+        if record.status is Status.CANCELLED and not before.terminal:
+            running_on = node if before is Status.RUNNING else ""
+            self.trace.emit(self.env.now, "cancel", request.task_id, attempt, before.value)
+            self.checker.on_cancel(request.task_id, attempt, running_on)
+            self._ring_bell()
+            if running_on:
+                self._tell_cancel(running_on, request.task_id)
+        return record.status
+
+    def _retry(self, request: RetryRequest) -> Status | None:
+        record = self.model.tasks.get(request.task_id)
+        if record is None:
+            return None
+        before = record.status
+        self.model.retry(request.task_id, request.now_ms)
+        if record.status is not before:
+            self.trace.emit(self.env.now, "retry", request.task_id, record.status.value)
+            self.checker.on_retry(request.task_id)
+            self._ring_bell()
+        return record.status
+
     def _submit(self, request: SubmitRequest) -> list[str] | SubmitRefused:
         try:
             results = self.model.submit(list(request.batch), request.now_ms)
@@ -462,8 +516,10 @@ class SimStore:
 
 __all__ = [
     "STORE",
+    "CancelRequest",
     "EpochRequest",
     "RegistryRequest",
+    "RetryRequest",
     "SimStore",
     "SubmitRefused",
     "SubmitRequest",

@@ -16,6 +16,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from core.priority import Priority
@@ -57,6 +58,9 @@ class RunResult:
     completed: int
     dead: int
     executions: int
+    cancelled: int  # acknowledged tasks that ended cancelled (not retried by hand after)
+    retried_by_hand: int
+    ran_cancelled: int  # Counters.ran_cancelled
     duplicates: int
     lost_acked: int
     gave_up: int
@@ -117,7 +121,10 @@ class World:
             self._on_ack,
             self.facts,
             self.specs,
+            random.Random(f"{seed}:ops"),
         )
+        self.checker.on_ended = self.clients.ended
+        self.store.set_cancel_channel(self._tell_cancel)
         self.runs: dict[str, int] = {}  # task -> handler runs so far (decides its outcome)
         if config.script:
             with open(config.script, encoding="utf-8") as f:
@@ -147,6 +154,10 @@ class World:
     def _ring(self, node_id: str) -> None:
         node = self.nodes[int(node_id[1:]) - 1]
         self.net.send(STORE, node_id, node.ring, _nothing)
+
+    def _tell_cancel(self, node_id: str, task_id: str) -> None:
+        node = self.nodes[int(node_id[1:]) - 1]
+        self.net.send(STORE, node_id, partial(node.cancel_heard, task_id), _nothing)
 
     def handler_outcome(self, task_id: str, node: SimNode) -> tuple[float, bool]:
         """(run time, succeeds) of the next run of this task on this node."""
@@ -512,6 +523,9 @@ class World:
             completed=counters.completed,
             dead=counters.dead,
             executions=counters.executions,
+            cancelled=counters.cancelled,
+            retried_by_hand=counters.retried_by_hand,
+            ran_cancelled=counters.ran_cancelled,
             duplicates=self.checker.duplicates(),
             lost_acked=self.checker.lost_acked(self.store.model),
             gave_up=load.gave_up,

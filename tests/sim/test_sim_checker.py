@@ -108,6 +108,74 @@ def test_extra_attempt_is_caught() -> None:
         checker.on_lease("t1", 2, "n1", 3_000, 1)  # no failure, expiry or release in between
 
 
+def test_completion_after_a_cancel_is_caught() -> None:
+    checker, _ = make()
+    checker.on_lease("t1", 1, "n1", deadline_ms=3_000, term=1)
+    checker.on_cancel("t1", 1, running_on="n1")
+    with caught(2):
+        checker.on_finish("t1", 1, "n1", AttemptEnd(Status.SUCCEEDED, 0))
+
+
+def test_a_lease_after_a_cancel_is_caught() -> None:
+    checker, _ = make()
+    checker.on_cancel("t1", 0, running_on="")
+    with caught(2):
+        checker.on_lease("t1", 1, "n1", deadline_ms=3_000, term=1)
+
+
+def test_a_retry_by_hand_allows_one_attempt_more() -> None:
+    checker, clock = make({"t1": TaskFacts(1, max_retries=3, depends_on=())})
+    checker.on_lease("t1", 1, "n1", deadline_ms=3_000, term=1)
+    checker.on_exec_start("t1", 1, "n1")
+    checker.on_cancel("t1", 1, running_on="n1")
+    checker.on_retry("t1")
+    checker.on_lease("t1", 2, "n2", deadline_ms=3_500, term=1)
+    # The cancelled handler has not heard yet: its lease ended with the cancel, so attempt 2
+    # overlaps it legally (its lease deadline, 3 s, has not passed).
+    clock.now_s = 0.5
+    checker.on_exec_start("t1", 2, "n2")
+    assert checker.counters.overlaps == 1
+    assert checker.duplicates() == 0  # the retry by hand asked for the second run
+    with caught(5):  # a third attempt with no failure, expiry, release or retry in between
+        checker.on_lease("t1", 3, "n1", deadline_ms=4_000, term=1)
+
+
+def test_an_uncancelled_live_lease_still_blocks_a_retried_attempt() -> None:
+    checker, clock = make()
+    checker.on_lease("t1", 1, "n1", deadline_ms=3_000, term=1)
+    checker.on_exec_start("t1", 1, "n1")
+    checker.on_finish("t1", 1, "n1", AttemptEnd(Status.DEAD, 1))  # its handler runs on (bug)
+    checker.on_retry("t1")
+    checker.on_lease("t1", 2, "n2", deadline_ms=3_500, term=1)
+    clock.now_s = 0.5
+    with caught(2):
+        checker.on_exec_start("t1", 2, "n2")
+
+
+def test_a_retry_by_hand_of_a_task_that_has_not_ended_is_caught() -> None:
+    checker, _ = make()
+    checker.on_lease("t1", 1, "n1", deadline_ms=3_000, term=1)
+    with caught(5):
+        checker.on_retry("t1")
+
+
+def test_the_retry_policy_counts_from_the_retry_by_hand() -> None:
+    checker, _ = make({"t1": TaskFacts(1, max_retries=1, depends_on=())})
+    checker.on_lease("t1", 1, "n1", 3_000, 1)
+    checker.on_finish("t1", 1, "n1", AttemptEnd(Status.FAILED, 1, 100))
+    checker.on_lease("t1", 2, "n1", 3_000, 1)
+    checker.on_finish("t1", 2, "n1", AttemptEnd(Status.DEAD, 2))
+    assert checker.counters.dead == 1
+    checker.on_retry("t1")
+    assert checker.counters.dead == 0  # counted again by how it ends this time
+    checker.on_lease("t1", 3, "n1", 3_000, 1)
+    checker.on_finish("t1", 3, "n1", AttemptEnd(Status.FAILED, 1, 100))  # the store reset it
+    checker.on_lease("t1", 4, "n1", 3_000, 1)
+    with caught(5):
+        # The store must count failures from the retry: 2 here would be its old count plus one.
+        checker.on_finish("t1", 4, "n1", AttemptEnd(Status.DEAD, 3))
+
+
 def test_dependant_before_dependency_is_caught() -> None:
     checker, _ = make({"t2": TaskFacts(1, 3, depends_on=("t1",))})
     with caught(5):

@@ -6,13 +6,18 @@ a violation is found within a bounded number of seeds.
   leader raised the epoch: invariant 3 (or 2).
 * --unsafe-ack-before-store: a node answers 201 before the store has the task; a store restart
   then loses acknowledged tasks outright: invariant 1.
+* A retry by hand that starts the task's attempts over (a store model patched here, as a Lua
+  script could be written): the attempt is a completion's fencing token, so a reused one would
+  let a cancelled handler's late completion pass for the new attempt's: invariant 2.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from sim.config import SimConfig
+import sim.store
+from core.store_model import StoreModel, TaskRecord
+from sim.config import LoadConfig, SimConfig
 from sim.world import RunResult, run_one
 
 SEEDS_MAX = 12
@@ -43,3 +48,21 @@ def test_ack_before_store_is_caught() -> None:
     found = first_violation(config, {1})
     assert found is not None and found.violation is not None
     assert "absent from the store" in found.violation.message
+
+
+class RetryStartsAttemptsOver(StoreModel):
+    def retry(self, task_id: str, now_ms: int) -> TaskRecord | None:
+        record = super().retry(task_id, now_ms)
+        if record is not None and not record.status.terminal:
+            record.attempt = 0
+        return record
+
+
+def test_retry_that_reuses_attempts_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = BASE.with_(scenario="random", load=LoadConfig(cancel_p=0.2))
+    monkeypatch.setattr(sim.store, "StoreModel", RetryStartsAttemptsOver)
+    found = first_violation(config, {2})
+    assert found is not None and found.violation is not None
+    assert "leased as attempt" in found.violation.message
+    monkeypatch.undo()
+    assert run_one(config.with_(seed=found.seed)).violation is None
