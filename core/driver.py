@@ -293,6 +293,7 @@ def worker_effects(pool: WorkerPool, effects: list[WorkerEffect]) -> Procedure:
             beats.append(effect)
         elif isinstance(effect, Finish):
             yield FinishRequest(effect)
+            pool.end_answered(effect.task_id, effect.attempt)
         elif isinstance(effect, Release):
             yield ReleaseRequest(effect)
     if beats:

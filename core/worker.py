@@ -123,6 +123,10 @@ class WorkerPool:
         self._next_heartbeat_ms: int | None = None
         self._timeouts: list[tuple[int, str, int]] = []  # (timeout_at_ms, task_id, attempt)
         self.lapsed_skipped = 0  # assignments taken after their lease ran out (not started)
+        self.redelivered = 0  # assignments of an attempt already running here (ignored)
+        # Completions handed to the driver that the store has not answered yet, and until when
+        # the driver sends them again (the lease's length after the end, as it does).
+        self._unwritten: dict[tuple[str, int], int] = {}
 
     @property
     def free(self) -> int:
@@ -157,8 +161,14 @@ class WorkerPool:
         if self.free <= 0:
             raise RuntimeError("no free slot: the driver must not take assignments when full")
         key = (assignment.task_id, assignment.attempt)
-        if key in self.running:
-            raise RuntimeError(f"{assignment.task_id} attempt {assignment.attempt} already runs")
+        if key in self.running or self._unwritten.get(key, now_ms) > now_ms:
+            # The store handed this node an attempt it already runs, or ran and is still
+            # sending the end of: a store restart that lost its last second of writes (AOF
+            # everysec) put the lease and the assignment back. The running handler, or the end
+            # on its way, settles that lease; a second run would be a duplicate, and a
+            # concurrent one once the old end lands and the task moves on.
+            self.redelivered += 1
+            return []
         effects: list[WorkerEffect] = []
         task_id = assignment.task_id
         attempts = self._attempts.get(task_id)
@@ -214,7 +224,12 @@ class WorkerPool:
         elif run.stop in (StopReason.CANCELLED, StopReason.LEASE_LOST):
             return []  # the store already moved on; a completion would be refused anyway
         end: AttemptEnd = end_attempt(a.policy, a.failures, outcome, now_ms, rng)
+        self._unwritten[(task_id, attempt)] = now_ms + self.lease_ms
         return [Finish(task_id, attempt, self.node_id, end, now_ms)]
+
+    def end_answered(self, task_id: str, attempt: int) -> None:
+        """The store answered this attempt's completion (applied, or refused as stale)."""
+        self._unwritten.pop((task_id, attempt), None)
 
     def lease_refused(self, task_id: str, attempt: int, cancelled: bool) -> list[WorkerEffect]:
         """The store refused a heartbeat: the task was cancelled or another attempt owns it."""
@@ -253,6 +268,10 @@ class WorkerPool:
 
     def tick(self, now_ms: int) -> list[WorkerEffect]:
         effects: list[WorkerEffect] = []
+        if self._unwritten:
+            # Ends the driver gave up sending (their lease has run out at the store too).
+            for key in [k for k, until in self._unwritten.items() if until <= now_ms]:
+                del self._unwritten[key]
         while self._timeouts and self._timeouts[0][0] <= now_ms:
             _, task_id, attempt = heapq.heappop(self._timeouts)
             run = self.running.get((task_id, attempt))

@@ -55,6 +55,7 @@ class TaskFacts:
     priority: int
     max_retries: int
     depends_on: tuple[str, ...]
+    type: str = "sim"
 
 
 @dataclass(slots=True)
@@ -124,6 +125,7 @@ class Checker:
         self.execs_per_task: dict[str, int] = {}
         self.applied: set[str] = set()  # tasks whose submission the store applied
         self.lost: set[str] = set()  # applied, then gone with a store restore
+        self.rolled_back: set[str] = set()  # in the store when a restore rolled it back
         # Tasks counted in completed, dead or cancelled, and as which (a retry by hand uncounts).
         self._counted: dict[str, Status] = {}
         self._failover_from: tuple[float, int] | None = None
@@ -221,6 +223,12 @@ class Checker:
             self.failures[task_id] = self.failures.get(task_id, 0) + 1
             failures = self._policy_failures(task_id)
             self.counters.handler_failures += 1
+            if failures != end.failures and task_id in self.rolled_back:
+                # A store restore (everysec) rolled this task back, and reused its attempt
+                # number: a completion written before the restore (its worker kept sending it)
+                # counts the failures its run saw, which the store forgot. The store takes them.
+                self.failures[task_id] += end.failures - failures
+                failures = end.failures
             if failures != end.failures:
                 self.fail(
                     5, f"{task_id}: {failures} failures applied, the store counts {end.failures}"
@@ -361,6 +369,7 @@ class Checker:
         the books from what survived (the checker cannot hold the store to writes it lost)."""
         self.counters.store_restores += 1
         tasks = model.tasks
+        self.rolled_back.update(tasks)
         # Every task the store had applied and no longer has is lost, acknowledged or not yet:
         # an answer already on the wire may still acknowledge it after the restore.
         self.lost |= {task_id for task_id in self.applied if task_id not in tasks}

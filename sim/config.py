@@ -69,6 +69,10 @@ class LoadConfig:
     # tasks get cancelled, not only ended ones), and retry by hand this share of the tasks that
     # end cancelled or dead, `retry_after_s` (at most) after the end; both only while the load
     # runs. The races of cancels and retries with leases, finishes and failover are the point.
+    # Every `typed_every`-th task is of type TYPE_B, which the last node (of two or more) does
+    # not run: the leader must pass such a task over for that node's free slots, and take it
+    # for another's (per-node task types). 0: one type, which every node runs.
+    typed_every: int = 10
     cancel_p: float = 0.02
     cancel_after_s: float = 0.02
     retry_by_hand_p: float = 0.5

@@ -29,6 +29,9 @@ from sim.simenv import call_later
 if TYPE_CHECKING:
     from sim.node import SimNode
 
+# Task types (LoadConfig.typed_every): every node runs TYPE_A, not every node TYPE_B.
+TYPE_A = "sim"
+TYPE_B = "sim-b"
 # Dependencies are drawn among the last this many acknowledged tasks.
 RECENT_ACKED_MAX = 64
 
@@ -167,7 +170,7 @@ class Clients:
             run_at_ms = int((self.env.now + rng.uniform(0.05, cfg.delay_max_s)) * 1000)
         new = NewTask(
             id=task_id,
-            type="sim",
+            type=TYPE_B if cfg.typed_every and self._count % cfg.typed_every == 0 else TYPE_A,
             priority=priority,
             max_retries=cfg.max_retries,
             backoff_base_ms=cfg.backoff_base_ms,
@@ -180,7 +183,7 @@ class Clients:
         # Every other task (no draw from the rng: the seeds' streams stay as they were).
         spec = TaskSpec(task_id, priority, run_s, fail_runs, hangs, new, self._count % 2 == 0)
         self.specs[task_id] = spec
-        self.facts[task_id] = TaskFacts(int(priority), cfg.max_retries, depends_on)
+        self.facts[task_id] = TaskFacts(int(priority), cfg.max_retries, depends_on, new.type)
         return spec
 
     # ------------------------------------------------------------------ submitting

@@ -60,6 +60,7 @@ from core.store_model import StoreUnavailable, Taken
 from core.task import Outcome
 from core.worker import Assignment, Finish, Release, RunHandler, WorkerPool
 from sim.checker import TaskFacts
+from sim.load import TYPE_A, TYPE_B
 from sim.net import UNAVAILABLE
 from sim.simenv import Timer, call_later, fire, fire_if_pending
 from sim.store import (
@@ -77,6 +78,7 @@ from sim.store import (
 )
 
 if TYPE_CHECKING:
+    from sim.config import SimConfig
     from sim.load import ClientOp, Submission
     from sim.world import World
 
@@ -95,6 +97,15 @@ ProcessGen = Generator[simpy.Event, Any, None]
 
 class Crashed(Exception):
     """The node crashed (or restarted) while this process waited: the process ends."""
+
+
+def node_types(config: SimConfig, index: int) -> frozenset[str] | None:
+    """The last node of two or more runs only TYPE_A when some tasks are TYPE_B."""
+    if not config.load.typed_every:
+        return None
+    if config.nodes >= 2 and index == config.nodes - 1:
+        return frozenset({TYPE_A})
+    return frozenset({TYPE_A, TYPE_B})
 
 
 class CheckedScheduler(Scheduler):
@@ -123,13 +134,24 @@ class CheckedScheduler(Scheduler):
                 if type(effect) is Lease:
                     facts = self._facts.get(effect.task_id)
                     if facts is not None and facts.priority > best:
-                        waiting = self.queue.peek_entry()[0]
-                        self._world.checker.fail(
-                            4,
-                            f"{self.node_id} leased {effect.task_id} (priority {facts.priority}) "
-                            f"while {waiting} (priority {best}) waits in its queue",
-                        )
+                        self._check_passed_over(effect, facts.priority)
         return effects
+
+    def _check_passed_over(self, lease: Lease, priority: int) -> None:
+        """A task of a lower priority than the queue's head was leased: legal only if that
+        node runs none of the higher-priority tasks left waiting (their type is not its)."""
+        types = self._world.nodes[int(lease.node_id[1:]) - 1].types
+        for task_id, waiting_priority, _seq in self.queue.entries():
+            if waiting_priority >= priority:
+                continue
+            facts = self._facts.get(task_id)
+            if types is None or facts is None or facts.type in types:
+                self._world.checker.fail(
+                    4,
+                    f"{self.node_id} leased {lease.task_id} (priority {priority}) to "
+                    f"{lease.node_id} while {task_id} (priority {waiting_priority}), which "
+                    f"{lease.node_id} runs, waits in its queue",
+                )
 
 
 class _Handler:
@@ -154,6 +176,8 @@ class SimNode:
         self.index = index
         self.id = f"n{index + 1}"
         self.skew_ms = skew_ms
+        # The task types this node's handlers run (None: all), as its registry entry says.
+        self.types = node_types(world.config, index)
         self.rng = random.Random(f"{world.config.seed}:node:{index}")
         self.up = False
         self.paused = False
@@ -456,7 +480,7 @@ class SimNode:
             if not refresh or seen.get(self.id) == now:
                 return []
             seen[self.id] = now
-            return [NodeSeen(self.id, slots, None, now)]
+            return [NodeSeen(self.id, slots, self.types, now)]
         self._registry_looked_at = info
         events: list[Event] = []
         info_now = dict(info)
@@ -468,7 +492,9 @@ class SimNode:
             if seen.get(node_id) == stamp:
                 continue
             seen[node_id] = stamp
-            events.append(NodeSeen(node_id, slots, None, now))
+            # A node's types are fixed for a run: the world's, as its registry entry would say.
+            types = self.world.nodes[int(node_id[1:]) - 1].types
+            events.append(NodeSeen(node_id, slots, types, now))
         return events
 
     def _leader_loop(self, inc: int) -> ProcessGen:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -10,18 +11,20 @@ from core.driver import (
     ApplyDrainRequest,
     ApplyRequest,
     DrainRequest,
+    FinishRequest,
     LeaderStats,
     LiveStatesRequest,
     Procedure,
     RaiseEpochRequest,
     leader_round,
+    worker_effects,
 )
 from core.events import NodeSeen
 from core.priority import Priority
 from core.scheduler import Role, Scheduler
 from core.store_model import NewTask, StoreModel, StoreUnavailable
-from core.task import AttemptEnd, Status
-from core.worker import Finish
+from core.task import AttemptEnd, Outcome, RetryPolicy, Status
+from core.worker import Assignment, Finish, RunHandler, WorkerPool
 
 
 def _apply(store: StoreModel, ops: tuple[Any, ...]) -> list[Any]:
@@ -187,3 +190,22 @@ def test_a_lost_apply_drain_answer_is_recovered_by_a_rebuild() -> None:
     rounds(sched, store, stats, 30)
     sched.check_invariants()
     assert sched.leading and sched.running_on("n1") == 1
+
+
+def test_worker_effects_tell_the_pool_once_the_store_answers_an_end() -> None:
+    pool = WorkerPool("n1", slots=1, lease_ms=3000)
+    a = Assignment("t", 1, "sim", 2000, RetryPolicy(3, 50, 1000), 0, 3000)
+    assert pool.start(a, 0) == [RunHandler(a)]
+    ends = pool.handler_ended("t", 1, Outcome.success(), 10, random.Random(0))
+    # Unanswered (the store went away): the end stays on its way, the attempt is not rerun.
+    proc = worker_effects(pool, ends)
+    assert isinstance(next(proc), FinishRequest)
+    with pytest.raises(StoreUnavailable):
+        proc.throw(StoreUnavailable("finish"))
+    assert pool.start(a, 20) == []
+    # Sent again and answered: a later hand-over of the attempt runs.
+    proc = worker_effects(pool, ends)
+    next(proc)
+    with pytest.raises(StopIteration):
+        proc.send(True)
+    assert pool.start(a, 30) == [RunHandler(a)]

@@ -118,6 +118,44 @@ def test_a_handler_runs_only_under_a_lease_the_store_accepted(
         pool.check_invariants()
 
 
+def test_an_attempt_handed_over_again_runs_once() -> None:
+    # A store restart that lost its last second of writes (AOF everysec) can put an assignment
+    # this node already took back on its list: the second take must not start a second
+    # handler of the same attempt, nor take a slot, nor fail the take loop.
+    pool = WorkerPool("n1", slots=2, lease_ms=LEASE_MS)
+    first = assignment("a", 1, T0 + LEASE_MS)
+    assert pool.start(first, T0) == [RunHandler(first)]
+    assert pool.start(assignment("a", 1, T0 + LEASE_MS - 500), T0 + 10) == []
+    assert pool.free == 1 and list(pool.running) == [("a", 1)]
+    assert pool.running[("a", 1)].assignment == first
+    assert pool.redelivered == 1
+    pool.check_invariants()
+    # A newer attempt still starts (and stops the older one).
+    effects = pool.start(assignment("a", 2, T0 + 2 * LEASE_MS), T0 + 20)
+    assert [type(e).__name__ for e in effects] == ["Interrupt", "RunHandler"]
+
+
+def test_an_attempt_whose_end_is_still_on_its_way_is_not_run_again() -> None:
+    # Run, ended, its completion unanswered (the store went down and came back from its last
+    # fsync, with the lease and the assignment back): the end the driver keeps sending settles
+    # that lease. Running it again would make the old end land while the new run goes on, and
+    # the task move on to a next attempt beside it.
+    pool = WorkerPool("n1", slots=1, lease_ms=LEASE_MS)
+    a = assignment("a", 2, T0 + LEASE_MS)
+    assert pool.start(a, T0) == [RunHandler(a)]
+    [finish] = pool.handler_ended("a", 2, Outcome.success(), T0 + 10, random.Random(0))
+    assert pool.start(a, T0 + 20) == [] and pool.redelivered == 1 and pool.free == 1
+    # Once the store answered it, the same attempt handed over again is a new run.
+    pool.end_answered("a", 2)
+    assert pool.start(a, T0 + 30) == [RunHandler(a)]
+    pool.handler_ended("a", 2, Outcome.success(), T0 + 40, random.Random(0))
+    # And once the driver has given up sending it (the lease's length after the end).
+    pool.tick(T0 + 40 + LEASE_MS)
+    later = assignment("a", 2, T0 + 3 * LEASE_MS)
+    assert pool.start(later, T0 + 41 + LEASE_MS) == [RunHandler(later)]
+    assert finish.attempt == 2
+
+
 def test_an_assignment_taken_after_its_lease_ran_out_is_not_started() -> None:
     pool = WorkerPool("n1", slots=1, lease_ms=LEASE_MS)
     # Taken from the assignment list by a node that was paused (or down) past the deadline.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ from core.dispatch import NodeSlots
 from core.events import Elected, EpochRaised, NodeSeen, Rebuilt, TasksChanged
 from core.priority import Priority
 from core.scheduler import SchedulerConfig
-from core.store_model import StoreModel
+from core.store_model import NewTask, StoreModel
 from core.task import AttemptEnd, Status, TaskState
 from sim.checker import Checker, TaskFacts, ViolationFound
 from sim.node import CheckedScheduler
@@ -193,8 +194,10 @@ def test_unfinished_acknowledged_task_is_caught() -> None:
 
 
 class _World:
-    def __init__(self) -> None:
-        self.checker, _ = make({"hi": TaskFacts(0, 3, ()), "lo": TaskFacts(2, 3, ())})
+    def __init__(self, n1_types: frozenset[str] | None = None) -> None:
+        facts = {"hi": TaskFacts(0, 3, (), type="sim-b"), "lo": TaskFacts(2, 3, ())}
+        self.checker, _ = make(facts)
+        self.nodes = [SimpleNamespace(types=n1_types)]
 
 
 def _worst_first(queue: Any, nodes: Any, type_of: Any, *, batch_max: int, scan_max: int) -> Any:
@@ -208,18 +211,46 @@ def _worst_first(queue: Any, nodes: Any, type_of: Any, *, batch_max: int, scan_m
     return [(first[0], slots[0].node_id)]
 
 
-def test_priority_inversion_is_caught() -> None:
-    world: Any = _World()
+def _lease_low_before_high(n1_types: frozenset[str] | None) -> None:
+    world: Any = _World(n1_types)
     sched = CheckedScheduler(
         "n1", SchedulerConfig(), world.checker.facts, world, dispatch_fn=_worst_first
     )
-    sched.step(NodeSeen("n1", 1, None, 0))
+    sched.step(NodeSeen("n1", 1, n1_types, 0))
     sched.step(Elected(1, 0))
     sched.step(EpochRaised(1, True, 0))
     sched.step(Rebuilt(1, 0))
     states = (
-        TaskState("hi", "sim", Priority.HIGH, 1, Status.QUEUED),
+        TaskState("hi", "sim-b", Priority.HIGH, 1, Status.QUEUED),
         TaskState("lo", "sim", Priority.LOW, 2, Status.QUEUED),
     )
+    sched.step(TasksChanged(states, 0))
+
+
+@pytest.mark.parametrize("n1_types", [None, frozenset({"sim", "sim-b"})])
+def test_priority_inversion_is_caught(n1_types: frozenset[str] | None) -> None:
     with caught(4):
-        sched.step(TasksChanged(states, 0))
+        _lease_low_before_high(n1_types)
+
+
+def test_a_node_may_take_a_lower_priority_it_runs_over_a_higher_it_does_not() -> None:
+    _lease_low_before_high(frozenset({"sim"}))  # n1 runs no "sim-b": "hi" waits for another
+
+
+def test_a_rolled_back_task_takes_the_failures_its_late_end_counts() -> None:
+    store = StoreModel()
+    store.submit([NewTask(id="t1", type="sim")], 0)
+    checker, _ = make({"t1": TaskFacts(1, max_retries=3, depends_on=())})
+    # Before the restore: attempt 1 failed, attempt 2 leased; the store forgets both.
+    checker.on_lease("t1", 1, "n1", 3_000, 1)
+    checker.on_finish("t1", 1, "n1", AttemptEnd(Status.FAILED, 1, 100))
+    checker.on_store_restored(store)
+    checker.on_lease("t1", 1, "n1", 3_000, 1)
+    # Attempt 1 again, and a completion its worker wrote before the restore lands on it.
+    checker.on_finish("t1", 1, "n1", AttemptEnd(Status.FAILED, 2, 100))
+    assert checker.failures["t1"] == 2
+    # Not rolled back: the same mismatch is a violation.
+    other, _ = make({"t2": TaskFacts(1, max_retries=3, depends_on=())})
+    other.on_lease("t2", 1, "n1", 3_000, 1)
+    with caught(5):
+        other.on_finish("t2", 1, "n1", AttemptEnd(Status.FAILED, 2, 100))
