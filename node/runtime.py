@@ -23,7 +23,7 @@ import random
 import time
 import traceback
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -83,6 +83,11 @@ log = logging.getLogger("dsched.runtime")
 # After a leader round the store did not answer (or answered with an error), the next waits
 # this long.
 STORE_RETRY_S = 0.2
+# A node loop that died of an unexpected error (a bug) starts again after this long; readiness
+# reports it failing while it has died this many times within LOOP_FAILURES_WINDOW_S.
+LOOP_RESTART_S = 1.0
+LOOP_FAILURES_UNREADY = 3
+LOOP_FAILURES_WINDOW_S = 60.0
 
 
 def now_ms() -> int:
@@ -196,6 +201,8 @@ class NodeRuntime:
         self._store_ok = True
         self._store_lost_logged_at: float | None = None  # while the leader loop lacks Redis
         self._loop_alive_ms = now_ms()
+        # When each loop last died of an unexpected error (monotonic seconds), newest last.
+        self.loop_failures: dict[str, list[float]] = {}
         self._seen_leader: str | None = None
         self._taking = 0
         # Set by stop(): handler threads still running when the loops stopped (their tasks
@@ -214,15 +221,45 @@ class NodeRuntime:
         if on_change is not None:
             on_change(self._wake.set)
         await self._register()
+        loops: tuple[tuple[str, Callable[[], Awaitable[None]]], ...] = (
+            ("leader", self._leader_loop),
+            ("take", self._take_loop),
+            ("worker-ticks", self._worker_ticks),
+            ("registry", self._registry_loop),
+            ("cancels", self._cancel_listener),
+            ("bell", self._bell_listener),
+            ("sweep", self._sweep_loop),
+        )
         self._tasks = [
-            asyncio.create_task(self._leader_loop(), name="dsched-leader"),
-            asyncio.create_task(self._take_loop(), name="dsched-take"),
-            asyncio.create_task(self._worker_ticks(), name="dsched-worker-ticks"),
-            asyncio.create_task(self._registry_loop(), name="dsched-registry"),
-            asyncio.create_task(self._cancel_listener(), name="dsched-cancels"),
-            asyncio.create_task(self._bell_listener(), name="dsched-bell"),
-            asyncio.create_task(self._sweep_loop(), name="dsched-sweep"),
+            asyncio.create_task(self._supervised(name, loop), name=f"dsched-{name}")
+            for name, loop in loops
         ]
+
+    async def _supervised(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run one of the node's loops until the node stops. A loop that dies of an error
+        nothing in it expected (a bug) is logged and started again: left dead, the node would
+        go on announcing slots it never fills (take), or never renew a lease (worker ticks),
+        and the tasks sent its way would wait out their leases, again and again."""
+        while not self._stopping:
+            try:
+                await loop()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.loop_failures.setdefault(name, []).append(time.monotonic())
+                log.exception("the %s loop failed; it starts again in %.1f s", name, LOOP_RESTART_S)
+                await asyncio.sleep(LOOP_RESTART_S)
+
+    def _failing_loops(self) -> list[str]:
+        """Loops that died LOOP_FAILURES_UNREADY times within the last LOOP_FAILURES_WINDOW_S."""
+        since = time.monotonic() - LOOP_FAILURES_WINDOW_S
+        failing = []
+        for name, times in sorted(self.loop_failures.items()):
+            del times[:-LOOP_FAILURES_UNREADY]  # only the newest count
+            if len(times) >= LOOP_FAILURES_UNREADY and times[0] >= since:
+                failing.append(name)
+        return failing
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Graceful: stop taking work, let running tasks finish within the grace, give back the
@@ -275,15 +312,17 @@ class NodeRuntime:
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         leader = self.leadership.snapshot()[2]
         loop_age_ms = now_ms() - self._loop_alive_ms
+        failing = self._failing_loops()
         checks: dict[str, Any] = {
             "redis": self._store_ok,
             "leader_known": leader is not None,
             "dispatch_loop_age_ms": loop_age_ms,
             "dispatch_alive": loop_age_ms < 5_000,
             "accepting": self._accepting,
+            "failing_loops": failing,
         }
         ready = bool(self._store_ok and leader is not None and loop_age_ms < 5_000)
-        return ready and self._accepting, checks
+        return ready and self._accepting and not failing, checks
 
     def cluster(self) -> dict[str, Any]:
         _, term, leader = self.leadership.snapshot()

@@ -73,3 +73,47 @@ async def test_a_round_that_finds_itself_deposed_sends_its_finishes_alone(
     assert waiter.done() and waiter.result() is False  # sent alone, in the round
     assert not runtime._local_finishes
     await runtime.stop(grace_s=0)
+
+
+async def test_a_loop_that_dies_of_a_bug_starts_again_and_the_task_runs(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Left dead, the take loop would leave a node that announces free slots and never fills
+    them: every task sent its way would wait out its lease, again and again."""
+    from core.store_model import NewTask
+    from node import runtime as runtime_module
+    from node.tasks import registered
+
+    monkeypatch.setattr(runtime_module, "LOOP_RESTART_S", 0.05)
+    config = NodeConfig(node_id="n1", workers=1, lease_ms=1000)
+    runtime = NodeRuntime(config, store, Metrics(), registered(), SoloLeadership("n1"))
+    real_start = runtime.pool.start
+    calls = 0
+
+    def start_failing_once(*args: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("injected: a bug in the worker pool")
+        return real_start(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runtime.pool, "start", start_failing_once)
+    await runtime.leadership.start(store)  # type: ignore[attr-defined]
+    await runtime.start()
+    try:
+        await store.submit([NewTask(id="t1", type="noop")], now_ms())
+        runtime.notify_changed([])
+        record = None
+        for _ in range(200):  # up to 10 s
+            record = await store.get("t1")
+            if record is not None and record.status is Status.SUCCEEDED:
+                break
+            await asyncio.sleep(0.05)
+        # The assignment the failed start held is gone with it: its lease ran out and the
+        # task ran again, on the restarted loop.
+        assert record is not None and record.status is Status.SUCCEEDED
+        assert record.attempt == 2
+        assert len(runtime.loop_failures["take"]) == 1
+        assert runtime.readiness()[1]["failing_loops"] == []
+    finally:
+        await runtime.stop(grace_s=0)
