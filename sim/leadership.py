@@ -294,9 +294,7 @@ class RaftLeadership:
         if fresh_state:
             # SimRaftCluster keeps a crashed member's journal, as a disk would; node/cluster.py
             # builds each RaftMember with a new in-memory journal. Start from an empty one.
-            from node.raft import RestartableMemoryJournal
-
-            self.cluster._hosts[index].journal = RestartableMemoryJournal()
+            self.cluster.forget_state(index)
         self.cluster.restart(index)
         self._subscribe(index)  # a new RaftMember: the node subscribes again as it starts
 

@@ -283,7 +283,7 @@ class SimStore:
         elif kind is RaiseEpochRequest:
             ok = self.model.raise_epoch(request.term, request.holder)
             if ok:
-                self.checker.on_epoch_raised(request.term)
+                self.checker.on_epoch_raised(request.term, request.holder)
             self.trace.emit(self.env.now, "epoch", node, request.term, request.holder, ok)
             answer(ok)
         elif kind is EpochRequest:

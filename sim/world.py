@@ -126,6 +126,9 @@ class World:
         self.checker.on_ended = self.clients.ended
         self.store.set_cancel_channel(self._tell_cancel)
         self.runs: dict[str, int] = {}  # task -> handler runs so far (decides its outcome)
+        # When each node's Raft member last started from an empty journal.
+        self._forgot_at: dict[int, float] = {}
+        self.checker.raft_history_lost_since = self._raft_history_lost_since
         if config.script:
             with open(config.script, encoding="utf-8") as f:
                 _, self.plan = parse_script(f.read())
@@ -154,6 +157,11 @@ class World:
     def _ring(self, node_id: str) -> None:
         node = self.nodes[int(node_id[1:]) - 1]
         self.net.send(STORE, node_id, node.ring, _nothing)
+
+    def _raft_history_lost_since(self, since: float) -> bool:
+        """A majority of members started from an empty journal after ``since``."""
+        fresh = sum(1 for at in self._forgot_at.values() if at > since)
+        return 2 * fresh > len(self.nodes)
 
     def _tell_cancel(self, node_id: str, task_id: str) -> None:
         node = self.nodes[int(node_id[1:]) - 1]
@@ -400,7 +408,10 @@ class World:
         node.starting = False
         if node.up:
             return
-        self.leadership.restart(index, fresh_state=self.config.raft_journal == "memory")
+        fresh = self.config.raft_journal == "memory"
+        if fresh:
+            self._forgot_at[index] = self.env.now
+        self.leadership.restart(index, fresh_state=fresh)
         node.boot()
 
     def _faults(self) -> Any:

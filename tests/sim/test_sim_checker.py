@@ -254,3 +254,25 @@ def test_a_rolled_back_task_takes_the_failures_its_late_end_counts() -> None:
     other.on_lease("t2", 1, "n1", 3_000, 1)
     with caught(5):
         other.on_finish("t2", 1, "n1", AttemptEnd(Status.FAILED, 2, 100))
+
+
+def test_a_term_elected_again_is_allowed_only_once_raft_history_is_lost() -> None:
+    checker, clock = make()
+    checker.on_leader_claim("n2", 1)
+    clock.now_s = 7.0
+    with caught(3):
+        checker.on_leader_claim("n1", 1)
+    lost_after: list[float] = []
+    checker.raft_history_lost_since = lambda since: any(t > since for t in lost_after)
+    lost_after.append(5.0)  # a majority started from empty journals after n2's claim
+    checker.on_leader_claim("n1", 1)
+    with caught(3):
+        checker.on_leader_claim("n3", 1)  # no restart since n1's claim
+
+
+def test_one_holder_per_epoch() -> None:
+    checker, _ = make()
+    checker.on_epoch_raised(1, "n2")
+    checker.on_epoch_raised(1, "n2")
+    with caught(3):
+        checker.on_epoch_raised(1, "n1")
