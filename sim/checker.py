@@ -63,6 +63,9 @@ class _Execution:
     attempt: int
     node: str
     start_s: float
+    # A store restore came back without this run's lease (everysec): the store may grant its
+    # attempt again, or a next one, while it runs on.
+    forgotten: bool = False
 
 
 @dataclass
@@ -85,6 +88,8 @@ class Counters:
     # the cancel and heard of it after (pub/sub or a refused heartbeat stops it).
     ran_cancelled: int = 0
     store_restores: int = 0
+    # Runs of an attempt number a restore forgot and granted again, beside the first (everysec).
+    restore_reruns: int = 0
     leader_writes: int = 0
     elections: int = 0
     failovers_s: list[float] = field(default_factory=list)
@@ -326,11 +331,19 @@ class Checker:
         live = self.live_execs.setdefault(task_id, [])
         for other in live:
             if other.attempt == attempt:
+                if other.node != node and other.forgotten:
+                    # everysec: the store came back without that run's lease and granted the
+                    # attempt's number again. A duplicate run the window allows, counted.
+                    self.counters.overlaps += 1
+                    self.counters.restore_reruns += 1
+                    continue
                 self.fail(2, f"{task_id} attempt {attempt} runs on {other.node} and {node}")
             if other.attempt < attempt:
                 deadline = self.deadline_ms.get((task_id, other.attempt), 0)
                 if (task_id, other.attempt) in self.cancelled_leases:
                     pass  # its lease ended with the cancel; the handler just has not heard yet
+                elif other.forgotten:
+                    self.counters.restore_reruns += 1  # a restore lost its lease (everysec)
                 elif deadline > now_ms + self.skew_tolerance_ms:
                     self.fail(
                         2,
@@ -383,6 +396,16 @@ class Checker:
         self.counters.store_restores += 1
         tasks = model.tasks
         self.rolled_back.update(tasks)
+        for task_id, runs in self.live_execs.items():
+            record = tasks.get(task_id)
+            for run in runs:
+                if (
+                    record is None
+                    or record.status is not Status.RUNNING
+                    or record.attempt != run.attempt
+                    or record.lease_node != run.node
+                ):
+                    run.forgotten = True
         # Every task the store had applied and no longer has is lost, acknowledged or not yet:
         # an answer already on the wire may still acknowledge it after the restore.
         self.lost |= {task_id for task_id in self.applied if task_id not in tasks}

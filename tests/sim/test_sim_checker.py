@@ -276,3 +276,21 @@ def test_one_holder_per_epoch() -> None:
     checker.on_epoch_raised(1, "n2")
     with caught(3):
         checker.on_epoch_raised(1, "n1")
+
+
+def test_an_attempt_a_restore_forgot_may_run_again_elsewhere_but_not_on_the_same_node() -> None:
+    store = StoreModel()
+    store.submit([NewTask(id="t1", type="sim")], 0)
+    checker, clock = make()
+    checker.on_lease("t1", 1, "n3", 9_000, 1)
+    checker.on_exec_start("t1", 1, "n3")
+    clock.now_s = 1.0
+    with caught(2):  # no restore: the same attempt on two nodes
+        checker.on_exec_start("t1", 1, "n1")
+    checker.on_store_restored(store)  # back to queued: attempt 1 is granted again
+    checker.on_lease("t1", 1, "n1", 9_500, 1)
+    clock.now_s = 1.5
+    checker.on_exec_start("t1", 1, "n1")
+    assert checker.counters.restore_reruns == 1
+    with caught(2):  # a node never runs one attempt twice at once
+        checker.on_exec_start("t1", 1, "n1")

@@ -68,3 +68,19 @@ def test_two_nodes_restarted_in_turn_elect_a_term_again_and_the_fence_parts_them
             1 for line in result.trace if line.split()[1] == "epoch" and line.endswith("False")
         )
     assert refused > 0
+
+
+def test_runs_whose_lease_a_restore_forgot_are_duplicates_not_violations() -> None:
+    # everysec: the store comes back without a running attempt's lease and grants the task
+    # again (the same attempt number, or the next) while the first run goes on elsewhere.
+    config = SHORT.with_(
+        scenario="store-restart",
+        seed=624,
+        fsync="everysec",
+        skew_ms_max=200,
+        load=LoadConfig(cancel_p=0.05),
+    )
+    world = World(config)
+    result = world.run()
+    assert result.violation is None, result.violation
+    assert world.checker.counters.restore_reruns > 0
