@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -99,6 +100,13 @@ class _Running:
     outlives: bool = False
 
 
+@dataclass(slots=True)
+class _Ended:
+    finish: Finish
+    until_ms: int
+    answered: bool
+
+
 class WorkerPool:
     def __init__(self, node_id: str, slots: int, lease_ms: int) -> None:
         if slots < 0 or lease_ms <= 0:
@@ -123,10 +131,14 @@ class WorkerPool:
         self._next_heartbeat_ms: int | None = None
         self._timeouts: list[tuple[int, str, int]] = []  # (timeout_at_ms, task_id, attempt)
         self.lapsed_skipped = 0  # assignments taken after their lease ran out (not started)
-        self.redelivered = 0  # assignments of an attempt already running here (ignored)
-        # Completions handed to the driver that the store has not answered yet, and until when
-        # the driver sends them again (the lease's length after the end, as it does).
-        self._unwritten: dict[tuple[str, int], int] = {}
+        self.redelivered = 0  # assignments of an attempt this node runs or ran (not run again)
+        # The completions of attempts that ran here, for as long as the store may hand the
+        # attempt over again (until: the later of the lease's length after the end, as long as
+        # the driver sends it, and the latest deadline the store can hold), and whether the store
+        # has answered it yet: _Ended(finish, until_ms, answered).
+        self._ended: dict[tuple[str, int], _Ended] = {}
+        # The same, oldest first, to forget them without a scan (until is nearly monotonic).
+        self._ended_order: deque[tuple[int, tuple[str, int]]] = deque()
 
     @property
     def free(self) -> int:
@@ -161,14 +173,25 @@ class WorkerPool:
         if self.free <= 0:
             raise RuntimeError("no free slot: the driver must not take assignments when full")
         key = (assignment.task_id, assignment.attempt)
-        if key in self.running or self._unwritten.get(key, now_ms) > now_ms:
-            # The store handed this node an attempt it already runs, or ran and is still
-            # sending the end of: a store restart that lost its last second of writes (AOF
-            # everysec) put the lease and the assignment back. The running handler, or the end
-            # on its way, settles that lease; a second run would be a duplicate, and a
-            # concurrent one once the old end lands and the task moves on.
+        # The store handed this node an attempt it runs or ran: a store restart that lost its
+        # last second of writes (AOF everysec) put the lease and the assignment back, or (over
+        # separate connections) a take was answered after the end it raced. A second run would
+        # be a duplicate, and a concurrent one once the first one's end lands.
+        run = self.running.get(key)
+        if run is not None:
             self.redelivered += 1
+            # The store's deadline may be older than the one we hold (heartbeats it lost):
+            # trust only what it says now, and renew at once.
+            if assignment.lease_deadline_ms < run.held_until_ms:
+                run.held_until_ms = assignment.lease_deadline_ms
+                self._next_heartbeat_ms = now_ms
             return []
+        ended = self._ended.get(key)
+        if ended is not None and ended.until_ms > now_ms:
+            self.redelivered += 1
+            # Unanswered, the driver is still sending it; answered, the store may have lost
+            # it since: send it again (attempt-fenced: refused if it already landed).
+            return [ended.finish] if ended.answered else []
         effects: list[WorkerEffect] = []
         task_id = assignment.task_id
         attempts = self._attempts.get(task_id)
@@ -224,12 +247,18 @@ class WorkerPool:
         elif run.stop in (StopReason.CANCELLED, StopReason.LEASE_LOST):
             return []  # the store already moved on; a completion would be refused anyway
         end: AttemptEnd = end_attempt(a.policy, a.failures, outcome, now_ms, rng)
-        self._unwritten[(task_id, attempt)] = now_ms + self.lease_ms
-        return [Finish(task_id, attempt, self.node_id, end, now_ms)]
+        finish = Finish(task_id, attempt, self.node_id, end, now_ms)
+        until = max(now_ms + self.lease_ms, run.held_until_ms)
+        key = (task_id, attempt)
+        self._ended[key] = _Ended(finish, until, False)
+        self._ended_order.append((until, key))
+        return [finish]
 
     def end_answered(self, task_id: str, attempt: int) -> None:
         """The store answered this attempt's completion (applied, or refused as stale)."""
-        self._unwritten.pop((task_id, attempt), None)
+        ended = self._ended.get((task_id, attempt))
+        if ended is not None:
+            ended.answered = True
 
     def lease_refused(self, task_id: str, attempt: int, cancelled: bool) -> list[WorkerEffect]:
         """The store refused a heartbeat: the task was cancelled or another attempt owns it."""
@@ -268,10 +297,13 @@ class WorkerPool:
 
     def tick(self, now_ms: int) -> list[WorkerEffect]:
         effects: list[WorkerEffect] = []
-        if self._unwritten:
-            # Ends the driver gave up sending (their lease has run out at the store too).
-            for key in [k for k, until in self._unwritten.items() if until <= now_ms]:
-                del self._unwritten[key]
+        order = self._ended_order
+        while order and order[0][0] <= now_ms:
+            # No store can hold this attempt's lease any more: forget its end.
+            _, key = order.popleft()
+            ended = self._ended.get(key)
+            if ended is not None and ended.until_ms <= now_ms:
+                del self._ended[key]
         while self._timeouts and self._timeouts[0][0] <= now_ms:
             _, task_id, attempt = heapq.heappop(self._timeouts)
             run = self.running.get((task_id, attempt))

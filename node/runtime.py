@@ -202,7 +202,7 @@ class NodeRuntime:
         self._store_lost_logged_at: float | None = None  # while the leader loop lacks Redis
         self._loop_alive_ms = now_ms()
         # When each loop last died of an unexpected error (monotonic seconds), newest last.
-        self.loop_failures: dict[str, list[float]] = {}
+        self.loop_failures: dict[str, deque[float]] = {}
         self._seen_leader: str | None = None
         self._taking = 0
         # Set by stop(): handler threads still running when the loops stopped (their tasks
@@ -247,19 +247,21 @@ class NodeRuntime:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                self.loop_failures.setdefault(name, []).append(time.monotonic())
+                if self._stopping:
+                    return  # stop() cancelled it, and the cancel surfaced as something else
+                failures = self.loop_failures.setdefault(name, deque(maxlen=LOOP_FAILURES_UNREADY))
+                failures.append(time.monotonic())
                 log.exception("the %s loop failed; it starts again in %.1f s", name, LOOP_RESTART_S)
                 await asyncio.sleep(LOOP_RESTART_S)
 
     def _failing_loops(self) -> list[str]:
         """Loops that died LOOP_FAILURES_UNREADY times within the last LOOP_FAILURES_WINDOW_S."""
         since = time.monotonic() - LOOP_FAILURES_WINDOW_S
-        failing = []
-        for name, times in sorted(self.loop_failures.items()):
-            del times[:-LOOP_FAILURES_UNREADY]  # only the newest count
-            if len(times) >= LOOP_FAILURES_UNREADY and times[0] >= since:
-                failing.append(name)
-        return failing
+        return [
+            name
+            for name, times in sorted(self.loop_failures.items())
+            if len(times) >= LOOP_FAILURES_UNREADY and times[0] >= since
+        ]
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Graceful: stop taking work, let running tasks finish within the grace, give back the
@@ -435,7 +437,14 @@ class NodeRuntime:
         }
 
     def _slots(self) -> int:
-        return self.pool.offered if self._accepting else 0
+        if not self._accepting:
+            return 0
+        # A node whose take or worker loop keeps dying announces no slots: the leader would
+        # send it tasks that wait out their leases.
+        failing = self._failing_loops() if self.loop_failures else ()
+        if "take" in failing or "worker-ticks" in failing:
+            return 0
+        return self.pool.offered
 
     def _free(self) -> int:
         return self.pool.free - self._taking
@@ -826,6 +835,15 @@ class NodeRuntime:
         return effects
 
     def _start(self, taken: Taken) -> list[WorkerEffect]:
+        try:
+            return self._start_one(taken)
+        except Exception:
+            # A bug in starting one: the others taken with it still start, and this one goes
+            # back to run again at once rather than wait out its lease.
+            log.exception("starting %s attempt %d failed", taken.record.id, taken.attempt)
+            return [Release(taken.record.id, taken.attempt, self.node_id, now_ms())]
+
+    def _start_one(self, taken: Taken) -> list[WorkerEffect]:
         """Start the handler of what a slot took (no await: a direct lease starts the moment
         its apply answers). Answers the other effects, for the caller to carry out."""
         record = taken.record

@@ -37,6 +37,11 @@ INVARIANTS = {
 }
 
 
+# A leader's claim comes this long, at most, after the votes that elected it (an election
+# round, and the first leader round after it): restarts since then count as lost history.
+VOTES_BEFORE_CLAIM_S = 1.0
+
+
 class ViolationFound(Exception):
     def __init__(self, invariant: int, message: str) -> None:
         # Both in args: SimPy re-raises a failed process's exception as type(e)(*e.args).
@@ -87,7 +92,6 @@ class Counters:
     # Handlers started for an attempt already cancelled: the node took its assignment before
     # the cancel and heard of it after (pub/sub or a refused heartbeat stops it).
     ran_cancelled: int = 0
-    store_restores: int = 0
     # Runs of an attempt number a restore forgot and granted again, beside the first (everysec).
     restore_reruns: int = 0
     leader_writes: int = 0
@@ -110,8 +114,9 @@ class Checker:
         self.counters = Counters()
         self.acked: dict[str, float] = {}  # task id -> ack time
         self.max_epoch = 0
-        # The first leader of each term, and when it claimed it.
-        self.leader_of_term: dict[int, tuple[str, float]] = {}
+        # The leaders of each term (more than one only where Raft history was lost), and when
+        # the last of them claimed it.
+        self.leader_of_term: dict[int, tuple[set[str], float]] = {}
         # Whether a majority of Raft members restarted from an empty journal since a time: terms
         # may then repeat (the world says; see SimRaftCluster.history_lost_since).
         self.raft_history_lost_since: Callable[[float], bool] = lambda _since: False
@@ -126,6 +131,8 @@ class Checker:
         # retry policy (failures counted from `failures_before_retry`, as the store counts).
         self.by_hand: dict[str, int] = {}
         self.failures_before_retry: dict[str, int] = {}
+        # A task retried by hand -> the attempt it had: its next lease is exactly the one after.
+        self.retry_floor: dict[str, int] = {}
         # (task, attempt) whose lease a cancel ended: not live, though its handler may still run.
         self.cancelled_leases: set[tuple[str, int]] = set()
         self.on_ended: Callable[[str, bool], None] = lambda _task, _cancelled: None
@@ -135,7 +142,9 @@ class Checker:
         self.execs_per_task: dict[str, int] = {}
         self.applied: set[str] = set()  # tasks whose submission the store applied
         self.lost: set[str] = set()  # applied, then gone with a store restore
-        self.rolled_back: set[str] = set()  # in the store when a restore rolled it back
+        # Tasks a restore rolled back -> the highest attempt granted before it: a completion
+        # of one of those may carry failures the store forgot (excused once per task).
+        self.rolled_back: dict[str, int] = {}
         # Tasks counted in completed, dead or cancelled, and as which (a retry by hand uncounts).
         self._counted: dict[str, Status] = {}
         self._failover_from: tuple[float, int] | None = None
@@ -156,14 +165,16 @@ class Checker:
     def on_leader_claim(self, node: str, term: int) -> None:
         claim = self.leader_of_term.get(term)
         if claim is None:
-            self.leader_of_term[term] = (node, self._now_s())
+            self.leader_of_term[term] = ({node}, self._now_s())
             self.counters.elections += 1
-        elif claim[0] != node:
-            if not self.raft_history_lost_since(claim[1]):
-                self.fail(3, f"two leaders in term {term}: {claim[0]} and {node}")
-            # Raft state is in memory: a majority restarted since, and elected a leader of a
-            # term the old one had. The store's fence keeps them apart: one holder per epoch.
-            self.leader_of_term[term] = (node, self._now_s())
+        elif node not in claim[0]:
+            if not self.raft_history_lost_since(claim[1] - VOTES_BEFORE_CLAIM_S):
+                self.fail(3, f"two leaders in term {term}: {sorted(claim[0])[0]} and {node}")
+            # Raft state is in memory: members that voted in this term restarted since, and
+            # a leader of it was elected again. The store's fence keeps the two apart (one
+            # holder per epoch); both may go on claiming it.
+            claim[0].add(node)
+            self.leader_of_term[term] = (claim[0], self._now_s())
             self.counters.elections += 1
 
     def on_epoch_raised(self, term: int, holder: str = "") -> None:
@@ -190,6 +201,9 @@ class Checker:
         facts = self.facts.get(task_id)
         if task_id in self.terminal:
             self.fail(2, f"{task_id} leased (attempt {attempt}) after it ended")
+        floor = self.retry_floor.pop(task_id, None)
+        if floor is not None and attempt != floor + 1:
+            self.fail(5, f"{task_id} retried by hand after attempt {floor}, leased as {attempt}")
         before = self.lease_of.get(task_id)
         if before is not None and attempt <= before[0]:
             # The attempt is the completion's fencing token: reused, a late completion of the
@@ -241,10 +255,11 @@ class Checker:
             self.failures[task_id] = self.failures.get(task_id, 0) + 1
             failures = self._policy_failures(task_id)
             self.counters.handler_failures += 1
-            if failures != end.failures and task_id in self.rolled_back:
+            if failures != end.failures and attempt <= self.rolled_back.get(task_id, 0):
                 # A store restore (everysec) rolled this task back, and reused its attempt
                 # number: a completion written before the restore (its worker kept sending it)
                 # counts the failures its run saw, which the store forgot. The store takes them.
+                del self.rolled_back[task_id]
                 self.failures[task_id] += end.failures - failures
                 failures = end.failures
             if failures != end.failures:
@@ -314,6 +329,7 @@ class Checker:
         self.terminal.discard(task_id)
         self.counters.retried_by_hand += 1
         self.by_hand[task_id] = self.by_hand.get(task_id, 0) + 1
+        self.retry_floor[task_id] = self.lease_of.get(task_id, (0, ""))[0]
         self.failures_before_retry[task_id] = self.failures.get(task_id, 0)
         # Counted again by how it ends this time.
         counted = self._counted.pop(task_id, None)
@@ -395,7 +411,19 @@ class Checker:
         the books from what survived (the checker cannot hold the store to writes it lost)."""
         self.counters.store_restores += 1
         tasks = model.tasks
-        self.rolled_back.update(tasks)
+        for task_id, (attempt, _node) in self.lease_of.items():
+            if task_id in tasks:
+                self.rolled_back[task_id] = max(attempt, self.rolled_back.get(task_id, 0))
+        # A cancel the restore undid: that lease is live again.
+        self.cancelled_leases = {
+            (t, a)
+            for t, a in self.cancelled_leases
+            if not (
+                (record := tasks.get(t)) is not None
+                and record.status is Status.RUNNING
+                and record.attempt == a
+            )
+        }
         for task_id, runs in self.live_execs.items():
             record = tasks.get(task_id)
             for run in runs:
@@ -422,6 +450,7 @@ class Checker:
         self.releases = {t: r.attempt for t, r in tasks.items() if r.attempt}
         self.by_hand = {}
         self.failures_before_retry = {}  # the store's failures count from its last retry
+        self.retry_floor = {}
 
     # ------------------------------------------------------------------ the end (1, 6)
     def lost_acked(self, model: StoreModel) -> int:

@@ -203,6 +203,7 @@ class SimNode:
         self._wake_flag = False
         self._wake_event: simpy.Event | None = None
         self._rounds = 0  # leader rounds in flight (core.pacing.start_round)
+        self._taking = 0  # slots a take is out for (NodeRuntime._taking)
         self._slot_event: simpy.Event | None = None
         self._submit_event: simpy.Event | None = None
         self._direct: deque[Taken] = deque()
@@ -234,6 +235,7 @@ class SimNode:
         self.pending = []
         self._wake_flag = False
         self._rounds = 0
+        self._taking = 0
         self._registry_info = {}
         self._registry_seen = {}
         self._registry_looked_at = None
@@ -632,7 +634,7 @@ class SimNode:
         while True:
             if self.paused or self.incarnation != inc:
                 yield from self._gate(inc)
-            plan = policy.next(self.pool.free, bool(self._direct), self.sched.leading, env.now)
+            plan = policy.next(self._free(), bool(self._direct), self.sched.leading, env.now)
             step = plan.step
             if step is TakeStep.WAIT_SLOT:
                 if self.stopping:
@@ -648,9 +650,20 @@ class SimNode:
                 yield env.timeout(plan.sleep_s)
                 continue
             try:
-                taken = yield from self.call(TakeManyRequest(self.id, plan.count), wait_call_s)
+                # As the runtime: the slots a take is out for are not free meanwhile (a direct
+                # lease must not fill them before its answer comes).
+                self._taking += plan.count
+                try:
+                    request = TakeManyRequest(self.id, plan.count)
+                    taken = yield from self.call(request, wait_call_s)
+                finally:
+                    self._taking -= plan.count
                 if not taken and plan.block_one:
-                    one = yield from self.call(TakeRequest(self.id, TAKE_WAIT_S), wait_call_s)
+                    self._taking += 1
+                    try:
+                        one = yield from self.call(TakeRequest(self.id, TAKE_WAIT_S), wait_call_s)
+                    finally:
+                        self._taking -= 1
                     taken = [] if one is None else [one]
             except StoreUnavailable:
                 yield env.timeout(STORE_RETRY_S)
@@ -658,8 +671,11 @@ class SimNode:
             for item in taken:
                 self._start(item, inc)
 
+    def _free(self) -> int:
+        return self.pool.free - self._taking
+
     def _start_direct(self, inc: int) -> None:
-        while self._direct and self.pool.free > 0:
+        while self._direct and self._free() > 0:
             self._start(self._direct.popleft(), inc)
 
     def _start(self, taken: Taken, inc: int) -> None:
@@ -694,6 +710,11 @@ class SimNode:
         env = self.env
         key = (a.task_id, a.attempt)
         world.trace.emit(env._now, "run", a.task_id, a.attempt, self.id)
+        if self.types is not None and a.type not in self.types:
+            # The runtime has no handler for it: the attempt would fail for nothing.
+            world.checker.fail(
+                4, f"{a.task_id} ({a.type}) leased to {self.id}, which runs no {a.type}"
+            )
         world.checker.on_exec_start(a.task_id, a.attempt, self.id)
         run_s, ok = world.handler_outcome(a.task_id, self)
         self._in_run.add(key)

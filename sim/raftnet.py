@@ -541,8 +541,9 @@ class SimRaftCluster:
         self._hosts: list[_Host] = []
         self._partitions: dict[int, list[tuple[str, str]]] = {}
         self._next_partition_id = 0
-        # The first leader of each term, and when it led (election safety).
-        self._term_leaders: dict[int, tuple[str, float]] = {}
+        # The leaders of each term (more than one only where history was lost), and when the
+        # last of them led (election safety).
+        self._term_leaders: dict[int, tuple[set[str], float]] = {}
         # When each member last restarted from an empty journal (forget_state).
         self._forgot_at: dict[str, float] = {}
         self.violations: list[str] = []
@@ -848,14 +849,16 @@ class SimRaftCluster:
         )
         if status.is_leader:
             now = float(self.env.now)
-            first, since = self._term_leaders.setdefault(status.term, (host.addr, now))
-            if first != host.addr:
-                if self.history_lost_since(since):
-                    self._term_leaders[status.term] = (host.addr, now)
+            leaders, since = self._term_leaders.setdefault(status.term, ({host.addr}, now))
+            if host.addr not in leaders:
+                # Its votes were cast up to an election round before it led.
+                if self.history_lost_since(since - self.config.election_timeout_max_s):
+                    leaders.add(host.addr)
+                    self._term_leaders[status.term] = (leaders, now)
                 else:
                     self.violations.append(
-                        f"two leaders in term {status.term}: {first} and {host.addr}"
-                        f" (t={self.env.now:.6f})"
+                        f"two leaders in term {status.term}: {sorted(leaders)[0]} and "
+                        f"{host.addr} (t={self.env.now:.6f})"
                     )
 
     def forget_state(self, i: int) -> None:
@@ -868,12 +871,14 @@ class SimRaftCluster:
         self._forgot_at[host.addr] = float(self.env.now)
 
     def history_lost_since(self, since: float) -> bool:
-        """Whether a majority of members restarted from an empty journal after ``since``. Raft
-        terms are then no longer unique (memory journals): the members that remember a term
-        are a minority, and a majority of fresh ones may elect a leader of that term again.
-        The store's fence (epoch and holder) is what keeps those two apart."""
+        """Whether enough members restarted from an empty journal after ``since`` that a
+        term's votes may be forgotten: as many as two majorities share (one of three, two of
+        four). Raft terms are then no longer unique (memory journals): a majority that
+        includes fresh members may elect a leader of a term that had one. The store's fence
+        (epoch and holder) is what keeps those two apart."""
         fresh = sum(1 for at in self._forgot_at.values() if at > since)
-        return 2 * fresh > len(self._hosts)
+        majority = len(self._hosts) // 2 + 1
+        return fresh >= 2 * majority - len(self._hosts)
 
     def _trace(self, *parts: Any) -> None:
         self.events_traced += 1

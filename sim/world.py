@@ -58,7 +58,7 @@ class RunResult:
     completed: int
     dead: int
     executions: int
-    cancelled: int  # acknowledged tasks that ended cancelled (not retried by hand after)
+    cancelled: int  # tasks that ended cancelled (and were not retried by hand after)
     retried_by_hand: int
     ran_cancelled: int  # Counters.ran_cancelled
     duplicates: int
@@ -159,9 +159,10 @@ class World:
         self.net.send(STORE, node_id, node.ring, _nothing)
 
     def _raft_history_lost_since(self, since: float) -> bool:
-        """A majority of members started from an empty journal after ``since``."""
+        """Enough members started from an empty journal after ``since`` that a term's votes
+        may be forgotten (SimRaftCluster.history_lost_since)."""
         fresh = sum(1 for at in self._forgot_at.values() if at > since)
-        return 2 * fresh > len(self.nodes)
+        return fresh >= votes_overlap(len(self.nodes))
 
     def _tell_cancel(self, node_id: str, task_id: str) -> None:
         node = self.nodes[int(node_id[1:]) - 1]
@@ -556,6 +557,13 @@ class World:
             series=self.series,
             trace=self.trace.lines() if self.config.keep_trace else [],
         )
+
+
+def votes_overlap(members: int) -> int:
+    """The fewest members two majorities of ``members`` share: once that many have forgotten
+    their votes, a term can be won twice."""
+    majority = members // 2 + 1
+    return 2 * majority - members
 
 
 def _nothing() -> None:

@@ -203,9 +203,9 @@ def test_worker_effects_tell_the_pool_once_the_store_answers_an_end() -> None:
     with pytest.raises(StoreUnavailable):
         proc.throw(StoreUnavailable("finish"))
     assert pool.start(a, 20) == []
-    # Sent again and answered: a later hand-over of the attempt runs.
+    # Sent again and answered: a later hand-over of the attempt sends that end once more.
     proc = worker_effects(pool, ends)
     next(proc)
     with pytest.raises(StopIteration):
         proc.send(True)
-    assert pool.start(a, 30) == [RunHandler(a)]
+    assert pool.start(a, 30) == ends

@@ -135,8 +135,8 @@ def test_an_attempt_handed_over_again_runs_once() -> None:
     assert [type(e).__name__ for e in effects] == ["Interrupt", "RunHandler"]
 
 
-def test_an_attempt_whose_end_is_still_on_its_way_is_not_run_again() -> None:
-    # Run, ended, its completion unanswered (the store went down and came back from its last
+def test_an_attempt_that_ran_here_is_not_run_again_and_its_end_goes_again() -> None:
+    # Run, ended, its completion on its way (the store went down and came back from its last
     # fsync, with the lease and the assignment back): the end the driver keeps sending settles
     # that lease. Running it again would make the old end land while the new run goes on, and
     # the task move on to a next attempt beside it.
@@ -145,15 +145,29 @@ def test_an_attempt_whose_end_is_still_on_its_way_is_not_run_again() -> None:
     assert pool.start(a, T0) == [RunHandler(a)]
     [finish] = pool.handler_ended("a", 2, Outcome.success(), T0 + 10, random.Random(0))
     assert pool.start(a, T0 + 20) == [] and pool.redelivered == 1 and pool.free == 1
-    # Once the store answered it, the same attempt handed over again is a new run.
+    # Answered, then handed over again (a restore lost it, or the take raced the end over
+    # another connection): the same end goes again, never a second run.
     pool.end_answered("a", 2)
-    assert pool.start(a, T0 + 30) == [RunHandler(a)]
-    pool.handler_ended("a", 2, Outcome.success(), T0 + 40, random.Random(0))
-    # And once the driver has given up sending it (the lease's length after the end).
-    pool.tick(T0 + 40 + LEASE_MS)
+    assert pool.start(a, T0 + 30) == [finish] and pool.redelivered == 2
+    # Once no store can hold that lease (the lease's length after the end), it is forgotten.
+    pool.tick(T0 + 10 + LEASE_MS)
     later = assignment("a", 2, T0 + 3 * LEASE_MS)
-    assert pool.start(later, T0 + 41 + LEASE_MS) == [RunHandler(later)]
+    assert pool.start(later, T0 + 11 + LEASE_MS) == [RunHandler(later)]
     assert finish.attempt == 2
+
+
+def test_an_attempt_handed_over_again_while_it_runs_trusts_the_stores_deadline() -> None:
+    pool = WorkerPool("n1", slots=2, lease_ms=LEASE_MS)
+    a = assignment("a", 1, T0 + LEASE_MS)
+    pool.start(a, T0)
+    pool.lease_held("a", 1, T0 + 2 * LEASE_MS)  # a heartbeat the store later lost
+    # The restored store holds the first deadline only: a beat goes out now, and without an
+    # answer the handler stops at that deadline, not at the lost one.
+    assert pool.start(assignment("a", 1, T0 + LEASE_MS), T0 + 100) == []
+    beats = [e for e in pool.tick(T0 + 100) if isinstance(e, Heartbeat)]
+    assert [(b.task_id, b.attempt) for b in beats] == [("a", 1)]
+    stops = [e for e in pool.tick(T0 + LEASE_MS) if isinstance(e, Interrupt)]
+    assert [(e.task_id, e.reason) for e in stops] == [("a", StopReason.LEASE_LOST)]
 
 
 def test_an_assignment_taken_after_its_lease_ran_out_is_not_started() -> None:

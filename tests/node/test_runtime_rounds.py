@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -85,7 +86,40 @@ async def test_a_loop_that_dies_of_a_bug_starts_again_and_the_task_runs(
     from node.tasks import registered
 
     monkeypatch.setattr(runtime_module, "LOOP_RESTART_S", 0.05)
-    config = NodeConfig(node_id="n1", workers=1, lease_ms=1000)
+    config = NodeConfig(node_id="n1", workers=1)
+    runtime = NodeRuntime(config, store, Metrics(), registered(), SoloLeadership("n1"))
+    real = runtime._take_policy
+
+    class FailsOnce:
+        calls = 0
+
+        def next(self, *args: Any) -> Any:
+            self.calls += 1
+            if self.calls == 1:
+                raise RuntimeError("injected: a bug in the take loop")
+            return real.next(*args)
+
+    runtime._take_policy = FailsOnce()  # type: ignore[assignment]
+    await runtime.leadership.start(store)  # type: ignore[attr-defined]
+    await runtime.start()
+    try:
+        await store.submit([NewTask(id="t1", type="noop")], now_ms())
+        runtime.notify_changed([])
+        record = await _await_status(store, "t1", Status.SUCCEEDED)
+        assert record.attempt == 1  # the loop came back long before the lease (10 s) ran out
+        assert len(runtime.loop_failures["take"]) == 1
+        assert runtime.readiness()[1]["failing_loops"] == []
+    finally:
+        await runtime.stop(grace_s=0)
+
+
+async def test_a_task_whose_start_fails_goes_back_at_once(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.store_model import NewTask
+    from node.tasks import registered
+
+    config = NodeConfig(node_id="n1", workers=1)
     runtime = NodeRuntime(config, store, Metrics(), registered(), SoloLeadership("n1"))
     real_start = runtime.pool.start
     calls = 0
@@ -103,17 +137,19 @@ async def test_a_loop_that_dies_of_a_bug_starts_again_and_the_task_runs(
     try:
         await store.submit([NewTask(id="t1", type="noop")], now_ms())
         runtime.notify_changed([])
-        record = None
-        for _ in range(200):  # up to 10 s
-            record = await store.get("t1")
-            if record is not None and record.status is Status.SUCCEEDED:
-                break
-            await asyncio.sleep(0.05)
-        # The assignment the failed start held is gone with it: its lease ran out and the
-        # task ran again, on the restarted loop.
-        assert record is not None and record.status is Status.SUCCEEDED
+        record = await _await_status(store, "t1", Status.SUCCEEDED)
+        # Released, not left to its lease (10 s): the second attempt ran at once.
         assert record.attempt == 2
-        assert len(runtime.loop_failures["take"]) == 1
-        assert runtime.readiness()[1]["failing_loops"] == []
+        assert not runtime.loop_failures
     finally:
         await runtime.stop(grace_s=0)
+
+
+async def _await_status(store: RedisStore, task_id: str, status: Status) -> Any:
+    record = None
+    for _ in range(100):  # up to 5 s
+        record = await store.get(task_id)
+        if record is not None and record.status is status:
+            return record
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{task_id} is {record and record.status}, not {status}, after 5 s")

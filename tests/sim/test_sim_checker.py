@@ -262,10 +262,12 @@ def test_a_term_elected_again_is_allowed_only_once_raft_history_is_lost() -> Non
     clock.now_s = 7.0
     with caught(3):
         checker.on_leader_claim("n1", 1)
-    lost_after: list[float] = []
-    checker.raft_history_lost_since = lambda since: any(t > since for t in lost_after)
-    lost_after.append(5.0)  # a majority started from empty journals after n2's claim
+    lost_at: list[float] = []
+    checker.raft_history_lost_since = lambda since: any(t > since for t in lost_at)
+    lost_at.append(5.0)  # members that voted for n2 started from empty journals since
     checker.on_leader_claim("n1", 1)
+    clock.now_s = 8.0
+    checker.on_leader_claim("n2", 1)  # the old leader, paused meanwhile, claims again: fine
     with caught(3):
         checker.on_leader_claim("n3", 1)  # no restart since n1's claim
 
