@@ -81,7 +81,6 @@ async def test_a_loop_that_dies_of_a_bug_starts_again_and_the_task_runs(
 ) -> None:
     """Left dead, the take loop would leave a node that announces free slots and never fills
     them: every task sent its way would wait out its lease, again and again."""
-    from core.store_model import NewTask
     from node import runtime as runtime_module
     from node.tasks import registered
 
@@ -100,23 +99,15 @@ async def test_a_loop_that_dies_of_a_bug_starts_again_and_the_task_runs(
             return real.next(*args)
 
     runtime._take_policy = FailsOnce()  # type: ignore[assignment]
-    await runtime.leadership.start(store)  # type: ignore[attr-defined]
-    await runtime.start()
-    try:
-        await store.submit([NewTask(id="t1", type="noop")], now_ms())
-        runtime.notify_changed([])
-        record = await _await_status(store, "t1", Status.SUCCEEDED)
-        assert record.attempt == 1  # the loop came back long before the lease (10 s) ran out
-        assert len(runtime.loop_failures["take"]) == 1
-        assert runtime.readiness()[1]["failing_loops"] == []
-    finally:
-        await runtime.stop(grace_s=0)
+    record = await _one_noop_runs(store, runtime)
+    assert record.attempt == 1  # the loop came back long before the lease (10 s) ran out
+    assert len(runtime.loop_failures["take"]) == 1
+    assert runtime.readiness()[1]["failing_loops"] == []
 
 
 async def test_a_task_whose_start_fails_goes_back_at_once(
     store: RedisStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from core.store_model import NewTask
     from node.tasks import registered
 
     config = NodeConfig(node_id="n1", workers=1)
@@ -132,24 +123,28 @@ async def test_a_task_whose_start_fails_goes_back_at_once(
         return real_start(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(runtime.pool, "start", start_failing_once)
+    record = await _one_noop_runs(store, runtime)
+    # Released, not left to its lease (10 s): the second attempt ran at once.
+    assert record.attempt == 2
+    assert not runtime.loop_failures
+
+
+async def _one_noop_runs(store: RedisStore, runtime: NodeRuntime) -> Any:
+    """Start the (solo) runtime, submit one no-op task, and answer its record once it
+    succeeded (within 5 s), the runtime stopped."""
+    from core.store_model import NewTask
+
     await runtime.leadership.start(store)  # type: ignore[attr-defined]
     await runtime.start()
     try:
         await store.submit([NewTask(id="t1", type="noop")], now_ms())
         runtime.notify_changed([])
-        record = await _await_status(store, "t1", Status.SUCCEEDED)
-        # Released, not left to its lease (10 s): the second attempt ran at once.
-        assert record.attempt == 2
-        assert not runtime.loop_failures
+        record = None
+        for _ in range(100):
+            record = await store.get("t1")
+            if record is not None and record.status is Status.SUCCEEDED:
+                return record
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"t1 is {record and record.status} after 5 s, not succeeded")
     finally:
         await runtime.stop(grace_s=0)
-
-
-async def _await_status(store: RedisStore, task_id: str, status: Status) -> Any:
-    record = None
-    for _ in range(100):  # up to 5 s
-        record = await store.get(task_id)
-        if record is not None and record.status is status:
-            return record
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{task_id} is {record and record.status}, not {status}, after 5 s")
