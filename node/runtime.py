@@ -252,7 +252,17 @@ class NodeRuntime:
                 failures = self.loop_failures.setdefault(name, deque(maxlen=LOOP_FAILURES_UNREADY))
                 failures.append(time.monotonic())
                 log.exception("the %s loop failed; it starts again in %.1f s", name, LOOP_RESTART_S)
+                if name == "leader" and name in self._failing_loops():
+                    self._hand_over_failing_leader()
                 await asyncio.sleep(LOOP_RESTART_S)
+
+    def _hand_over_failing_leader(self) -> None:
+        """A leader whose leader loop keeps dying assigns nothing, yet Raft keeps it in office:
+        hand leadership to a member that may lead."""
+        hand_over = getattr(self.leadership, "hand_over", None)
+        if hand_over is not None and self.leadership.snapshot()[0]:
+            log.error("the leader loop keeps failing: handing leadership over")
+            hand_over()
 
     def _failing_loops(self) -> list[str]:
         """Loops that died LOOP_FAILURES_UNREADY times within the last LOOP_FAILURES_WINDOW_S."""

@@ -148,3 +148,34 @@ async def _one_noop_runs(store: RedisStore, runtime: NodeRuntime) -> Any:
         raise AssertionError(f"t1 is {record and record.status} after 5 s, not succeeded")
     finally:
         await runtime.stop(grace_s=0)
+
+
+async def test_a_leader_whose_leader_loop_keeps_dying_hands_leadership_over(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from node import runtime as runtime_module
+
+    monkeypatch.setattr(runtime_module, "LOOP_RESTART_S", 0.01)
+    handed: list[bool] = []
+
+    class Leading(SoloLeadership):
+        def hand_over(self) -> None:
+            handed.append(True)
+
+    runtime = NodeRuntime(NodeConfig(node_id="n1"), store, Metrics(), {}, Leading("n1"))
+
+    async def broken() -> None:
+        raise RuntimeError("injected: a bug in the leader loop")
+
+    runtime._leader_loop = broken  # type: ignore[method-assign]
+    await runtime.leadership.start(store)  # type: ignore[attr-defined]
+    await runtime.start()
+    try:
+        for _ in range(100):  # up to 2 s
+            if handed:
+                break
+            await asyncio.sleep(0.02)
+        assert handed, "the failing leader never handed over"
+        assert "leader" in runtime.readiness()[1]["failing_loops"]
+    finally:
+        await runtime.stop(grace_s=0)
