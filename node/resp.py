@@ -275,10 +275,16 @@ class FastRedis:
     async def aclose(self) -> None:
         self._closed = True
         for task in self._connecting:
-            if task is not None and not task.done():
+            if task is None:
+                continue
+            if not task.done():
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
+            # Opened for callers that all gave up (cancelled) before one stored it in its
+            # slot: nobody else will close it.
+            if task.done() and not task.cancelled() and task.exception() is None:
+                task.result().close()
         for conn in self._slots:
             if conn is not None:
                 conn.close()

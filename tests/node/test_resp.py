@@ -182,3 +182,21 @@ def test_on_uvloop(redis_url: str) -> None:
             await c.aclose()
 
     assert uvloop.run(main()) == [f"u{i}" for i in range(50)]
+
+
+async def test_a_connection_opened_for_callers_that_gave_up_is_closed_by_aclose(
+    redis_url: str,
+) -> None:
+    # Found as a leaked transport in a kill -9 test: the callers were cancelled while the
+    # connection opened, and nothing stored it in its slot, so nothing closed it.
+    c = FastRedis(redis_url, command_timeout_s=5.0, connect_timeout_s=3.0, connections=1)
+    caller = asyncio.ensure_future(c.execute("PING"))
+    await asyncio.sleep(0)  # the caller starts opening the connection
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    [opening] = [t for t in c._connecting if t is not None]
+    conn = await opening  # opened after its only caller gave up
+    assert c._slots == [None] and not conn.closed
+    await c.aclose()
+    assert conn.closed

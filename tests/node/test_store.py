@@ -1180,6 +1180,10 @@ async def test_noscript_after_script_flush(store: RedisStore) -> None:
 
 
 @pytest.mark.slow
+# Twenty clients cut by SIGKILL mid-request: a socket asyncio was still connecting can be
+# finalized during the test (a ResourceWarning once in ~800 CI tests, not reproduced alone).
+# What this test checks is the data; FastRedis's own leak on close is tested in test_resp.py.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_kill_9_with_fsync_always_loses_no_acknowledged_submit(
     redis_factory: RedisFactory, wait_until: WaitUntil
 ) -> None:
