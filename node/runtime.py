@@ -1007,9 +1007,9 @@ class NodeRuntime:
         """A client cancelled a task running here: interrupt it now, not at the next heartbeat."""
         while not self._stopping:
             try:
-                async for task_id in self.store.cancels(self.node_id):
+                async for task_id, cancelled in self.store.cancels(self.node_id):
                     for (tid, attempt), _ in list(self._handlers_running.items()):
-                        if tid == task_id:
+                        if tid == task_id and cancelled in (None, attempt):
                             await self._carry_out(self.pool.lease_refused(tid, attempt, True))
             except asyncio.CancelledError:
                 raise

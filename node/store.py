@@ -1134,10 +1134,16 @@ class RedisStore:
         async for data in self._subscribe(self.key("bell")):
             yield int(data) if data.isdigit() else 1
 
-    async def cancels(self, node_id: str) -> AsyncIterator[str]:
-        """Yields the id of each task running on ``node_id`` that a client cancelled."""
-        async for task_id in self._subscribe(self.key("cancel", node_id)):
-            yield task_id
+    async def cancels(self, node_id: str) -> AsyncIterator[tuple[str, int | None]]:
+        """Yields (task id, attempt) of each task running on ``node_id`` that a client
+        cancelled; the attempt is None from a node of an older version (id alone; an id that
+        ends in ":<digits>" is then misread, and its run stops at its next refused heartbeat)."""
+        async for message in self._subscribe(self.key("cancel", node_id)):
+            task_id, _, attempt = message.rpartition(":")
+            if task_id and attempt.isdigit():
+                yield task_id, int(attempt)
+            else:
+                yield message, None
 
     subscribe_bell = bell
     subscribe_cancels = cancels

@@ -978,17 +978,17 @@ class SimNode:
             return
         self.world.clients.op_answered(op, token, True)
 
-    def cancel_heard(self, task_id: str) -> None:
+    def cancel_heard(self, task_id: str, cancelled: int) -> None:
         """A message on this node's cancel channel (as NodeRuntime._cancel_listener): stop the
-        task's handler now, not at its next refused heartbeat."""
+        cancelled attempt's handler now, not at its next refused heartbeat."""
         inc = self.incarnation
-        self._when_running(inc, partial(self._stop_cancelled, task_id, inc))
+        self._when_running(inc, partial(self._stop_cancelled, task_id, cancelled, inc))
 
-    def _stop_cancelled(self, task_id: str, inc: int) -> None:
+    def _stop_cancelled(self, task_id: str, cancelled: int, inc: int) -> None:
         if not self.up:
             return
         pool = self.pool
         for tid, attempt in sorted(self.handlers):
-            if tid == task_id:
+            if tid == task_id and attempt == cancelled:
                 effects = pool.lease_refused(tid, attempt, True)
                 self._drive(worker_effects(pool, effects), inc, pool.check_invariants)

@@ -206,7 +206,7 @@ class SimStore:
         self._parked: dict[str, deque[_Parked]] = {}
         self._bell_armed: dict[str, bool] = {}
         self._ring: Callable[[str], None] = lambda _node: None
-        self._tell_cancel: Callable[[str, str], None] = lambda _node, _task: None
+        self._tell_cancel: Callable[[str, str, int], None] = lambda _node, _task, _attempt: None
         self._snapshot: StoreModel | None = None
         self.requests = 0
         self._restored = False
@@ -215,8 +215,8 @@ class SimStore:
     def set_bell(self, ring: Callable[[str], None]) -> None:
         self._ring = ring
 
-    def set_cancel_channel(self, tell: Callable[[str, str], None]) -> None:
-        """tell(node, task_id): publish on the node's cancel channel (fire-and-forget)."""
+    def set_cancel_channel(self, tell: Callable[[str, str, int], None]) -> None:
+        """tell(node, task_id, attempt): publish on the node's cancel channel (fire-and-forget)."""
         self._tell_cancel = tell
 
     # ------------------------------------------------------------------ availability
@@ -480,7 +480,7 @@ class SimStore:
             self.checker.on_cancel(request.task_id, attempt, running_on)
             self._ring_bell()
             if running_on:
-                self._tell_cancel(running_on, request.task_id)
+                self._tell_cancel(running_on, request.task_id, attempt)
         return record.status
 
     def _retry(self, request: RetryRequest) -> Status | None:

@@ -164,9 +164,9 @@ class World:
         fresh = sum(1 for at in self._forgot_at.values() if at > since)
         return fresh >= votes_overlap(len(self.nodes))
 
-    def _tell_cancel(self, node_id: str, task_id: str) -> None:
+    def _tell_cancel(self, node_id: str, task_id: str, attempt: int) -> None:
         node = self.nodes[int(node_id[1:]) - 1]
-        self.net.send(STORE, node_id, partial(node.cancel_heard, task_id), _nothing)
+        self.net.send(STORE, node_id, partial(node.cancel_heard, task_id, attempt), _nothing)
 
     def handler_outcome(self, task_id: str, node: SimNode) -> tuple[float, bool]:
         """(run time, succeeds) of the next run of this task on this node."""

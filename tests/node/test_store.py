@@ -441,7 +441,7 @@ async def test_cancel_queued_running_terminal_unknown(store: RedisStore) -> None
     assert q.error == {"kind": "cancelled", "type": "Cancelled", "message": "cancelled"}
     r = await store.cancel("r", NOW + 6)
     assert r is not None and r.status is Status.CANCELLED and r.lease_node == ""
-    assert await asyncio.wait_for(listener, 5) == "r"
+    assert await asyncio.wait_for(listener, 5) == ("r", attempt)
     await cancels.aclose()
     # The running attempt learns at its heartbeat too, and cannot finish any more.
     assert await store.heartbeat(Heartbeat("r", attempt, "n1", NOW + 9000, NOW + 7)) == (
@@ -453,6 +453,29 @@ async def test_cancel_queued_running_terminal_unknown(store: RedisStore) -> None
     assert again == r  # terminal: unchanged
     assert await store.cancel("nope", NOW) is None
     check_indexes(await snapshot(store.redis, store.base), store.base)
+
+
+async def test_the_cancel_channel_names_the_attempt_and_reads_an_id_alone(
+    store: RedisStore,
+) -> None:
+    # The attempt lets the node stop that run only: a later attempt of the task (retried by
+    # hand, leased to the same node before it read this) runs on. A message of an older node
+    # version carries the id alone (one ending in ":<digits>" is then misread, and that run
+    # stops at its next refused heartbeat instead).
+    attempt = await leased(store, "x:1")
+    cancels = store.cancels("n1")
+    first = asyncio.ensure_future(anext(cancels))
+    channel = store.key("cancel", "n1")
+    for _ in range(500):
+        if (await store.redis.pubsub_numsub(channel))[0][1]:
+            break
+        await asyncio.sleep(0.01)
+    await store.cancel("x:1", NOW + 1)
+    assert await asyncio.wait_for(first, 5) == ("x:1", attempt)
+    second = asyncio.ensure_future(anext(cancels))
+    await store.redis.publish(channel, "y")
+    assert await asyncio.wait_for(second, 5) == ("y", None)
+    await cancels.aclose()
 
 
 async def test_retry_dead_or_cancelled_only(store: RedisStore) -> None:
