@@ -27,7 +27,7 @@ Key layout (``B`` is ``{prefix}``, a hash tag, so one Redis Cluster slot holds e
     B:rd:<id>       set of the tasks whose depends_on names <id> (the sweep keeps <id> while
                     one of them is live)
     B:bell          channel: rung by every script that pushes to the inbox
-    B:cancel:<node> channel: a task running on <node> was cancelled (payload: its id)
+    B:cancel:<node> channel: a task running on <node> was cancelled (payload: "id:attempt")
 
 Failures: an unreachable Redis raises :class:`StoreUnavailable` (the API answers 503). Writes are
 never retried after a connection error, because the write may have landed before the connection
