@@ -117,8 +117,9 @@ class Checker:
         # The leaders of each term (more than one only where Raft history was lost), and when
         # the last of them claimed it.
         self.leader_of_term: dict[int, tuple[set[str], float]] = {}
-        # Whether a majority of Raft members restarted from an empty journal since a time: terms
-        # may then repeat (the world says; see SimRaftCluster.history_lost_since).
+        # Whether enough Raft members (as many as two majorities share) restarted from an empty
+        # journal since a time that terms may repeat (the world says; see
+        # SimRaftCluster.history_lost_since).
         self.raft_history_lost_since: Callable[[float], bool] = lambda _since: False
         self.epoch_holder: dict[int, str] = {}  # who raised each epoch, as the store accepted
         # The checker's own books, from the store's applied writes:
