@@ -268,6 +268,16 @@ class WorkerPool:
         run.stop = StopReason.CANCELLED if cancelled else StopReason.LEASE_LOST
         return [Interrupt(task_id, attempt, run.stop)]
 
+    def cancelled(self, task_id: str, attempt: int | None) -> list[WorkerEffect]:
+        """A client cancelled ``task_id`` while ``attempt`` ran here (None: a message that does
+        not say which, from an older node): stop that run now, not at its next refused
+        heartbeat. A later attempt of the task (retried by hand, leased here since) runs on."""
+        effects: list[WorkerEffect] = []
+        for run_attempt in list(self._attempts.get(task_id, ())):
+            if attempt is None or run_attempt == attempt:
+                effects += self.lease_refused(task_id, run_attempt, cancelled=True)
+        return effects
+
     def lease_held(self, task_id: str, attempt: int, deadline_ms: int) -> None:
         """The store accepted a heartbeat: the lease holds until ``deadline_ms``."""
         run = self.running.get((task_id, attempt))

@@ -1007,10 +1007,8 @@ class NodeRuntime:
         """A client cancelled a task running here: interrupt it now, not at the next heartbeat."""
         while not self._stopping:
             try:
-                async for task_id, cancelled in self.store.cancels(self.node_id):
-                    for (tid, attempt), _ in list(self._handlers_running.items()):
-                        if tid == task_id and cancelled in (None, attempt):
-                            await self._carry_out(self.pool.lease_refused(tid, attempt, True))
+                async for task_id, attempt in self.store.cancels(self.node_id):
+                    await self._carry_out(self.pool.cancelled(task_id, attempt))
             except asyncio.CancelledError:
                 raise
             except Exception:

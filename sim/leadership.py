@@ -320,6 +320,13 @@ class RaftLeadership:
         return str(self.cluster.trace_hash())
 
 
+def votes_overlap(members: int) -> int:
+    """The fewest members two majorities of ``members`` share: once that many have forgotten
+    their votes, a term can be won twice."""
+    majority = members // 2 + 1
+    return 2 * majority - members
+
+
 def make_leadership(
     kind: str, env: simpy.Environment, members: int, seed: int, rng: random.Random
 ) -> Leadership:

@@ -82,10 +82,6 @@ class LoadStats:
     gave_up: int = 0
     refused: int = 0
     acked_at_s: list[float] = field(default_factory=list)
-    # Cancels and retries by hand the clients sent (the checker counts what the store applied).
-    cancels_sent: int = 0
-    retries_sent: int = 0
-    ops_gave_up: int = 0
 
 
 class Clients:
@@ -261,18 +257,13 @@ class Clients:
     def _op_later(self, op: ClientOp, delay_s: float) -> None:
         if self.env.now + delay_s >= self._stop_s:
             return  # only while the load runs: the liveness phase judges a quiet cluster
-        if op.kind == "cancel":
-            self.stats.cancels_sent += 1
-        else:
-            self.stats.retries_sent += 1
         self.env.timeout(delay_s).callbacks.append(lambda _e: self._send_op(op))
 
     def _send_op(self, op: ClientOp) -> None:
         if op.done:
             return
         if op.attempts >= self.net.client_attempts_max:
-            op.done = True
-            self.stats.ops_gave_up += 1
+            op.done = True  # the client gives up (the checker counts what the store applied)
             return
         op.attempts += 1
         op.token += 1

@@ -140,7 +140,7 @@ class CheckedScheduler(Scheduler):
     def _check_passed_over(self, lease: Lease, priority: int) -> None:
         """A task of a lower priority than the queue's head was leased: legal only if that
         node runs none of the higher-priority tasks left waiting (their type is not its)."""
-        types = self._world.nodes[int(lease.node_id[1:]) - 1].types
+        types = self._world.node(lease.node_id).types
         for task_id, waiting_priority, _seq in self.queue.entries():
             if waiting_priority >= priority:
                 continue
@@ -495,7 +495,7 @@ class SimNode:
                 continue
             seen[node_id] = stamp
             # A node's types are fixed for a run: the world's, as its registry entry would say.
-            types = self.world.nodes[int(node_id[1:]) - 1].types
+            types = self.world.node(node_id).types
             events.append(NodeSeen(node_id, slots, types, now))
         return events
 
@@ -988,7 +988,6 @@ class SimNode:
         if not self.up:
             return
         pool = self.pool
-        for tid, attempt in sorted(self.handlers):
-            if tid == task_id and attempt == cancelled:
-                effects = pool.lease_refused(tid, attempt, True)
-                self._drive(worker_effects(pool, effects), inc, pool.check_invariants)
+        effects = pool.cancelled(task_id, cancelled)
+        if effects:
+            self._drive(worker_effects(pool, effects), inc, pool.check_invariants)

@@ -42,6 +42,7 @@ from pysyncobj.node import Node  # type: ignore[import-untyped, unused-ignore]
 from pysyncobj.transport import Transport  # type: ignore[import-untyped, unused-ignore]
 
 from node.raft import RaftConfig, RaftMember, RaftStatus, RestartableMemoryJournal
+from sim.leadership import votes_overlap
 from sim.simenv import call_at, call_later, fire_if_pending
 
 # The simulated clock starts here rather than at 0, like a real monotonic clock: pysyncobj keeps
@@ -877,8 +878,7 @@ class SimRaftCluster:
         includes fresh members may elect a leader of a term that had one. The store's fence
         (epoch and holder) is what keeps those two apart."""
         fresh = sum(1 for at in self._forgot_at.values() if at > since)
-        majority = len(self._hosts) // 2 + 1
-        return fresh >= 2 * majority - len(self._hosts)
+        return fresh >= votes_overlap(len(self._hosts))
 
     def _trace(self, *parts: Any) -> None:
         self.events_traced += 1

@@ -24,7 +24,7 @@ from core.scheduler import Role
 from sim.checker import Checker, TaskFacts, ViolationFound
 from sim.config import SimConfig
 from sim.faults import Step, format_plan, generate, is_heal, parse_script
-from sim.leadership import Leadership, make_leadership
+from sim.leadership import Leadership, make_leadership, votes_overlap
 from sim.load import Clients, TaskSpec
 from sim.net import STORE, Caller, Network, Partition
 from sim.node import SimNode
@@ -154,8 +154,12 @@ class World:
         self.trace.emit(self.env.now, "ack", task_id)
         self.checker.on_ack(task_id)
 
+    def node(self, node_id: str) -> SimNode:
+        """The node named ``node_id`` ("n1" is nodes[0])."""
+        return self.nodes[int(node_id[1:]) - 1]
+
     def _ring(self, node_id: str) -> None:
-        node = self.nodes[int(node_id[1:]) - 1]
+        node = self.node(node_id)
         self.net.send(STORE, node_id, node.ring, _nothing)
 
     def _raft_history_lost_since(self, since: float) -> bool:
@@ -165,7 +169,7 @@ class World:
         return fresh >= votes_overlap(len(self.nodes))
 
     def _tell_cancel(self, node_id: str, task_id: str, attempt: int) -> None:
-        node = self.nodes[int(node_id[1:]) - 1]
+        node = self.node(node_id)
         self.net.send(STORE, node_id, partial(node.cancel_heard, task_id, attempt), _nothing)
 
     def handler_outcome(self, task_id: str, node: SimNode) -> tuple[float, bool]:
@@ -557,13 +561,6 @@ class World:
             series=self.series,
             trace=self.trace.lines() if self.config.keep_trace else [],
         )
-
-
-def votes_overlap(members: int) -> int:
-    """The fewest members two majorities of ``members`` share: once that many have forgotten
-    their votes, a term can be won twice."""
-    majority = members // 2 + 1
-    return 2 * majority - members
 
 
 def _nothing() -> None:

@@ -210,3 +210,17 @@ def test_a_run_stopped_by_shutdown_whose_lease_lapses_is_not_stopped_twice() -> 
     assert pool.running[("a", 1)].stop is StopReason.LEASE_LOST
     # Past its lease, its end is not written (the task may run elsewhere by now).
     assert pool.handler_ended("a", 1, Outcome.success(), T0 + LEASE_MS + 5, random.Random(0)) == []
+
+
+def test_a_cancel_stops_the_attempt_it_names_and_an_unnamed_one_stops_every_run() -> None:
+    pool = WorkerPool("n1", slots=2, lease_ms=LEASE_MS)
+    pool.start(assignment("a", 2, T0 + LEASE_MS), T0)
+    pool.start(assignment("b", 1, T0 + LEASE_MS), T0)
+    # A cancel of attempt 1, read after the task was retried by hand and attempt 2 leased here.
+    assert pool.cancelled("a", 1) == []
+    assert pool.cancelled("b", 1) == [Interrupt("b", 1, StopReason.CANCELLED)]
+    assert pool.cancelled("b", 1) == []  # already stopped
+    assert pool.cancelled("c", None) == []  # not running here
+    # From an older node, the id alone: whichever attempt runs.
+    assert pool.cancelled("a", None) == [Interrupt("a", 2, StopReason.CANCELLED)]
+    pool.check_invariants()

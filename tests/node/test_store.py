@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -425,17 +426,25 @@ async def test_group_commit_bounds_one_flush(redis_url: str) -> None:
 
 
 # ---------------------------------------------------------------------------- cancel / retry
-async def test_cancel_queued_running_terminal_unknown(store: RedisStore) -> None:
-    await store.submit([new("q"), new("r")], NOW)
-    attempt = await leased(store, "r")
-    cancels = store.cancels("n1")
-    listener = asyncio.ensure_future(anext(cancels))
-    # Subscribed before the cancel: wait until Redis counts the subscriber.
-    channel = store.key("cancel", "n1")
+async def cancel_listener(
+    store: RedisStore, node: str
+) -> tuple[AsyncIterator[tuple[str, int | None]], asyncio.Future[tuple[str, int | None]]]:
+    """``node``'s cancel channel, and a future of its first message, subscribed before this
+    returns (Redis counts the subscriber): a cancel sent next is heard."""
+    cancels = store.cancels(node)
+    first = asyncio.ensure_future(anext(cancels))
+    channel = store.key("cancel", node)
     for _ in range(500):
         if (await store.redis.pubsub_numsub(channel))[0][1]:
             break
         await asyncio.sleep(0.01)
+    return cancels, first
+
+
+async def test_cancel_queued_running_terminal_unknown(store: RedisStore) -> None:
+    await store.submit([new("q"), new("r")], NOW)
+    attempt = await leased(store, "r")
+    cancels, listener = await cancel_listener(store, "n1")
     q = await store.cancel("q", NOW + 5)
     assert q is not None and q.status is Status.CANCELLED and q.finished_ms == NOW + 5
     assert q.error == {"kind": "cancelled", "type": "Cancelled", "message": "cancelled"}
@@ -463,17 +472,11 @@ async def test_the_cancel_channel_names_the_attempt_and_reads_an_id_alone(
     # version carries the id alone (one ending in ":<digits>" is then misread, and that run
     # stops at its next refused heartbeat instead).
     attempt = await leased(store, "x:1")
-    cancels = store.cancels("n1")
-    first = asyncio.ensure_future(anext(cancels))
-    channel = store.key("cancel", "n1")
-    for _ in range(500):
-        if (await store.redis.pubsub_numsub(channel))[0][1]:
-            break
-        await asyncio.sleep(0.01)
+    cancels, first = await cancel_listener(store, "n1")
     await store.cancel("x:1", NOW + 1)
     assert await asyncio.wait_for(first, 5) == ("x:1", attempt)
     second = asyncio.ensure_future(anext(cancels))
-    await store.redis.publish(channel, "y")
+    await store.redis.publish(store.key("cancel", "n1"), "y")
     assert await asyncio.wait_for(second, 5) == ("y", None)
     await cancels.aclose()
 

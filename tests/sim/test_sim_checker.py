@@ -199,6 +199,9 @@ class _World:
         self.checker, _ = make(facts)
         self.nodes = [SimpleNamespace(types=n1_types)]
 
+    def node(self, node_id: str) -> Any:
+        return self.nodes[int(node_id[1:]) - 1]
+
 
 def _worst_first(queue: Any, nodes: Any, type_of: Any, *, batch_max: int, scan_max: int) -> Any:
     """A broken dispatch: the lowest priority first."""

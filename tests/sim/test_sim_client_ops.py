@@ -6,6 +6,7 @@ cannot turn it into a test of nothing."""
 from __future__ import annotations
 
 from sim.config import LoadConfig, SimConfig
+from sim.load import TYPE_A
 from sim.world import World
 
 SHORT = SimConfig(duration_s=10.0, liveness_s=30.0)
@@ -49,7 +50,7 @@ def test_typed_tasks_are_passed_over_only_by_nodes_that_cannot_run_them() -> Non
         result = world.run()
         assert result.violation is None, result.violation
         last = world.nodes[-1].id
-        typed = {t for t, spec in world.specs.items() if spec.new.type != "sim"}
+        typed = {t for t, spec in world.specs.items() if spec.new.type != TYPE_A}
         leases = [line.split() for line in result.trace if " lease " in line]
         assert typed and not [f for f in leases if f[2] in typed and f[4] == last]
         assert any(f[2] in typed for f in leases)
