@@ -12,6 +12,10 @@ from node.raft import RaftConfig, RaftMember, RaftStatus
 
 log = logging.getLogger("dsched.cluster")
 
+# The Raft configuration a node runs (the simulation runs the same): dynamic membership on, so
+# that members can join and leave a running cluster.
+NODE_RAFT_CONFIG = RaftConfig(dynamic_membership=True)
+
 
 class RaftLeadership:
     """Who leads, from Raft. Status changes arrive on pysyncobj's tick thread and reach the
@@ -19,8 +23,7 @@ class RaftLeadership:
 
     def __init__(self, config: NodeConfig, raft_config: RaftConfig | None = None) -> None:
         self.config = config
-        # Dynamic membership on, so that members can join and leave a running cluster.
-        self.raft_config = raft_config or RaftConfig(dynamic_membership=True)
+        self.raft_config = raft_config or NODE_RAFT_CONFIG
         self.node_id = config.resolved_node_id()
         self.bind_addr = f"{config.raft_host}:{config.raft_port}"
         self.self_addr = config.raft_advertise or self.bind_addr

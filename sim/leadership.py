@@ -333,9 +333,10 @@ def make_leadership(
     """The real pysyncobj cluster if asked and available, else the model."""
     if kind == "pysyncobj":
         try:
+            from node.cluster import NODE_RAFT_CONFIG
             from sim.raftnet import SimRaftCluster
         except ImportError:  # pysyncobj missing: say so in the report (raft: model)
             pass
         else:
-            return RaftLeadership(SimRaftCluster(env, members, seed))
+            return RaftLeadership(SimRaftCluster(env, members, seed, NODE_RAFT_CONFIG))
     return ModelLeadership(env, members, rng, ModelTiming())
