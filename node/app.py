@@ -17,8 +17,8 @@ from node.config import NodeConfig
 from node.keys import CONFIG, METRICS, RUNTIME, STORE
 from node.metrics import Metrics
 from node.redis_server import EmbeddedRedis, RedisStartError
-from node.runtime import Leadership, NodeRuntime, SoloLeadership
-from node.store import RedisStore
+from node.runtime import Leadership, NodeRuntime, SoloLeadership, now_ms
+from node.store import RedisStore, StoreUnavailable
 
 log = logging.getLogger("dsched.app")
 
@@ -27,6 +27,8 @@ REDIS_URL = web.AppKey("redis_url", str)
 # longest pause between two failed restarts.
 REDIS_WATCH_S = 0.5
 REDIS_RESTART_PAUSE_MAX_S = 10.0
+# How long a starting node waits for the registry (the leader's Raft configuration).
+REGISTRY_PEERS_WAIT_S = 3.0
 LEADERSHIP = web.AppKey("leadership", object)
 
 
@@ -97,6 +99,22 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         await store.close()
 
 
+async def _registry_peers(store: RedisStore, self_addr: str) -> set[str]:
+    """The current leader's Raft configuration, from its registry entry (peers_from_registry);
+    none if Redis does not answer in time: then --peers alone, as before."""
+    from node.cluster import peers_from_registry
+
+    try:
+        entries = await asyncio.wait_for(store.nodes(), REGISTRY_PEERS_WAIT_S)
+    except (StoreUnavailable, TimeoutError):
+        log.warning("registry unreadable at start: raft peers from --peers only")
+        return set()
+    peers = peers_from_registry(entries, now_ms(), self_addr)
+    if peers:
+        log.info("raft configuration published by the leader: %s", sorted(peers))
+    return peers
+
+
 async def _leadership_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     leadership: Leadership
@@ -104,7 +122,7 @@ async def _leadership_ctx(app: web.Application) -> AsyncIterator[None]:
         from node.cluster import RaftLeadership  # Raft only where a cluster is asked for
 
         raft = RaftLeadership(config)
-        await raft.start()
+        await raft.start(await _registry_peers(app[STORE], raft.self_addr))
         leadership = raft
         app[LEADERSHIP] = leadership
         try:

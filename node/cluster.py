@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from node.config import NodeConfig
@@ -15,6 +15,38 @@ log = logging.getLogger("dsched.cluster")
 # The Raft configuration a node runs (the simulation runs the same): dynamic membership on, so
 # that members can join and leave a running cluster.
 NODE_RAFT_CONFIG = RaftConfig(dynamic_membership=True)
+# A leader's registry entry (its "raft_config") counts when seen this recently: it is refreshed
+# every second, and node clocks may differ by a little.
+REGISTRY_CONFIG_FRESH_MS = 10_000
+
+
+def peers_from_registry(
+    entries: Mapping[str, Mapping[str, Any]], now_ms: int, self_addr: str
+) -> set[str]:
+    """The Raft configuration that the live leader of the highest term publishes in its
+    registry entry, without ``self_addr`` (empty if no live leader publishes one).
+
+    Raft state is in memory, so a member starts from its --peers alone. After members joined
+    and left, those may miss the current leader, whose connections pysyncobj then refuses as
+    from an unknown node: the member would never hear the log that brings it up to date, and
+    would sit out of the cluster for good. Starting from --peers plus the leader's view, it
+    reaches the leader, and the log (or a snapshot) then sets its configuration exactly."""
+    best: tuple[int, list[Any]] | None = None
+    for info in entries.values():
+        members, term, seen = (
+            info.get("raft_config"),
+            info.get("raft_term"),
+            info.get("last_seen_ms"),
+        )
+        if not isinstance(members, list) or not isinstance(term, int):
+            continue
+        if not isinstance(seen, int) or abs(now_ms - seen) > REGISTRY_CONFIG_FRESH_MS:
+            continue
+        if best is None or term > best[0]:
+            best = (term, members)
+    if best is None:
+        return set()
+    return {m for m in best[1] if isinstance(m, str) and m and m != self_addr}
 
 
 class RaftLeadership:
@@ -30,7 +62,8 @@ class RaftLeadership:
         self.member: RaftMember | None = None
         self._listeners: list[Callable[[], None]] = []
 
-    async def start(self) -> None:
+    async def start(self, more_peers: Iterable[str] = ()) -> None:
+        """Start the Raft member with --peers and ``more_peers`` (peers_from_registry)."""
         # Raft state is in memory: a member restarted within an election timeout could vote a
         # second time in a term it already voted in, and two leaders could share that term.
         # Waiting out the longest election timeout first closes that window.
@@ -38,9 +71,10 @@ class RaftLeadership:
         loop = asyncio.get_running_loop()
         cfg = self.config
         # Built here, on the loop's (main) thread: pysyncobj's tick thread dies with its builder.
+        peers = sorted({*cfg.peers, *more_peers} - {self.self_addr})
         self.member = RaftMember(
             self.self_addr,
-            [p for p in cfg.peers if p != self.self_addr],
+            peers,
             node_id=self.node_id,
             http_addr=f"{cfg.http_host}:{cfg.http_port}",
             config=self.raft_config,
@@ -53,7 +87,7 @@ class RaftLeadership:
                 loop.call_soon_threadsafe(listener)
 
         self.member.on_status(changed)
-        log.info("raft member %s at %s, peers %s", self.node_id, self.self_addr, cfg.peers)
+        log.info("raft member %s at %s, peers %s", self.node_id, self.self_addr, peers)
 
     def on_change(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` on the event loop whenever leadership or membership changes."""

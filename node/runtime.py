@@ -444,7 +444,17 @@ class NodeRuntime:
             "workers_busy": self.pool.busy,
             "leases": len(self.pool.running),
             "last_seen_ms": now_ms(),
+            **self._raft_config_info(),
         }
+
+    def _raft_config_info(self) -> dict[str, Any]:
+        """A leader publishes its Raft configuration and term: a member that starts reads it
+        (node.cluster.peers_from_registry), so that it can reach the members that joined."""
+        configuration = getattr(self.leadership, "configuration", None)
+        leads, term, _ = self.leadership.snapshot()
+        if configuration is None or not leads:
+            return {}
+        return {"raft_term": term, "raft_config": configuration()}
 
     def _slots(self) -> int:
         if not self._accepting:

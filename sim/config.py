@@ -20,6 +20,7 @@ SCENARIOS = (
     "rolling-restart",
     "pause",
     "random",
+    "membership",
 )
 
 
@@ -134,6 +135,8 @@ class SimConfig:
             raise ValueError("fsync is always or everysec")
         if self.scenario not in SCENARIOS and not self.script:
             raise ValueError(f"unknown scenario {self.scenario!r}; choose from {SCENARIOS}")
+        if self.scenario == "membership" and self.raft != "pysyncobj" and not self.script:
+            raise ValueError("the membership scenario needs raft='pysyncobj'")
 
     @property
     def label(self) -> str:

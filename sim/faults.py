@@ -17,6 +17,8 @@ Text format (one step per line; ``#`` starts a comment; times in simulated secon
     at 16 net drop=0.02 jitter=0.004          # store links get lossy; `net normal`
     at 17 handlers 3 slow=8 fail=0.3          # node 3's handlers: slower, failing; `normal`
     at 18 skew 2 -35                          # node 2's clock, in ms
+    at 3 join                                 # a new node starts and is added to Raft
+    at 11 leave leader                        # removed from Raft, then stopped for good
 
 Every fault is healed by a later step; the world checks liveness from the last heal on.
 """
@@ -58,11 +60,13 @@ VERBS = {
     "net",
     "handlers",
     "skew",
+    "join",
+    "leave",
 }
 
 
 def is_heal(step: Step) -> bool:
-    if step.verb in ("restart", "resume", "heal"):
+    if step.verb in ("restart", "resume", "heal", "join", "leave"):
         return True
     if step.verb == "store":
         return step.args[:1] == ("up",)
@@ -320,6 +324,25 @@ def _random(cfg: SimConfig, rng: random.Random, start: float, end: float) -> lis
     return steps
 
 
+def _membership(cfg: SimConfig, rng: random.Random, start: float, end: float) -> list[Step]:
+    """A node joins, the cluster takes one fault with the newcomer in it, then a member leaves
+    (the leader half the time: it hands over first)."""
+    span = end - start
+    steps = [Step(_round(start + rng.uniform(0.0, 0.1 * span)), "join")]
+    at = _round(start + span * (0.35 + rng.uniform(0.0, 0.1)))
+    stop = _round(at + min(rng.uniform(*cfg.node_down_s), span * 0.2))
+    kind = rng.randrange(3)
+    if kind == 0:
+        steps += [Step(at, "crash", ("leader",)), Step(stop, "restart", ("crashed",))]
+    elif kind == 1:
+        steps += [Step(at, "partition", ("{leader}", "from", "{others}")), Step(stop, "heal")]
+    else:
+        steps += [Step(at, "pause", ("leader",)), Step(stop, "resume", ("paused",))]
+    target = "leader" if rng.random() < 0.5 else str(rng.randint(1, cfg.nodes + 1))
+    steps.append(Step(_round(start + span * (0.7 + rng.uniform(0.0, 0.1))), "leave", (target,)))
+    return steps
+
+
 _SCENARIOS = {
     "leader-crash": _leader_crash,
     "partition": _partition,
@@ -328,4 +351,5 @@ _SCENARIOS = {
     "rolling-restart": _rolling_restart,
     "pause": _pause,
     "random": _random,
+    "membership": _membership,
 }

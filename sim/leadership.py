@@ -13,7 +13,7 @@ Members are numbered from 0 here; nodes are named n1..nN.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -28,9 +28,11 @@ class Leadership(Protocol):
 
     def crash(self, index: int) -> None: ...
 
-    def restart(self, index: int, fresh_state: bool) -> None:
+    def restart(self, index: int, fresh_state: bool, more_peers: Iterable[int] = ()) -> None:
         """Start member ``index`` again; with ``fresh_state`` its term, vote and log are gone
-        (the shipped node keeps Raft state in memory only), else it keeps its journal."""
+        (the shipped node keeps Raft state in memory only), else it keeps its journal. Its
+        peers: those it first started with, and ``more_peers`` (the leader's configuration,
+        which the node reads from the registry as it starts)."""
 
     def pause(self, index: int) -> None: ...
 
@@ -52,6 +54,19 @@ class Leadership(Protocol):
         """Member ``index`` hands its leadership over (a graceful stop); ``done`` when answered
         (perhaps never: the caller bounds its wait)."""
 
+    def add_member(self, index: int) -> None:
+        """Start member ``index``, a newcomer that knows every member so far but is in no one's
+        configuration until the leader adds it (change_membership)."""
+
+    def change_membership(
+        self, leader: int, action: str, index: int, done: Callable[[bool, str], None]
+    ) -> None:
+        """Ask member ``leader`` to add or remove (``action``) member ``index`` through the Raft
+        log; ``done(ok, reason)`` when answered (perhaps never: the caller bounds its wait)."""
+
+    def configuration(self, index: int) -> set[int]:
+        """The members in member ``index``'s configuration, as it knows it (empty: down)."""
+
     def start(self) -> None:
         """Begin (pysyncobj's clock and randomness are patched from here until close())."""
 
@@ -62,6 +77,9 @@ class Leadership(Protocol):
         """Release what the run held (pysyncobj's patched clock)."""
 
     def trace_hash(self) -> str: ...
+
+
+MEMBERSHIP_NEEDS_PYSYNCOBJ = "membership changes (join, leave) need --raft pysyncobj"
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +198,7 @@ class ModelLeadership:
         self.alive[index] = False
         self.leader[index] = False  # volatile; the term and vote are on disk
 
-    def restart(self, index: int, fresh_state: bool) -> None:
+    def restart(self, index: int, fresh_state: bool, more_peers: Iterable[int] = ()) -> None:
         self.alive[index] = True
         if fresh_state:
             self.term[index] = 0
@@ -229,6 +247,17 @@ class ModelLeadership:
                 self.deadline[i] = self.env.now
                 done()
                 return
+
+    def add_member(self, index: int) -> None:
+        raise ValueError(MEMBERSHIP_NEEDS_PYSYNCOBJ)
+
+    def change_membership(
+        self, leader: int, action: str, index: int, done: Callable[[bool, str], None]
+    ) -> None:
+        raise ValueError(MEMBERSHIP_NEEDS_PYSYNCOBJ)
+
+    def configuration(self, index: int) -> set[int]:
+        return set(range(self.n)) if self.alive[index] else set()
 
     def start(self) -> None:
         pass
@@ -279,6 +308,32 @@ class RaftLeadership:
         if member is not None:
             member.request_transfer_leadership(on_done=lambda _ok, _reason: done())
 
+    def add_member(self, index: int) -> None:
+        added = self.cluster.add_member_host()
+        if added != index:
+            raise RuntimeError(f"member {added} started for node index {index}")
+        self._subscribe(index)
+
+    def change_membership(
+        self, leader: int, action: str, index: int, done: Callable[[bool, str], None]
+    ) -> None:
+        member = self.cluster.member(leader)
+        if member is None:
+            done(False, "down")
+            return
+        addr = self.cluster.addr(index)
+        if action == "add":
+            member.request_add_member(addr, done)
+        else:
+            member.request_remove_member(addr, done)
+
+    def configuration(self, index: int) -> set[int]:
+        status = self.cluster.status(index)
+        if status is None:
+            return set()
+        # SimRaftCluster names member i "n<i>".
+        return {int(addr[1:]) for addr in status.cluster_raft_addrs}
+
     def status(self, index: int) -> tuple[bool, int]:
         status = self.cluster.status(index)
         if status is None:  # crashed
@@ -288,14 +343,14 @@ class RaftLeadership:
     def crash(self, index: int) -> None:
         self.cluster.crash(index)
 
-    def restart(self, index: int, fresh_state: bool) -> None:
+    def restart(self, index: int, fresh_state: bool, more_peers: Iterable[int] = ()) -> None:
         if self.cluster.member(index) is not None:
             return
         if fresh_state:
             # SimRaftCluster keeps a crashed member's journal, as a disk would; node/cluster.py
             # builds each RaftMember with a new in-memory journal. Start from an empty one.
             self.cluster.forget_state(index)
-        self.cluster.restart(index)
+        self.cluster.restart(index, more_peers)
         self._subscribe(index)  # a new RaftMember: the node subscribes again as it starts
 
     def pause(self, index: int) -> None:

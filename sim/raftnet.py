@@ -612,7 +612,7 @@ class SimRaftCluster:
         self.net.hosts[addr] = host
         return host
 
-    def _start(self, host: _Host) -> None:
+    def _start(self, host: _Host, peers: list[str] | None = None) -> None:
         host.incarnation += 1
         host.paused = False
         host.inbox.clear()
@@ -624,7 +624,7 @@ class SimRaftCluster:
 
         member = RaftMember(
             host.addr,
-            host.peers,
+            host.peers if peers is None else peers,
             node_id=f"node-{host.index}",
             http_addr=f"http://{host.addr}",
             config=self.config,
@@ -720,12 +720,15 @@ class SimRaftCluster:
         if host.resume is not None and not host.resume.triggered:
             host.resume.succeed()  # let a paused driver see that it is gone
 
-    def restart(self, i: int) -> None:
-        """Start member i again with the journal it had when it crashed."""
+    def restart(self, i: int, more_peers: Iterable[int] = ()) -> None:
+        """Start member i again with the journal it had when it crashed; its peers are the
+        ones it first started with, and ``more_peers`` (member indexes: the configuration the
+        leader publishes, as node/cluster.py's peers_from_registry reads it)."""
         host = self._hosts[i]
         if host.member is not None:
             raise RuntimeError(f"member {i} is running")
-        self._start(host)
+        extra = [self._hosts[j].addr for j in sorted(more_peers) if j != i]
+        self._start(host, sorted({*host.peers, *extra}))
 
     def pause(self, i: int) -> None:
         """SIGSTOP: no ticks, nothing read; arrivals queue up in its kernel."""

@@ -24,7 +24,12 @@ from core.scheduler import Role
 from sim.checker import Checker, TaskFacts, ViolationFound
 from sim.config import SimConfig
 from sim.faults import Step, format_plan, generate, is_heal, parse_script
-from sim.leadership import Leadership, make_leadership, votes_overlap
+from sim.leadership import (
+    MEMBERSHIP_NEEDS_PYSYNCOBJ,
+    Leadership,
+    make_leadership,
+    votes_overlap,
+)
 from sim.load import Clients, TaskSpec
 from sim.net import STORE, Caller, Network, Partition
 from sim.node import SimNode
@@ -35,6 +40,16 @@ from sim.trace import Trace
 # Time series sampling period (charts), and the liveness phase's polling period.
 SAMPLE_S = 0.5
 LIVENESS_POLL_S = 0.25
+# The operator's membership request (dsched members add/remove), as node/client.py and
+# NodeRuntime.change_membership serve it: asked of the leader; a leader asked to remove itself
+# hands over and is asked again; retried this often, this many times.
+MEMBERSHIP_RETRY_S = 0.25
+MEMBERSHIP_ATTEMPTS_MAX = 60
+# node/cluster.py's RaftLeadership.change_membership: how long the leader waits for Raft's
+# answer before it reads the answer off its configuration.
+MEMBERSHIP_ANSWER_S = 10.0
+# A member that left stops gracefully with this grace (`dsched members remove`, then stop).
+LEAVE_GRACE_S = 1.0
 
 
 @dataclass
@@ -104,10 +119,24 @@ class World:
         self.leadership: Leadership = make_leadership(
             config.raft, env, config.nodes, seed, random.Random(f"{seed}:raft")
         )
+        if config.script:
+            with open(config.script, encoding="utf-8") as f:
+                _, self.plan = parse_script(f.read())
+        else:
+            self.plan = generate(config, random.Random(f"{seed}:faults"))
+        # A node for each `join`: down, and in no Raft configuration, until its step.
+        joins = sum(1 for step in self.plan if step.verb == "join")
+        if joins and self.leadership.name != "pysyncobj":
+            raise ValueError(MEMBERSHIP_NEEDS_PYSYNCOBJ)
+        self._spares = list(range(config.nodes, config.nodes + joins))
+        self._left: set[int] = set()  # removed from Raft (or being removed): down for good
+        self._joined: set[int] = set()
+        self._membership_busy = 0  # join and leave requests not yet answered
+        self._membership_failed: list[str] = []
         skew_rng = random.Random(f"{seed}:skew")
         self.nodes = [
             SimNode(self, i, skew_rng.randint(-config.skew_ms_max, config.skew_ms_max))
-            for i in range(config.nodes)
+            for i in range(config.nodes + joins)
         ]
         for node in self.nodes:
             # As the runtime: a Raft status change wakes the leader loop at once.
@@ -129,11 +158,6 @@ class World:
         # When each node's Raft member last started from an empty journal.
         self._forgot_at: dict[int, float] = {}
         self.checker.raft_history_lost_since = self._raft_history_lost_since
-        if config.script:
-            with open(config.script, encoding="utf-8") as f:
-                _, self.plan = parse_script(f.read())
-        else:
-            self.plan = generate(config, random.Random(f"{seed}:faults"))
         self.fault_windows: list[tuple[float, float, str]] = []
         self._open_faults: dict[str, list[tuple[float, str]]] = {}
         self._crashed: list[int] = []
@@ -286,7 +310,7 @@ class World:
                 self.env.process(self._stop(index, grace))
         elif verb == "restart":
             index = self._node_ref(args[0])
-            if index is None or index in self._paused:
+            if index is None or index in self._paused or index in self._left:
                 return
             node = self.nodes[index]
             if node.up and node.stopping:
@@ -382,6 +406,18 @@ class World:
             index = self._node_ref(args[0])
             if index is not None:
                 self.nodes[index].skew_ms = int(args[1])
+        elif verb == "join":
+            if self._spares:
+                index = self._spares.pop(0)
+                self._open(f"member:{index}", f"join {self.nodes[index].id}")
+                self.env.process(self._join(index))
+        elif verb == "leave":
+            index = self._node_ref(args[0])
+            if index is None or not self.nodes[index].up or index in self._left:
+                return
+            self._left.add(index)
+            self._open(f"member:{index}", f"leave {self.nodes[index].id}")
+            self.env.process(self._leave(index))
         else:
             raise ValueError(f"unknown fault {step.text()}")
 
@@ -416,8 +452,110 @@ class World:
         fresh = self.config.raft_journal == "memory"
         if fresh:
             self._forgot_at[index] = self.env.now
-        self.leadership.restart(index, fresh_state=fresh)
+        self.leadership.restart(index, fresh_state=fresh, more_peers=self._published_config())
         node.boot()
+
+    def _join(self, index: int) -> Any:
+        """A new node process starts with every member as its peers (its Raft member after the
+        start delay, as _start), and the operator asks the leader to add it."""
+        node = self.nodes[index]
+        node.starting = True
+        yield self.env.timeout(self.config.raft_start_delay_s)
+        node.starting = False
+        self.leadership.add_member(index)
+        node.boot()
+        self._membership_busy += 1
+        added = yield from self._membership("add", index)
+        self._membership_busy -= 1
+        self.trace.emit(self.env.now, "joined" if added else "join-gave-up", node.id)
+        if added:
+            self._joined.add(index)
+        else:
+            self._membership_failed.append(f"{node.id} was never added")
+        self._close(f"member:{index}")
+
+    def _leave(self, index: int) -> Any:
+        """The operator removes a member from Raft, then stops its node for good."""
+        node = self.nodes[index]
+        self._membership_busy += 1
+        try:
+            removed = yield from self._membership("remove", index)
+            self.trace.emit(self.env.now, "left" if removed else "leave-gave-up", node.id)
+            if not removed:
+                self._left.discard(index)
+                self._membership_failed.append(f"{node.id} was never removed")
+                return
+            if node.up:
+                yield from node.stop(LEAVE_GRACE_S)
+            if node.up:  # paused through its grace: the operator kills it
+                self._crash(index)
+            self.leadership.crash(index)
+            if index in self._crashed:
+                self._crashed.remove(index)
+        finally:
+            self._membership_busy -= 1
+            self._close(f"member:{index}")
+
+    def _membership(self, action: str, index: int) -> Any:
+        """As `dsched members add|remove` against NodeRuntime.change_membership: ask the
+        leader; a leader asked to remove itself hands over, and the new one is asked. True once
+        the change is made (or found made: Raft refuses a change already in place)."""
+        env = self.env
+        wanted = action == "add"
+        for _ in range(MEMBERSHIP_ATTEMPTS_MAX):
+            leader = self.leader_index()
+            if leader is not None and leader == index and not wanted:
+                self.trace.emit(env.now, "handover", self.nodes[leader].id, "leave")
+                self.leadership.transfer(leader, _nothing)
+            elif leader is not None:
+                answered = env.event()
+                outcome: list[bool] = []
+
+                def done(
+                    ok: bool, _reason: str, answered: Any = answered, outcome: Any = outcome
+                ) -> None:
+                    if not outcome:
+                        outcome.append(ok)
+                        answered.succeed()
+
+                self.leadership.change_membership(leader, action, index, done)
+                yield answered | env.timeout(MEMBERSHIP_ANSWER_S)
+                # Refused (request_denied): perhaps because the change is already made.
+                if (
+                    outcome[:1] == [True]
+                    or (index in self.leadership.configuration(leader)) == wanted
+                ):
+                    return True
+            yield env.timeout(MEMBERSHIP_RETRY_S)
+        return False
+
+    def _published_config(self) -> set[int]:
+        """The Raft configuration a starting node reads off the leader's registry entry
+        (node/app.py: _registry_peers): the live leader's of the highest term, if the store
+        answers. (The entry is refreshed every second; this reads the leader's view now.)"""
+        if not self.store.up:
+            return set()
+        leader = self.leader_index()
+        if leader is None or self.nodes[leader].paused:
+            return set()
+        return self.leadership.configuration(leader)
+
+    def _membership_unsettled(self) -> str | None:
+        """Why Raft membership has not settled (None once it has): a request still out or
+        refused for good, or an up member whose configuration is not the one asked for."""
+        if self._membership_failed:
+            return "; ".join(self._membership_failed)
+        if self._membership_busy:
+            return f"{self._membership_busy} membership request(s) still unanswered"
+        expected = (set(range(self.config.nodes)) | self._joined) - self._left
+        for node in self.nodes:
+            if node.up and not node.paused:
+                known = self.leadership.configuration(node.index)
+                if known != expected:
+                    names = sorted(self.nodes[i].id for i in known)
+                    want = sorted(self.nodes[i].id for i in expected)
+                    return f"{node.id}'s Raft configuration is {names}, not {want}"
+        return None
 
     def _faults(self) -> Any:
         for step in self.plan:
@@ -462,7 +600,7 @@ class World:
         env = self.env
         started = time.perf_counter()
         self.leadership.start()
-        for node in self.nodes:
+        for node in self.nodes[: cfg.nodes]:
             node.boot()
         self.clients.start(cfg.load_start_s, cfg.duration_s)
         env.process(self._faults())
@@ -478,15 +616,19 @@ class World:
             bound = settle_from + cfg.liveness_s
             checker = self.checker
             missing = checker.unfinished(self.store.model)
-            while missing and env.now < bound:
+            membership = self._membership_unsettled
+            drained_at = None if missing else env.now
+            while (missing or membership()) and env.now < bound:
                 acked = checker.counters.acked
                 env.run(until=min(bound, env.now + LIVENESS_POLL_S))
                 # Only what was missing can still be missing, unless new acknowledgements came
                 # in (a client's retry) or a store restore rolled tasks back: then look again.
                 recheck = acked != checker.counters.acked or self.store.restored_since_poll()
                 missing = checker.unfinished(self.store.model, None if recheck else missing)
-            if not missing:
-                drain_s = env.now - settle_from
+                if drained_at is None and not missing:
+                    drained_at = env.now
+            if not missing and drained_at is not None:
+                drain_s = drained_at - settle_from
             leader = max(
                 (n for n in self.nodes if n.up and n.sched.fence_term),
                 key=lambda n: n.sched.term,
@@ -499,6 +641,11 @@ class World:
                 None if leader is None else leader.sched,
             )
             self.leadership.check()
+            unsettled = membership()
+            if unsettled is not None:
+                raise ViolationFound(
+                    6, f"Raft membership unsettled {cfg.liveness_s:g} s after faults: {unsettled}"
+                )
         except ViolationFound as exc:
             violation = Violation(exc.invariant, exc.message, env.now, self.trace.recent())
         except Exception as exc:  # a core invariant, or a driver crash: both are findings

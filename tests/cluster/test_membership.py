@@ -91,3 +91,29 @@ def test_removing_the_leader_hands_over_and_refusals_are_409(cluster: Cluster) -
             15,
             f"{node.name} dropped the old leader",
         )
+
+
+def test_a_member_restarted_with_peers_that_miss_the_leader_finds_it(cluster: Cluster) -> None:
+    """Raft state is in memory: a restarted member knows only its --peers. After members joined
+    and left, those may miss the current leader, whose connections pysyncobj refuses as from an
+    unknown node: the member would never be brought up to date (found by the simulation's
+    membership scenario). The leader publishes its configuration in its registry entry, and a
+    starting member adds it to its peers."""
+    leader, term = cluster.wait_leader()
+    lead = cluster.by_id(leader)
+    follower = next(n for n in cluster.nodes if n is not lead)
+    third = next(n for n in cluster.nodes if n not in (lead, follower))
+    follower.kill()
+    # Restarted with --peers that name the third member only, as if written before the
+    # leader joined the cluster.
+    args = follower.args
+    args[args.index("--peers") + 1] = cluster.advertised[cluster.nodes.index(third)]
+    follower.start()
+    wait_for(
+        lambda: cluster.view(follower)["leader"] == leader,
+        30,
+        "the restarted member follows the leader its --peers do not name",
+    )
+    assert cluster.advertised[cluster.nodes.index(lead)] in cluster.view(follower)["configuration"]
+    # No election was needed: the leader of before, in its term, for all three.
+    assert cluster.wait_leader() == (leader, term)

@@ -1,0 +1,64 @@
+"""Membership changes under load: a node joins (`dsched members add`), a member leaves, and
+every member's Raft configuration settles to the one asked for (invariant 6)."""
+
+from __future__ import annotations
+
+import pytest
+
+from node.cluster import REGISTRY_CONFIG_FRESH_MS, peers_from_registry
+from sim.__main__ import main as sim_main
+from sim.config import SimConfig
+from sim.report import format_violation
+from sim.world import World, run_one
+
+# Seed 2: the newcomer n4 is elected after the leader crashes; the crashed member restarts
+# from an empty Raft journal with its first --peers, which do not name n4; then n1 leaves.
+CONFIG = SimConfig(scenario="membership", seed=2, duration_s=12.0, keep_trace=True)
+
+
+def test_a_node_joins_and_a_member_leaves_under_load() -> None:
+    result = run_one(CONFIG)
+    assert result.violation is None, format_violation(result, CONFIG)
+    joined = [line for line in result.trace if " joined " in line]
+    left = [line for line in result.trace if " left " in line]
+    assert joined and joined[0].endswith("joined n4"), result.plan
+    assert left, result.plan
+    # The newcomer took work, and led after the crash.
+    assert any(" run " in line and line.split()[-1] == "n4" for line in result.trace)
+    assert any(line.split()[1:4] == ["role", "n4", "leading"] for line in result.trace)
+    assert result.completed > 0.9 * result.acked
+
+
+def test_without_the_leaders_published_configuration_a_restarted_member_is_left_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bug the scenario found: with its --peers alone, the restarted member refuses the
+    newcomer leader's connections and never rejoins."""
+    monkeypatch.setattr(World, "_published_config", lambda self: set())
+    result = run_one(CONFIG)
+    assert result.violation is not None and result.violation.invariant == 6
+    assert "Raft configuration" in result.violation.message
+
+
+def test_peers_come_from_the_live_leader_of_the_highest_term() -> None:
+    now = 1_000_000
+    entries = {
+        "a": {"raft_term": 3, "raft_config": ["x:1", "y:1", "me:1"], "last_seen_ms": now - 900},
+        # A deposed leader's entry, still fresh: a lower term loses.
+        "b": {"raft_term": 2, "raft_config": ["old:1"], "last_seen_ms": now},
+        # A higher term, but its entry is stale (that node is gone).
+        "c": {
+            "raft_term": 9,
+            "raft_config": ["gone:1"],
+            "last_seen_ms": now - REGISTRY_CONFIG_FRESH_MS - 1,
+        },
+        "d": {"raft": "d:1", "last_seen_ms": now},  # a follower publishes no configuration
+        "e": {"raft_term": "7", "raft_config": "z:1", "last_seen_ms": now},  # malformed
+    }
+    assert peers_from_registry(entries, now, "me:1") == {"x:1", "y:1"}
+    assert peers_from_registry({"d": entries["d"]}, now, "me:1") == set()
+
+
+def test_the_election_model_has_no_membership_changes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert sim_main(["--scenario", "membership", "--raft", "model", "--seeds", "1"]) == 2
+    assert "needs --raft pysyncobj" in capsys.readouterr().err
