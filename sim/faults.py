@@ -326,18 +326,21 @@ def _random(cfg: SimConfig, rng: random.Random, start: float, end: float) -> lis
 
 def _membership(cfg: SimConfig, rng: random.Random, start: float, end: float) -> list[Step]:
     """A node joins, the cluster takes one fault with the newcomer in it, then a member leaves
-    (the leader half the time: it hands over first)."""
+    (the leader half the time: it hands over first); or the crashed leader is removed while
+    down (a dead node replaced)."""
     span = end - start
     steps = [Step(_round(start + rng.uniform(0.0, 0.1 * span)), "join")]
     at = _round(start + span * (0.35 + rng.uniform(0.0, 0.1)))
     stop = _round(at + min(rng.uniform(*cfg.node_down_s), span * 0.2))
-    kind = rng.randrange(3)
+    kind = rng.randrange(4)
     if kind == 0:
         steps += [Step(at, "crash", ("leader",)), Step(stop, "restart", ("crashed",))]
     elif kind == 1:
         steps += [Step(at, "partition", ("{leader}", "from", "{others}")), Step(stop, "heal")]
-    else:
+    elif kind == 2:
         steps += [Step(at, "pause", ("leader",)), Step(stop, "resume", ("paused",))]
+    else:
+        return [*steps, Step(at, "crash", ("leader",)), Step(stop, "leave", ("crashed",))]
     target = "leader" if rng.random() < 0.5 else str(rng.randint(1, cfg.nodes + 1))
     steps.append(Step(_round(start + span * (0.7 + rng.uniform(0.0, 0.1))), "leave", (target,)))
     return steps

@@ -225,8 +225,8 @@ class World:
     def _node_ref(self, ref: str) -> int | None:
         if ref == "leader":
             return self.leader_index()
-        if ref == "crashed":
-            return self._crashed[0] if self._crashed else None
+        if ref == "crashed":  # the earliest crashed that is not being removed
+            return next((i for i in self._crashed if i not in self._left), None)
         if ref == "paused":
             return self._paused[0] if self._paused else None
         index = int(ref) - 1
@@ -413,8 +413,11 @@ class World:
                 self.env.process(self._join(index))
         elif verb == "leave":
             index = self._node_ref(args[0])
-            if index is None or not self.nodes[index].up or index in self._left:
+            if index is None or index in self._left:
                 return
+            if not self.nodes[index].up and index not in self._crashed:
+                return  # starting: removed once up, by a later step if any
+            # A crashed member may be removed too (a dead node replaced): it stays down.
             self._left.add(index)
             self._open(f"member:{index}", f"leave {self.nodes[index].id}")
             self.env.process(self._leave(index))
@@ -490,8 +493,9 @@ class World:
             if node.up:  # paused through its grace: the operator kills it
                 self._crash(index)
             self.leadership.crash(index)
-            if index in self._crashed:
+            if index in self._crashed:  # removed while down: its crash ends here
                 self._crashed.remove(index)
+                self._close(f"down:{index}")
         finally:
             self._membership_busy -= 1
             self._close(f"member:{index}")

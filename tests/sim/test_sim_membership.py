@@ -3,17 +3,32 @@ every member's Raft configuration settles to the one asked for (invariant 6)."""
 
 from __future__ import annotations
 
+import random
+from pathlib import Path
+
 import pytest
 
 from node.cluster import REGISTRY_CONFIG_FRESH_MS, peers_from_registry
 from sim.__main__ import main as sim_main
 from sim.config import SimConfig
+from sim.faults import format_plan, generate
 from sim.report import format_violation
+from sim.scripted import script_config
 from sim.world import World, run_one
 
-# Seed 2: the newcomer n4 is elected after the leader crashes; the crashed member restarts
-# from an empty Raft journal with its first --peers, which do not name n4; then n1 leaves.
-CONFIG = SimConfig(scenario="membership", seed=2, duration_s=12.0, keep_trace=True)
+# The newcomer n4 is elected after the leader crashes; the crashed member restarts from an
+# empty Raft journal with its first --peers, which do not name n4; then n1 leaves.
+SCRIPT = str(Path(__file__).parents[1] / "scenarios" / "newcomer-leads-restart.txt")
+CONFIG = script_config(SCRIPT).with_(keep_trace=True)
+
+
+def test_generated_plans_join_and_remove_members() -> None:
+    """The scenario's plans: a join, then a member removed (up, or crashed and left down)."""
+    config = SimConfig(scenario="membership", duration_s=8.0)
+    plans = [format_plan(generate(config, random.Random(f"{seed}:faults"))) for seed in (1, 2)]
+    assert all(plan.startswith("at ") and " join" in plan for plan in plans)
+    assert any("leave crashed" in plan for plan in plans), plans
+    assert any("restart crashed" in plan or "heal" in plan or "resume" in plan for plan in plans)
 
 
 def test_a_node_joins_and_a_member_leaves_under_load() -> None:
