@@ -24,7 +24,9 @@ def peers_from_registry(
     entries: Mapping[str, Mapping[str, Any]], now_ms: int, self_addr: str
 ) -> set[str]:
     """The Raft configuration that the live leader of the highest term publishes in its
-    registry entry, without ``self_addr`` (empty if no live leader publishes one).
+    registry entry, without ``self_addr``; empty if no live leader publishes one, or if
+    ``self_addr`` is not in it (a newcomer, whose --peers the operator gives; or a node of some
+    earlier cluster on other ports, whose dead members must not become phantom peers).
 
     Raft state is in memory, so a member starts from its --peers alone. After members joined
     and left, those may miss the current leader, whose connections pysyncobj then refuses as
@@ -44,7 +46,7 @@ def peers_from_registry(
             continue
         if best is None or term > best[0]:
             best = (term, members)
-    if best is None:
+    if best is None or self_addr not in best[1]:
         return set()
     return {m for m in best[1] if isinstance(m, str) and m and m != self_addr}
 

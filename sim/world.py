@@ -455,7 +455,7 @@ class World:
         fresh = self.config.raft_journal == "memory"
         if fresh:
             self._forgot_at[index] = self.env.now
-        self.leadership.restart(index, fresh_state=fresh, more_peers=self._published_config())
+        self.leadership.restart(index, fresh_state=fresh, more_peers=self._published_config(index))
         node.boot()
 
     def _join(self, index: int) -> Any:
@@ -533,16 +533,18 @@ class World:
             yield env.timeout(MEMBERSHIP_RETRY_S)
         return False
 
-    def _published_config(self) -> set[int]:
-        """The Raft configuration a starting node reads off the leader's registry entry
-        (node/app.py: _registry_peers): the live leader's of the highest term, if the store
-        answers. (The entry is refreshed every second; this reads the leader's view now.)"""
+    def _published_config(self, index: int) -> set[int]:
+        """The Raft configuration node ``index`` reads off the leader's registry entry as it
+        starts (node/app.py: _registry_peers): the live leader's of the highest term, if the
+        store answers and the node is in it (peers_from_registry). (The entry is refreshed
+        every second; this reads the leader's view now.)"""
         if not self.store.up:
             return set()
         leader = self.leader_index()
         if leader is None or self.nodes[leader].paused:
             return set()
-        return self.leadership.configuration(leader)
+        configuration = self.leadership.configuration(leader)
+        return configuration if index in configuration else set()
 
     def _membership_unsettled(self) -> str | None:
         """Why Raft membership has not settled (None once it has): a request still out or

@@ -49,7 +49,7 @@ def test_without_the_leaders_published_configuration_a_restarted_member_is_left_
 ) -> None:
     """The bug the scenario found: with its --peers alone, the restarted member refuses the
     newcomer leader's connections and never rejoins."""
-    monkeypatch.setattr(World, "_published_config", lambda self: set())
+    monkeypatch.setattr(World, "_published_config", lambda self, index: set())
     result = run_one(CONFIG)
     assert result.violation is not None and result.violation.invariant == 6
     assert "Raft configuration" in result.violation.message
@@ -72,6 +72,9 @@ def test_peers_come_from_the_live_leader_of_the_highest_term() -> None:
     }
     assert peers_from_registry(entries, now, "me:1") == {"x:1", "y:1"}
     assert peers_from_registry({"d": entries["d"]}, now, "me:1") == set()
+    # Not in the leader's configuration (a newcomer, or a node of an earlier cluster on other
+    # ports): its --peers alone, so no phantom member enters its configuration.
+    assert peers_from_registry(entries, now, "new:1") == set()
 
 
 def test_the_election_model_has_no_membership_changes(capsys: pytest.CaptureFixture[str]) -> None:
