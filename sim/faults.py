@@ -33,6 +33,9 @@ from typing import Any
 
 from sim.config import SimConfig
 
+# In the random scenario, the share of runs with a join, and (drawn apart) with a leave.
+MEMBERSHIP_SHARE = 0.25
+
 
 class ScriptError(ValueError):
     pass
@@ -321,6 +324,21 @@ def _random(cfg: SimConfig, rng: random.Random, start: float, end: float) -> lis
             steps += [Step(at, "stop", (node, grace)), Step(stop, "restart", (node,))]
         # Overlap sometimes: the next fault may start before this one heals.
         t += length * (0.5 if rng.random() < 0.3 else 1.0) + rng.uniform(0.2, 1.5)
+    if cfg.raft == "pysyncobj":
+        steps += _random_membership(cfg, start, end)
+    return steps
+
+
+def _random_membership(cfg: SimConfig, start: float, end: float) -> list[Step]:
+    """Now and then a join and a leave among the random faults: a stream of its own, so the
+    other faults stay as the seed drew them."""
+    rng = random.Random(f"{cfg.seed}:membership")
+    steps: list[Step] = []
+    if rng.random() < MEMBERSHIP_SHARE:
+        steps.append(Step(_round(rng.uniform(start, end - 0.5)), "join"))
+    if rng.random() < MEMBERSHIP_SHARE:
+        target = rng.choice(("leader", "crashed", str(rng.randint(1, cfg.nodes))))
+        steps.append(Step(_round(rng.uniform(start, end - 0.5)), "leave", (target,)))
     return steps
 
 

@@ -131,6 +131,7 @@ class World:
         self._spares = list(range(config.nodes, config.nodes + joins))
         self._left: set[int] = set()  # removed from Raft (or being removed): down for good
         self._joined: set[int] = set()
+        self._hosts = set(range(config.nodes))  # nodes whose Raft member has been started
         self._membership_busy = 0  # join and leave requests not yet answered
         self._membership_failed: list[str] = []
         skew_rng = random.Random(f"{seed}:skew")
@@ -277,8 +278,14 @@ class World:
 
     def _raft_partition(self, part: Partition) -> None:
         """Cut the same member links in Raft's network (the store is not a Raft member)."""
-        side_a = sorted(int(n[1:]) - 1 for n in part.side_a if n != STORE)
-        side_b = sorted(int(n[1:]) - 1 for n in part.side_b if n != STORE)
+        # Only Raft members started so far: a node still to join has no links to cut (a
+        # partition's cut does not reach the links of a node that joins after it).
+        side_a = sorted(
+            i for n in part.side_a if n != STORE and (i := int(n[1:]) - 1) in self._hosts
+        )
+        side_b = sorted(
+            i for n in part.side_b if n != STORE and (i := int(n[1:]) - 1) in self._hosts
+        )
         pid = self.leadership.partition(side_a, side_b, part.one_way) if side_a and side_b else None
         self._raft_partitions.append((part, pid))
 
@@ -348,10 +355,11 @@ class World:
                 lid = self.nodes[leader].id
                 # Leadership is lost when the leader can no longer heartbeat a majority.
                 links = set(part.links())
-                cut_off = sum(1 for n in self.nodes if n.id != lid and (lid, n.id) in links)
+                members = [n for n in self.nodes if n.index in self._hosts - self._left]
+                cut_off = sum(1 for n in members if n.id != lid and (lid, n.id) in links)
                 # So is a leader that cannot reach the store (it hands over: core.pacing), as a
                 # dispatcher: failover runs from the cut.
-                if 2 * (len(self.nodes) - cut_off) <= len(self.nodes) or (
+                if 2 * (len(members) - cut_off) <= len(members) or (
                     (lid, STORE) in links or (STORE, lid) in links
                 ):
                     self._lose_leader_if(leader)
@@ -466,6 +474,7 @@ class World:
         yield self.env.timeout(self.config.raft_start_delay_s)
         node.starting = False
         self.leadership.add_member(index)
+        self._hosts.add(index)
         node.boot()
         self._membership_busy += 1
         added = yield from self._membership("add", index)
