@@ -20,20 +20,12 @@ NODE_RAFT_CONFIG = RaftConfig(dynamic_membership=True)
 REGISTRY_CONFIG_FRESH_MS = 10_000
 
 
-def peers_from_registry(
-    entries: Mapping[str, Mapping[str, Any]], now_ms: int, self_addr: str
-) -> set[str]:
-    """The Raft configuration that the live leader of the highest term publishes in its
-    registry entry, without ``self_addr``; empty if no live leader publishes one, or if
-    ``self_addr`` is not in it (a newcomer, whose --peers the operator gives; or a node of some
-    earlier cluster on other ports, whose dead members must not become phantom peers).
-
-    Raft state is in memory, so a member starts from its --peers alone. After members joined
-    and left, those may miss the current leader, whose connections pysyncobj then refuses as
-    from an unknown node: the member would never hear the log that brings it up to date, and
-    would sit out of the cluster for good. Starting from --peers plus the leader's view, it
-    reaches the leader, and the log (or a snapshot) then sets its configuration exactly."""
-    best: tuple[int, list[Any]] | None = None
+def published_configuration(
+    entries: Mapping[str, Mapping[str, Any]], now_ms: int
+) -> tuple[int, list[str]] | None:
+    """(term, Raft configuration) that the live leader of the highest term publishes in its
+    registry entry (NodeRuntime._raft_config_info), or None if no live leader publishes one."""
+    best: tuple[int, list[str]] | None = None
     for info in entries.values():
         members, term, seen = (
             info.get("raft_config"),
@@ -45,10 +37,27 @@ def peers_from_registry(
         if not isinstance(seen, int) or abs(now_ms - seen) > REGISTRY_CONFIG_FRESH_MS:
             continue
         if best is None or term > best[0]:
-            best = (term, members)
-    if best is None or self_addr not in best[1]:
+            best = (term, [m for m in members if isinstance(m, str) and m])
+    return best
+
+
+def peers_from_registry(
+    entries: Mapping[str, Mapping[str, Any]], now_ms: int, self_addr: str
+) -> set[str]:
+    """The published configuration (published_configuration) without ``self_addr``; empty if
+    none is published, or if ``self_addr`` is not in it (a newcomer, whose --peers the operator
+    gives; or a node of some earlier cluster on other ports, whose dead members must not
+    become phantom peers).
+
+    Raft state is in memory, so a member starts from its --peers alone. After members joined
+    and left, those may miss the current leader, whose connections pysyncobj then refuses as
+    from an unknown node: the member would never hear the log that brings it up to date, and
+    would sit out of the cluster for good. Starting from --peers plus the leader's view, it
+    reaches the leader, and the log (or a snapshot) then sets its configuration exactly."""
+    published = published_configuration(entries, now_ms)
+    if published is None or self_addr not in published[1]:
         return set()
-    return {m for m in best[1] if isinstance(m, str) and m and m != self_addr}
+    return set(published[1]) - {self_addr}
 
 
 class RaftLeadership:
@@ -140,6 +149,17 @@ class RaftLeadership:
             if (raft_addr in addrs) == (action == "add"):
                 return ""
             return "timed out"
+
+    def adopt_published(self, entries: Mapping[str, Mapping[str, Any]], now_ms: int) -> None:
+        """A running member that missed joins (paused or cut off while they happened) takes
+        the members it lacks from the configuration a leader of a higher term publishes
+        (RaftMember.adopt_members), if that configuration names it."""
+        published = published_configuration(entries, now_ms)
+        if self.member is None or published is None or self.self_addr not in published[1]:
+            return
+        term, members = published
+        if term > self.member.status.term:
+            self.member.adopt_members(members, term)
 
     def configuration(self) -> list[str]:
         """The Raft addresses in the cluster configuration, as this member knows it."""

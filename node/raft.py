@@ -37,7 +37,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from types import FrameType, MappingProxyType
 from typing import Any, Final
@@ -562,6 +562,29 @@ class RaftMember:
             sync._SyncObj__raftElectionDeadline = 0.0  # stand at the next tick
 
         self._on_tick_queue.append(bump)
+
+    def adopt_members(self, raft_addrs: Iterable[str], term: int) -> None:
+        """Add to this member's configuration the members that a leader of a term above ours
+        has and we lack: we missed their joins (paused, cut off, or restarted from --peers
+        that predate them). pysyncobj refuses connections from a node it does not know, so a
+        newcomer that now leads could never send us the log that adds it, and we would sit out
+        of the cluster for good. Safe: a member added here is one the leader's log adds too
+        (that entry, when it reaches us, changes nothing); a larger configuration only makes
+        our own candidacy harder. Within the leader's term or above, the log rules alone."""
+        addrs = sorted({a for a in raft_addrs if a and a != self._self_addr})
+
+        def adopt() -> None:
+            sync = self._sync
+            if sync._getTerm() >= term:
+                return
+            known = {str(node.id) for node in sync.otherNodes}
+            for addr in addrs:
+                if addr not in known:
+                    log.warning("raft: adopting member %s from the term-%d leader", addr, term)
+                    sync._SyncObj__doChangeCluster(["add", addr])
+
+        if addrs:
+            self._on_tick_queue.append(adopt)
 
     def add_member(self, raft_addr: str, timeout_s: float) -> None:
         """Blocking request_add_member, from a thread other than the tick thread."""

@@ -477,6 +477,9 @@ class NodeRuntime:
             try:
                 await self._register()
                 self._registry_info = await self.store.nodes()
+                adopt = getattr(self.leadership, "adopt_published", None)
+                if adopt is not None:
+                    adopt(self._registry_info, now_ms())
                 self._store_ok = True
                 self._handover.store_answered()
             except StoreUnavailable:

@@ -28,11 +28,18 @@ class Leadership(Protocol):
 
     def crash(self, index: int) -> None: ...
 
-    def restart(self, index: int, fresh_state: bool, more_peers: Iterable[int] = ()) -> None:
+    def restart(
+        self,
+        index: int,
+        fresh_state: bool,
+        more_peers: Iterable[int] = (),
+        less_peers: Iterable[int] = (),
+    ) -> None:
         """Start member ``index`` again; with ``fresh_state`` its term, vote and log are gone
         (the shipped node keeps Raft state in memory only), else it keeps its journal. Its
-        peers: those it first started with, and ``more_peers`` (the leader's configuration,
-        which the node reads from the registry as it starts)."""
+        peers: those it first started with, without ``less_peers`` (members removed since:
+        the operator took them out of its --peers) and with ``more_peers`` (the leader's
+        configuration, which the node reads from the registry as it starts)."""
 
     def pause(self, index: int) -> None: ...
 
@@ -66,6 +73,13 @@ class Leadership(Protocol):
 
     def configuration(self, index: int) -> set[int]:
         """The members in member ``index``'s configuration, as it knows it (empty: down)."""
+
+    def removed(self, index: int) -> None:
+        """Member ``index`` was removed from the configuration for good (and stopped)."""
+
+    def adopt(self, index: int, members: set[int], term: int) -> None:
+        """Member ``index`` takes the members it lacks from the configuration a leader of
+        ``term`` publishes (node/cluster.py: RaftLeadership.adopt_published)."""
 
     def start(self) -> None:
         """Begin (pysyncobj's clock and randomness are patched from here until close())."""
@@ -198,7 +212,13 @@ class ModelLeadership:
         self.alive[index] = False
         self.leader[index] = False  # volatile; the term and vote are on disk
 
-    def restart(self, index: int, fresh_state: bool, more_peers: Iterable[int] = ()) -> None:
+    def restart(
+        self,
+        index: int,
+        fresh_state: bool,
+        more_peers: Iterable[int] = (),
+        less_peers: Iterable[int] = (),
+    ) -> None:
         self.alive[index] = True
         if fresh_state:
             self.term[index] = 0
@@ -258,6 +278,12 @@ class ModelLeadership:
 
     def configuration(self, index: int) -> set[int]:
         return set(range(self.n)) if self.alive[index] else set()
+
+    def removed(self, index: int) -> None:
+        raise ValueError(MEMBERSHIP_NEEDS_PYSYNCOBJ)
+
+    def adopt(self, index: int, members: set[int], term: int) -> None:
+        pass
 
     def start(self) -> None:
         pass
@@ -334,6 +360,14 @@ class RaftLeadership:
         # SimRaftCluster names member i "n<i>".
         return {int(addr[1:]) for addr in status.cluster_raft_addrs}
 
+    def removed(self, index: int) -> None:
+        self.cluster.removed.add(self.cluster.addr(index))
+
+    def adopt(self, index: int, members: set[int], term: int) -> None:
+        member = self.cluster.member(index)
+        if member is not None and term > member.status.term:
+            member.adopt_members([self.cluster.addr(i) for i in sorted(members)], term)
+
     def status(self, index: int) -> tuple[bool, int]:
         status = self.cluster.status(index)
         if status is None:  # crashed
@@ -343,14 +377,20 @@ class RaftLeadership:
     def crash(self, index: int) -> None:
         self.cluster.crash(index)
 
-    def restart(self, index: int, fresh_state: bool, more_peers: Iterable[int] = ()) -> None:
+    def restart(
+        self,
+        index: int,
+        fresh_state: bool,
+        more_peers: Iterable[int] = (),
+        less_peers: Iterable[int] = (),
+    ) -> None:
         if self.cluster.member(index) is not None:
             return
         if fresh_state:
             # SimRaftCluster keeps a crashed member's journal, as a disk would; node/cluster.py
             # builds each RaftMember with a new in-memory journal. Start from an empty one.
             self.cluster.forget_state(index)
-        self.cluster.restart(index, more_peers)
+        self.cluster.restart(index, more_peers, less_peers)
         self._subscribe(index)  # a new RaftMember: the node subscribes again as it starts
 
     def pause(self, index: int) -> None:

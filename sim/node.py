@@ -657,13 +657,17 @@ class SimNode:
                     request = TakeManyRequest(self.id, plan.count)
                     taken = yield from self.call(request, wait_call_s)
                 finally:
-                    self._taking -= plan.count
+                    # A crash ends this process as its call returns: the count it added went
+                    # with that incarnation (a restarted node counts from 0 again).
+                    if self.incarnation == inc:
+                        self._taking -= plan.count
                 if not taken and plan.block_one:
                     self._taking += 1
                     try:
                         one = yield from self.call(TakeRequest(self.id, TAKE_WAIT_S), wait_call_s)
                     finally:
-                        self._taking -= 1
+                        if self.incarnation == inc:
+                            self._taking -= 1
                     taken = [] if one is None else [one]
             except StoreUnavailable:
                 yield env.timeout(STORE_RETRY_S)
@@ -893,6 +897,7 @@ class SimNode:
                 info = yield from self.call(RegistryRequest(self.id, slots, self.now_ms()))
                 self._registry_info = info
                 self._handover.store_answered()
+                self.world.registry_read(self.index)
             except StoreUnavailable:
                 pass
             self.wake()

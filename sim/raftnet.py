@@ -548,6 +548,9 @@ class SimRaftCluster:
         # When each member last restarted from an empty journal (forget_state).
         self._forgot_at: dict[str, float] = {}
         self.violations: list[str] = []
+        # Members removed from the configuration for good (membership): the majorities that
+        # elect leaders are of the members left.
+        self.removed: set[str] = set()
         self.events_traced = 0
         self._patch: Any = None
         self._net: SimNetwork | None = None
@@ -720,15 +723,20 @@ class SimRaftCluster:
         if host.resume is not None and not host.resume.triggered:
             host.resume.succeed()  # let a paused driver see that it is gone
 
-    def restart(self, i: int, more_peers: Iterable[int] = ()) -> None:
+    def restart(
+        self, i: int, more_peers: Iterable[int] = (), less_peers: Iterable[int] = ()
+    ) -> None:
         """Start member i again with the journal it had when it crashed; its peers are the
-        ones it first started with, and ``more_peers`` (member indexes: the configuration the
-        leader publishes, as node/cluster.py's peers_from_registry reads it)."""
+        ones it first started with, without ``less_peers`` and with ``more_peers`` (member
+        indexes: the members removed since, which the operator took out of its --peers, and
+        the configuration the leader publishes, as node/cluster.py's peers_from_registry reads
+        it)."""
         host = self._hosts[i]
         if host.member is not None:
             raise RuntimeError(f"member {i} is running")
-        extra = [self._hosts[j].addr for j in sorted(more_peers) if j != i]
-        self._start(host, sorted({*host.peers, *extra}))
+        extra = {self._hosts[j].addr for j in more_peers if j != i}
+        gone = {self._hosts[j].addr for j in less_peers}
+        self._start(host, sorted((set(host.peers) - gone) | extra))
 
     def pause(self, i: int) -> None:
         """SIGSTOP: no ticks, nothing read; arrivals queue up in its kernel."""
@@ -881,7 +889,7 @@ class SimRaftCluster:
         includes fresh members may elect a leader of a term that had one. The store's fence
         (epoch and holder) is what keeps those two apart."""
         fresh = sum(1 for at in self._forgot_at.values() if at > since)
-        return fresh >= votes_overlap(len(self._hosts))
+        return fresh >= votes_overlap(len(self._hosts) - len(self.removed))
 
     def _trace(self, *parts: Any) -> None:
         self.events_traced += 1

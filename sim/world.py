@@ -130,6 +130,7 @@ class World:
             raise ValueError(MEMBERSHIP_NEEDS_PYSYNCOBJ)
         self._spares = list(range(config.nodes, config.nodes + joins))
         self._left: set[int] = set()  # removed from Raft (or being removed): down for good
+        self._removed: set[int] = set()  # removal committed
         self._joined: set[int] = set()
         self._hosts = set(range(config.nodes))  # nodes whose Raft member has been started
         self._membership_busy = 0  # join and leave requests not yet answered
@@ -191,7 +192,7 @@ class World:
         """Enough members started from an empty journal after ``since`` that a term's votes
         may be forgotten (SimRaftCluster.history_lost_since)."""
         fresh = sum(1 for at in self._forgot_at.values() if at > since)
-        return fresh >= votes_overlap(len(self.nodes))
+        return fresh >= votes_overlap(len(self._hosts - self._removed))
 
     def _tell_cancel(self, node_id: str, task_id: str, attempt: int) -> None:
         node = self.node(node_id)
@@ -425,6 +426,9 @@ class World:
                 return
             if not self.nodes[index].up and index not in self._crashed:
                 return  # starting: removed once up, by a later step if any
+            if self._runs_a_type_alone(index):
+                self.trace.emit(now, "leave-skipped", self.nodes[index].id)
+                return
             # A crashed member may be removed too (a dead node replaced): it stays down.
             self._left.add(index)
             self._open(f"member:{index}", f"leave {self.nodes[index].id}")
@@ -463,7 +467,12 @@ class World:
         fresh = self.config.raft_journal == "memory"
         if fresh:
             self._forgot_at[index] = self.env.now
-        self.leadership.restart(index, fresh_state=fresh, more_peers=self._published_config(index))
+        self.leadership.restart(
+            index,
+            fresh_state=fresh,
+            more_peers=self._published_config(index),
+            less_peers=self._left,
+        )
         node.boot()
 
     def _join(self, index: int) -> Any:
@@ -495,8 +504,18 @@ class World:
             self.trace.emit(self.env.now, "left" if removed else "leave-gave-up", node.id)
             if not removed:
                 self._left.discard(index)
-                self._membership_failed.append(f"{node.id} was never removed")
+                if not node.up and index in self._crashed:
+                    # A member that is down cannot be removed without a majority (a two-member
+                    # cluster with one down): the operator starts it again instead.
+                    self._crashed.remove(index)
+                    self._close(f"down:{index}")
+                    self.last_heal_s = self.env.now
+                    self.env.process(self._start(index))
+                else:
+                    self._membership_failed.append(f"{node.id} was never removed")
                 return
+            self.leadership.removed(index)
+            self._removed.add(index)
             if node.up:
                 yield from node.stop(LEAVE_GRACE_S)
             if node.up:  # paused through its grace: the operator kills it
@@ -541,6 +560,29 @@ class World:
                     return True
             yield env.timeout(MEMBERSHIP_RETRY_S)
         return False
+
+    def _runs_a_type_alone(self, index: int) -> bool:
+        """Whether node ``index`` is the last member that runs some task type: an operator does
+        not remove it (the tasks of that type would wait for good)."""
+        mine = self.nodes[index].types
+        if mine is None:  # one type, which every node runs
+            return False
+        covered: set[str] = set()
+        for i in self._hosts - self._left - {index}:
+            covered |= self.nodes[i].types or mine
+        return not mine <= covered
+
+    def registry_read(self, index: int) -> None:
+        """Node ``index`` read the registry (its registry loop): as NodeRuntime, a member that
+        missed joins takes the members it lacks from the leader's published configuration."""
+        if self.leadership.name != "pysyncobj" or not self._hosts - set(range(self.config.nodes)):
+            return  # no member ever joined: nothing to miss
+        leader = self.leader_index()
+        if leader is None or leader == index or self.nodes[leader].paused:
+            return
+        configuration = self.leadership.configuration(leader)
+        if index in configuration:
+            self.leadership.adopt(index, configuration, self.leadership.status(leader)[1])
 
     def _published_config(self, index: int) -> set[int]:
         """The Raft configuration node ``index`` reads off the leader's registry entry as it
@@ -633,7 +675,9 @@ class World:
             missing = checker.unfinished(self.store.model)
             membership = self._membership_unsettled
             drained_at = None if missing else env.now
-            while (missing or membership()) and env.now < bound:
+            while (missing or membership()) and env.now < max(
+                bound, self.last_heal_s + cfg.liveness_s
+            ):
                 acked = checker.counters.acked
                 env.run(until=min(bound, env.now + LIVENESS_POLL_S))
                 # Only what was missing can still be missing, unless new acknowledgements came

@@ -361,3 +361,35 @@ def test_only_a_password_keeps_strangers_frames_from_the_unpickler(
                 assert member.status.is_leader  # and goes on
     finally:
         member.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_member_that_missed_the_leaders_join_adopts_it(restore_switch_interval: None) -> None:
+    """pysyncobj refuses connections from a node it does not know: a member whose configuration
+    lacks the leader (it missed that member's join) never follows it on its own. Given the
+    configuration a leader of a higher term publishes, it adopts the members it lacks."""
+    a, b, c = (f"127.0.0.1:{p}" for p in free_ports(3))
+    config = RaftConfig(dynamic_membership=True)
+    ma = RaftMember(a, [b, c], node_id="a", http_addr="127.0.0.1:1", config=config)
+    mb = RaftMember(b, [a, c], node_id="b", http_addr="127.0.0.1:2", config=config)
+    members = [ma, mb]
+    try:
+        assert wait_for(lambda: ma.status.is_leader or mb.status.is_leader, ELECT_S)
+        (lead, lead_addr), (_, other_addr) = sorted(
+            ((ma, a), (mb, b)), key=lambda pair: not pair[0].status.is_leader
+        )
+        term = lead.status.term
+        # c knows the follower only: that one hears the leader, so it refuses c's pre-votes;
+        # and c refuses the leader's connections.
+        mc = RaftMember(c, [other_addr], node_id="c", http_addr="127.0.0.1:3", config=config)
+        members.append(mc)
+        assert lead_addr not in mc.status.cluster_raft_addrs
+        mc.adopt_members([a, b, c], term)
+        assert wait_for(
+            lambda: mc.status.leader_raft_addr == lead_addr and mc.status.term == term, ELECT_S
+        ), mc.status
+        assert lead_addr in mc.status.cluster_raft_addrs
+        assert lead.status.is_leader and lead.status.term == term  # no election was needed
+    finally:
+        for member in members:
+            member.stop()

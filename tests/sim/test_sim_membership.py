@@ -48,8 +48,12 @@ def test_without_the_leaders_published_configuration_a_restarted_member_is_left_
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The bug the scenario found: with its --peers alone, the restarted member refuses the
-    newcomer leader's connections and never rejoins."""
+    newcomer leader's connections and never rejoins. Either use of the leader's published
+    configuration brings it back: at its start, or (a running member) on a registry read."""
     monkeypatch.setattr(World, "_published_config", lambda self, index: set())
+    result = run_one(CONFIG)
+    assert result.violation is None, format_violation(result, CONFIG)
+    monkeypatch.setattr(World, "registry_read", lambda self, index: None)
     result = run_one(CONFIG)
     assert result.violation is not None and result.violation.invariant == 6
     assert "Raft configuration" in result.violation.message
@@ -80,3 +84,18 @@ def test_peers_come_from_the_live_leader_of_the_highest_term() -> None:
 def test_the_election_model_has_no_membership_changes(capsys: pytest.CaptureFixture[str]) -> None:
     assert sim_main(["--scenario", "membership", "--raft", "model", "--seeds", "1"]) == 2
     assert "needs --raft pysyncobj" in capsys.readouterr().err
+
+
+def test_a_member_that_missed_a_join_adopts_the_newcomer_leader(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A member paused while n5 joined lacks n5, which then leads: it adopts n5 from the
+    leader's published configuration. Without that, it sits out for good (invariant 6)."""
+    script = str(Path(SCRIPT).with_name("paused-member-misses-a-join.txt"))
+    config = script_config(script)
+    result = run_one(config)
+    assert result.violation is None, format_violation(result, config)
+    monkeypatch.setattr(World, "registry_read", lambda self, index: None)
+    result = run_one(config)
+    assert result.violation is not None and result.violation.invariant == 6
+    assert "n3's Raft configuration" in result.violation.message
