@@ -675,11 +675,12 @@ class World:
             missing = checker.unfinished(self.store.model)
             membership = self._membership_unsettled
             drained_at = None if missing else env.now
-            while (missing or membership()) and env.now < max(
-                bound, self.last_heal_s + cfg.liveness_s
+            # A heal may come late (a removal given up, then a restart): liveness from it.
+            while (missing or membership()) and env.now < (
+                limit := max(bound, self.last_heal_s + cfg.liveness_s)
             ):
                 acked = checker.counters.acked
-                env.run(until=min(bound, env.now + LIVENESS_POLL_S))
+                env.run(until=min(limit, env.now + LIVENESS_POLL_S))
                 # Only what was missing can still be missing, unless new acknowledgements came
                 # in (a client's retry) or a store restore rolled tasks back: then look again.
                 recheck = acked != checker.counters.acked or self.store.restored_since_poll()
