@@ -117,3 +117,40 @@ def test_a_member_restarted_with_peers_that_miss_the_leader_finds_it(cluster: Cl
     assert cluster.advertised[cluster.nodes.index(lead)] in cluster.view(follower)["configuration"]
     # No election was needed: the leader of before, in its term, for all three.
     assert cluster.wait_leader() == (leader, term)
+
+
+def test_a_newcomer_whose_peers_miss_the_leader_adopts_it_once_added(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A newcomer started with --peers that name one follower only (an operator's slip, or a
+    member that missed joins while cut off): once added, the leader's connections to it are
+    refused as from an unknown node. On its next registry read it adopts the members it lacks
+    from the configuration the leader publishes, and follows the leader."""
+    leader, term = cluster.wait_leader()
+    follower = next(n for n in cluster.nodes if n.name != leader)
+    http_port, raft_port = free_ports(2)
+    addr = f"127.0.0.1:{raft_port}"
+    redis_url = cluster.nodes[0].args[cluster.nodes[0].args.index("--redis-url") + 1]
+    newcomer = NodeProc(
+        tmp_path,
+        "node4",
+        http_port,
+        redis_url,
+        raft_port=raft_port,
+        peers=[cluster.advertised[cluster.nodes.index(follower)]],
+        extra=["--lease-ms", str(LEASE_MS)],
+    ).start()
+    try:
+        wait_for(lambda: newcomer.get("/healthz")[0] == 200, 30, "newcomer up")
+        lead_addr = cluster.advertised[cluster.nodes.index(cluster.by_id(leader))]
+        assert lead_addr not in cluster.view(newcomer)["configuration"]
+        assert cli_main(["members", "add", addr, "--url", cluster.by_id(leader).url]) == 0
+        wait_for(
+            lambda: cluster.view(newcomer)["leader"] == leader,
+            30,
+            "the newcomer follows a leader its --peers do not name",
+        )
+        assert lead_addr in cluster.view(newcomer)["configuration"]
+        assert cluster.wait_leader([*cluster.nodes, newcomer]) == (leader, term)
+    finally:
+        newcomer.kill()
