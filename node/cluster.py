@@ -60,6 +60,24 @@ def peers_from_registry(
     return set(published[1]) - {self_addr}
 
 
+def adopt_published(
+    member: RaftMember,
+    self_addr: str,
+    entries: Mapping[str, Mapping[str, Any]],
+    now_ms: int,
+) -> None:
+    """A running member that missed joins (paused or cut off while they happened) takes the
+    members it lacks from the configuration a leader of a higher term publishes
+    (RaftMember.adopt_members), if that configuration names it. The runtime calls this on
+    every registry read; the simulation too."""
+    published = published_configuration(entries, now_ms)
+    if published is None or self_addr not in published[1]:
+        return
+    term, members = published
+    if term > member.status.term:
+        member.adopt_members(members, term)
+
+
 class RaftLeadership:
     """Who leads, from Raft. Status changes arrive on pysyncobj's tick thread and reach the
     event loop only through ``call_soon_threadsafe``: nothing here blocks the loop."""
@@ -151,15 +169,8 @@ class RaftLeadership:
             return "timed out"
 
     def adopt_published(self, entries: Mapping[str, Mapping[str, Any]], now_ms: int) -> None:
-        """A running member that missed joins (paused or cut off while they happened) takes
-        the members it lacks from the configuration a leader of a higher term publishes
-        (RaftMember.adopt_members), if that configuration names it."""
-        published = published_configuration(entries, now_ms)
-        if self.member is None or published is None or self.self_addr not in published[1]:
-            return
-        term, members = published
-        if term > self.member.status.term:
-            self.member.adopt_members(members, term)
+        if self.member is not None:
+            adopt_published(self.member, self.self_addr, entries, now_ms)
 
     def configuration(self) -> list[str]:
         """The Raft addresses in the cluster configuration, as this member knows it."""

@@ -13,7 +13,7 @@ Members are numbered from 0 here; nodes are named n1..nN.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -32,7 +32,7 @@ class Leadership(Protocol):
         self,
         index: int,
         fresh_state: bool,
-        more_peers: Iterable[int] = (),
+        more_peers: Iterable[str] = (),
         less_peers: Iterable[int] = (),
     ) -> None:
         """Start member ``index`` again; with ``fresh_state`` its term, vote and log are gone
@@ -77,9 +77,13 @@ class Leadership(Protocol):
     def removed(self, index: int) -> None:
         """Member ``index`` was removed from the configuration for good (and stopped)."""
 
-    def adopt(self, index: int, members: set[int], term: int) -> None:
-        """Member ``index`` takes the members it lacks from the configuration a leader of
-        ``term`` publishes (node/cluster.py: RaftLeadership.adopt_published)."""
+    def raft_addr(self, index: int) -> str:
+        """Member ``index``'s Raft address."""
+
+    def adopt_published(
+        self, index: int, entries: Mapping[str, Mapping[str, Any]], now_ms: int
+    ) -> None:
+        """Member ``index`` read these registry entries (node.cluster.adopt_published)."""
 
     def start(self) -> None:
         """Begin (pysyncobj's clock and randomness are patched from here until close())."""
@@ -216,7 +220,7 @@ class ModelLeadership:
         self,
         index: int,
         fresh_state: bool,
-        more_peers: Iterable[int] = (),
+        more_peers: Iterable[str] = (),
         less_peers: Iterable[int] = (),
     ) -> None:
         self.alive[index] = True
@@ -282,7 +286,12 @@ class ModelLeadership:
     def removed(self, index: int) -> None:
         raise ValueError(MEMBERSHIP_NEEDS_PYSYNCOBJ)
 
-    def adopt(self, index: int, members: set[int], term: int) -> None:
+    def raft_addr(self, index: int) -> str:
+        return f"n{index}"
+
+    def adopt_published(
+        self, index: int, entries: Mapping[str, Mapping[str, Any]], now_ms: int
+    ) -> None:
         pass
 
     def start(self) -> None:
@@ -363,10 +372,17 @@ class RaftLeadership:
     def removed(self, index: int) -> None:
         self.cluster.removed.add(self.cluster.addr(index))
 
-    def adopt(self, index: int, members: set[int], term: int) -> None:
+    def raft_addr(self, index: int) -> str:
+        return str(self.cluster.addr(index))
+
+    def adopt_published(
+        self, index: int, entries: Mapping[str, Mapping[str, Any]], now_ms: int
+    ) -> None:
+        from node.cluster import adopt_published
+
         member = self.cluster.member(index)
-        if member is not None and term > member.status.term:
-            member.adopt_members([self.cluster.addr(i) for i in sorted(members)], term)
+        if member is not None:
+            adopt_published(member, self.cluster.addr(index), entries, now_ms)
 
     def status(self, index: int) -> tuple[bool, int]:
         status = self.cluster.status(index)
@@ -381,7 +397,7 @@ class RaftLeadership:
         self,
         index: int,
         fresh_state: bool,
-        more_peers: Iterable[int] = (),
+        more_peers: Iterable[str] = (),
         less_peers: Iterable[int] = (),
     ) -> None:
         if self.cluster.member(index) is not None:

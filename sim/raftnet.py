@@ -724,17 +724,16 @@ class SimRaftCluster:
             host.resume.succeed()  # let a paused driver see that it is gone
 
     def restart(
-        self, i: int, more_peers: Iterable[int] = (), less_peers: Iterable[int] = ()
+        self, i: int, more_peers: Iterable[str] = (), less_peers: Iterable[int] = ()
     ) -> None:
         """Start member i again with the journal it had when it crashed; its peers are the
-        ones it first started with, without ``less_peers`` and with ``more_peers`` (member
-        indexes: the members removed since, which the operator took out of its --peers, and
-        the configuration the leader publishes, as node/cluster.py's peers_from_registry reads
-        it)."""
+        ones it first started with, without ``less_peers`` (member indexes: the members
+        removed since, which the operator took out of its --peers) and with ``more_peers``
+        (Raft addresses: node/cluster.py's peers_from_registry)."""
         host = self._hosts[i]
         if host.member is not None:
             raise RuntimeError(f"member {i} is running")
-        extra = {self._hosts[j].addr for j in more_peers if j != i}
+        extra = {addr for addr in more_peers if addr != host.addr}
         gone = {self._hosts[j].addr for j in less_peers}
         self._start(host, sorted((set(host.peers) - gone) | extra))
 

@@ -470,7 +470,7 @@ class World:
         self.leadership.restart(
             index,
             fresh_state=fresh,
-            more_peers=self._published_config(index),
+            more_peers=self._start_peers(index),
             less_peers=self._left,
         )
         node.boot()
@@ -574,28 +574,35 @@ class World:
 
     def registry_read(self, index: int) -> None:
         """Node ``index`` read the registry (its registry loop): as NodeRuntime, a member that
-        missed joins takes the members it lacks from the leader's published configuration."""
-        if self.leadership.name != "pysyncobj" or not self._hosts - set(range(self.config.nodes)):
-            return  # no member ever joined: nothing to miss
-        leader = self.leader_index()
-        if leader is None or leader == index or self.nodes[leader].paused:
-            return
-        configuration = self.leadership.configuration(leader)
-        if index in configuration:
-            self.leadership.adopt(index, configuration, self.leadership.status(leader)[1])
+        missed joins adopts the members it lacks (node.cluster.adopt_published)."""
+        if not self._hosts - set(range(self.config.nodes)):
+            return  # no member ever joined: every configuration is the first one
+        self.leadership.adopt_published(index, self._registry_entries(), 0)
 
-    def _published_config(self, index: int) -> set[int]:
-        """The Raft configuration node ``index`` reads off the leader's registry entry as it
-        starts (node/app.py: _registry_peers): the live leader's of the highest term, if the
-        store answers and the node is in it (peers_from_registry). (The entry is refreshed
-        every second; this reads the leader's view now.)"""
+    def _start_peers(self, index: int) -> set[str]:
+        """What starting node ``index`` adds to its --peers from the registry (node/app.py:
+        _registry_peers)."""
+        from node.cluster import peers_from_registry  # pysyncobj's: as make_leadership
+
+        return peers_from_registry(self._registry_entries(), 0, self.leadership.raft_addr(index))
+
+    def _registry_entries(self) -> dict[str, dict[str, Any]]:
+        """The registry entries that publish a Raft configuration, as a node reads them: the
+        live leader's (NodeRuntime._raft_config_info), if the store answers. (The real entry
+        is refreshed every second; this is the leader's view now, stamped as just seen.)"""
         if not self.store.up:
-            return set()
+            return {}
         leader = self.leader_index()
         if leader is None or self.nodes[leader].paused:
-            return set()
-        configuration = self.leadership.configuration(leader)
-        return configuration if index in configuration else set()
+            return {}
+        addr = self.leadership.raft_addr
+        return {
+            self.nodes[leader].id: {
+                "raft_term": self.leadership.status(leader)[1],
+                "raft_config": sorted(addr(i) for i in self.leadership.configuration(leader)),
+                "last_seen_ms": 0,
+            }
+        }
 
     def _membership_unsettled(self) -> str | None:
         """Why Raft membership has not settled (None once it has): a request still out or

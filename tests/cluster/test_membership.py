@@ -14,10 +14,10 @@ from tests.procs import NodeProc, free_ports, http, wait_for
 pytestmark = pytest.mark.slow
 
 
-def test_a_node_joins_and_leaves(cluster: Cluster, tmp_path: Path) -> None:
-    leader, term = cluster.wait_leader()
+def start_newcomer(cluster: Cluster, tmp_path: Path, peers: list[str]) -> tuple[NodeProc, str]:
+    """Start node4 on the cluster's Redis, outside its Raft configuration: (process, Raft
+    address)."""
     http_port, raft_port = free_ports(2)
-    addr = f"127.0.0.1:{raft_port}"
     redis_url = cluster.nodes[0].args[cluster.nodes[0].args.index("--redis-url") + 1]
     newcomer = NodeProc(
         tmp_path,
@@ -25,9 +25,15 @@ def test_a_node_joins_and_leaves(cluster: Cluster, tmp_path: Path) -> None:
         http_port,
         redis_url,
         raft_port=raft_port,
-        peers=cluster.advertised,
+        peers=peers,
         extra=["--lease-ms", str(LEASE_MS)],
     ).start()
+    return newcomer, f"127.0.0.1:{raft_port}"
+
+
+def test_a_node_joins_and_leaves(cluster: Cluster, tmp_path: Path) -> None:
+    leader, term = cluster.wait_leader()
+    newcomer, addr = start_newcomer(cluster, tmp_path, cluster.advertised)
     try:
         # Not in the configuration yet: nobody answers its votes or sends it heartbeats.
         wait_for(lambda: newcomer.get("/healthz")[0] == 200, 30, "newcomer up")
@@ -128,18 +134,9 @@ def test_a_newcomer_whose_peers_miss_the_leader_adopts_it_once_added(
     from the configuration the leader publishes, and follows the leader."""
     leader, term = cluster.wait_leader()
     follower = next(n for n in cluster.nodes if n.name != leader)
-    http_port, raft_port = free_ports(2)
-    addr = f"127.0.0.1:{raft_port}"
-    redis_url = cluster.nodes[0].args[cluster.nodes[0].args.index("--redis-url") + 1]
-    newcomer = NodeProc(
-        tmp_path,
-        "node4",
-        http_port,
-        redis_url,
-        raft_port=raft_port,
-        peers=[cluster.advertised[cluster.nodes.index(follower)]],
-        extra=["--lease-ms", str(LEASE_MS)],
-    ).start()
+    newcomer, addr = start_newcomer(
+        cluster, tmp_path, [cluster.advertised[cluster.nodes.index(follower)]]
+    )
     try:
         wait_for(lambda: newcomer.get("/healthz")[0] == 200, 30, "newcomer up")
         lead_addr = cluster.advertised[cluster.nodes.index(cluster.by_id(leader))]

@@ -50,7 +50,7 @@ def test_without_the_leaders_published_configuration_a_restarted_member_is_left_
     """The bug the scenario found: with its --peers alone, the restarted member refuses the
     newcomer leader's connections and never rejoins. Either use of the leader's published
     configuration brings it back: at its start, or (a running member) on a registry read."""
-    monkeypatch.setattr(World, "_published_config", lambda self, index: set())
+    monkeypatch.setattr(World, "_start_peers", lambda self, index: set())
     assert "Raft configuration" in _passes_but_not_without_adopting(CONFIG, monkeypatch)
 
 
