@@ -228,6 +228,7 @@ cdef class ReadyQueue:
     cdef uint32_t free_head
     cdef uint64_t* buckets
     cdef uint32_t bucket_mask
+    cdef uint32_t fp  # XOR of the queued ids' hash32: see fingerprint()
 
     def __cinit__(self, *, capacity_max=None):
         cdef int overflow = 0
@@ -271,6 +272,7 @@ cdef class ReadyQueue:
             memset(&self.heaps[p], 0, sizeof(Heap))
             self.queued[p] = 0
         self.live = 0
+        self.fp = 0
 
     @property
     def capacity_max(self):
@@ -376,6 +378,7 @@ cdef class ReadyQueue:
         self.free_head = slot
         self.live -= 1
         self.queued[priority] -= 1
+        self.fp ^= self.slots[slot].hash32
         return task_id
 
     # ============================================================== runs
@@ -691,6 +694,7 @@ cdef class ReadyQueue:
         bucket_put(self.buckets, self.bucket_mask, h, slot)
         self.live += 1
         self.queued[p] += 1
+        self.fp ^= h
         if where == 0:
             self._place(ring.buf, (ring.head + ring.size) & (ring.cap - 1), e, p)
             ring.size += 1
@@ -845,6 +849,12 @@ cdef class ReadyQueue:
     def __len__(self):
         """Atomic: reads one C integer."""
         return self.live
+
+    def fingerprint(self):
+        """The XOR of the low 32 bits of ``hash(task_id)`` over the queued ids.
+
+        Atomic: reads one C integer."""
+        return self.fp
 
     def counts(self):
         """Queued tasks per priority; all three priorities are always present.

@@ -42,6 +42,8 @@ QUEUED_TASKS_MAX = 2**29 - 1
 # A heap is rebuilt once its stale tuples exceed its live ones by this much: small heaps are
 # never rebuilt over and over.
 _STALE_SLACK = 64
+# fingerprint() folds these bits of each id's hash: the bits the compiled twin keeps per slot.
+_HASH_MASK = 0xFFFF_FFFF
 
 # A queued task: (seq, task_id, priority). Ordered by seq, then id, within its priority's heap.
 _Entry = tuple[int, str, int]
@@ -92,7 +94,7 @@ def _check_count(k: SupportsIndex) -> int:
 class ReadyQueue:
     """Queued task ids in pop order ``(priority, seq, task_id)``; see the module docstring."""
 
-    __slots__ = ("_capacity_max", "_counts", "_heaps", "_live", "_lock")
+    __slots__ = ("_capacity_max", "_counts", "_fingerprint", "_heaps", "_live", "_lock")
 
     def __init__(self, *, capacity_max: int | None = None) -> None:
         self._capacity_max = _check_capacity(capacity_max)
@@ -100,6 +102,7 @@ class ReadyQueue:
         self._heaps: tuple[list[_Entry], ...] = tuple([] for _ in range(PRIORITY_LEVELS))
         self._live: dict[str, _Entry] = {}
         self._counts = [0] * PRIORITY_LEVELS
+        self._fingerprint = 0
 
     @property
     def capacity_max(self) -> int:
@@ -129,6 +132,7 @@ class ReadyQueue:
         heap = self._heaps[priority]
         heapq.heappop(heap)
         del self._live[entry[1]]
+        self._fingerprint ^= hash(entry[1]) & _HASH_MASK
         count = self._counts[priority] - 1
         self._counts[priority] = count
         if len(heap) > 2 * count + _STALE_SLACK or not count:
@@ -163,6 +167,7 @@ class ReadyQueue:
             self._live[task_id] = entry
             heapq.heappush(self._heaps[priority], entry)
             self._counts[priority] += 1
+            self._fingerprint ^= hash(task_id) & _HASH_MASK
 
     def pop(self) -> str:
         """Remove and return the first task id; IndexError when empty."""
@@ -204,6 +209,7 @@ class ReadyQueue:
             entry = self._live.pop(task_id, None)
             if entry is None:
                 return False
+            self._fingerprint ^= hash(task_id) & _HASH_MASK
             priority = entry[2]
             self._counts[priority] -= 1
             self._drop_stale(priority)
@@ -228,9 +234,17 @@ class ReadyQueue:
         """Drop every queued task."""
         with self._lock:
             self._live.clear()
+            self._fingerprint = 0
             for priority in range(PRIORITY_LEVELS):  # a range never collects; enumerate could
                 self._heaps[priority].clear()
                 self._counts[priority] = 0
+
+    def fingerprint(self) -> int:
+        """The XOR of the low 32 bits of ``hash(task_id)`` over the queued ids, kept as they
+        come and go: a checker compares the queue's ids with another collection's in O(1)
+        (core.scheduler.Scheduler.check_invariants)."""
+        with self._lock:
+            return self._fingerprint
 
     def entries(self) -> list[tuple[str, int, int]]:
         """A snapshot of every ``(task_id, priority, seq)`` in pop order. O(n log n)."""

@@ -14,6 +14,8 @@ Contract (both implementations):
   ValueError); a full queue (``capacity_max``) raises OverflowError;
 - ``pop``, ``pop_entry``, ``peek`` and ``peek_entry`` raise IndexError when empty; ``pop_many(k)``
   returns up to ``k`` ids (ValueError if ``k < 0``); ``remove`` returns whether the id was queued;
+- ``fingerprint()`` is the XOR of ``hash(task_id) & 0xFFFFFFFF`` over the queued ids, kept up to
+  date as they come and go, so a checker can compare the ids with another collection's in O(1);
 - every operation is atomic with respect to other threads, and O(log n) or better except
   ``entries()`` (a sorted snapshot, O(n log n)) and ``clear()`` (O(n)).
 """

@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import operator
 import os
 import random
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -441,6 +442,14 @@ class Model:
     def entries(self) -> list[tuple[str, int, int]]:
         return self._order()
 
+    def fingerprint(self) -> int:
+        return fingerprint_of(self.live)
+
+
+def fingerprint_of(task_ids: Iterable[str]) -> int:
+    """What ReadyQueue.fingerprint() must answer for these ids, computed from scratch."""
+    return functools.reduce(operator.xor, (hash(t) & 0xFFFF_FFFF for t in task_ids), 0)
+
 
 def _outcome(call: Callable[[], object]) -> tuple[str, object]:
     try:
@@ -485,6 +494,7 @@ def test_large_random_workload_agrees_with_a_sorted_model() -> None:
         for queue in queues:
             assert queue.entries() == expected
             assert len(queue) == len(live)
+            assert queue.fingerprint() == fingerprint_of(live)
         if phase % 2 == 1:  # drain most of it: the structures shrink
             keep = len(live) // 10
             drained = [e[0] for e in expected[: len(expected) - keep]]
@@ -582,6 +592,7 @@ class Differential(RuleBasedStateMachine):
             self.same(lambda queue: queue.entries())
             self.same(lambda queue: len(queue))
             self.same(lambda queue: queue.counts())
+            self.same(lambda queue: queue.fingerprint())
 
 
 TestDifferential = Differential.TestCase

@@ -185,6 +185,82 @@ def test_invariant_checker_can_fail() -> None:
         s.check_invariants()
 
 
+def _checked_cache() -> tuple[Scheduler, dict[str, list[str]]]:
+    """A leader whose cache holds tasks in every state, checked once (so the next check
+    works from what changed): the scheduler and its task ids by state."""
+    h = Harness(nodes=["n1"], slots=1)
+    first = h.submit()
+    for _ in range(3):
+        h.submit()
+    h.submit(depends_on=(first,))
+    s = h.elect("n1")
+    h.cycle()
+    s.check_invariants()
+    ids = {
+        "queued": list(s.queued_types),
+        "leased": list(s.leases),
+        "waiting": list(s.waiting),
+    }
+    assert all(ids.values()), ids
+    return s, ids
+
+
+def _file_twice(s: Scheduler, ids: dict[str, list[str]], target: str) -> None:
+    """File a queued task under ``target`` too (or a leased one as queued)."""
+    tid = ids["queued"][0]
+    if target == "leases":
+        s.leases[tid] = state(tid, Status.RUNNING, attempt=1, lease_node="n1")
+    elif target == "leasing":
+        s.leasing[tid] = "n1"
+        s.nodes["n1"].busy += 1  # so that only the double filing is wrong
+    elif target == "waiting":
+        s.waiting[tid] = state(tid, Status.PENDING)
+    else:  # a leased task queued again
+        leased = ids["leased"][0]
+        s.queue.push(leased, int(Priority.MEDIUM), 99)
+        s.queued_types[leased] = "t"
+
+
+@pytest.mark.parametrize("target", ["leases", "leasing", "waiting", "queued"])
+def test_a_task_filed_twice_since_the_last_check_is_found(target: str) -> None:
+    s, ids = _checked_cache()
+    _file_twice(s, ids, target)
+    with pytest.raises(InvariantError, match="filed under two states"):
+        s.check_invariants()
+
+
+def test_the_heap_swapping_an_id_for_one_not_typed_is_found() -> None:
+    # Same length, typed ids unchanged since the last check: only the fingerprint tells.
+    s, ids = _checked_cache()
+    lost = ids["queued"][1]
+    assert s.queue.remove(lost)
+    s.queue.push("ghost", int(Priority.MEDIUM), 99)
+    with pytest.raises(InvariantError, match=f"{lost} typed as queued but not in the heap"):
+        s.check_invariants()
+
+
+def test_a_typed_id_swapped_for_one_not_in_the_heap_is_found() -> None:
+    s, ids = _checked_cache()
+    del s.queued_types[ids["queued"][0]]
+    s.queued_types["ghost"] = "t"
+    with pytest.raises(InvariantError, match="ghost typed as queued but not in the heap"):
+        s.check_invariants()
+
+
+def test_checks_after_a_clean_change_still_pass() -> None:
+    # The incremental bookkeeping itself: a task moved by the scheduler's own rules (here a
+    # whole new term's rebuild) leaves a cache that checks clean, call after call.
+    s, ids = _checked_cache()
+    s.step(Elected(s.term + 1, 0))
+    s.check_invariants()
+    s.step(EpochRaised(s.term, True, 0))
+    s.step(TasksChanged(tuple(state(t, seq=i) for i, t in enumerate(ids["queued"])), 0))
+    s.check_invariants()
+    s.step(Rebuilt(s.term, 0))
+    s.check_invariants()
+    assert s.queue.fingerprint() != 0
+
+
 def test_backoff_is_capped_and_jittered() -> None:
     policy = RetryPolicy(max_retries=50, backoff_base_ms=100, backoff_cap_ms=1000)
     rng = random.Random(1)
