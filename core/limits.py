@@ -13,6 +13,9 @@ MIB = 1024 * 1024
 class Limits:
     # A payload is stored inline in the task hash; large blobs belong in object storage.
     payload_bytes_max: int = 1 * MIB
+    # Arrays and objects nested in a payload: deeper ones could not be serialised back out (the
+    # JSON encoders of the read path recurse once per level).
+    payload_depth_max: int = 100
     # One batch request is validated and written as one Redis script call.
     batch_tasks_max: int = 1000
     # A request body bigger than a full batch of maximal payloads is refused before parsing.

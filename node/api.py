@@ -11,6 +11,7 @@ logged 500 (never a crash, never a traceback to the client) for anything unexpec
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -25,6 +26,7 @@ from core.priority import PRIORITY_LABELS, Priority
 from core.store_model import IdempotencyConflict, QueueFull, SubmitError, TaskRecord
 from core.task import Status
 from node import tasks as task_registry
+from node.config import raft_address_error
 from node.keys import CONFIG, METRICS, RUNTIME, STORE
 from node.openapi import build_openapi
 from node.rows import ID, PRIORITY, TYPE, SubmitRow, created_record
@@ -47,6 +49,12 @@ PAGE_TASKS_DEFAULT = 100
 # A cursor is a submission sequence number; 20 digits hold any int64.
 CURSOR_DIGITS_MAX = 20
 LIST_PARAMS = ("status", "type", "priority", "cursor", "limit")
+# A request's whole body must arrive within this (a full 16 MiB batch at about 2 Mbit/s): a
+# client that stalls mid-body does not hold its connection and buffer for ever.
+BODY_READ_S_MAX = 60.0
+# The status a request whose client went away mid-body is counted under (nginx's): not the
+# node's error, so neither a 500 nor a traceback.
+CLIENT_CLOSED = 499
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 JSON_TYPE = "application/json"
@@ -105,6 +113,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except RequestError as exc:
         headers = {"Retry-After": str(RETRY_AFTER_S)} if exc.status == 503 else None
         response = _error_response(exc, headers)
+        if exc.status in (408, CLIENT_CLOSED) or request.content.exception() is not None:
+            response.force_close()  # the body was cut or broken: the stream is lost
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -163,9 +173,28 @@ async def read_json(request: web.Request) -> Any:
     if request.content_length is not None and request.content_length > limit:
         raise RequestError(None, f"the body is over {limit} bytes", 413, "too_large")
     try:
-        body = await request.read()
+        async with asyncio.timeout(BODY_READ_S_MAX):
+            body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise RequestError(None, f"the body is over {limit} bytes", 413, "too_large") from None
+    except TimeoutError:
+        raise RequestError(
+            None, f"the body did not arrive within {BODY_READ_S_MAX:g} s", 408, "timeout"
+        ) from None
+    except web_protocol.RequestPayloadError as exc:  # aiohttp's, caused by the parser's error
+        # The body stays failed: marked at its end, aiohttp does not read it again after the
+        # answer (to keep the connection) only to log the same error as unhandled.
+        request.content.feed_eof()
+        if isinstance(exc.__cause__, http_exceptions.ContentEncodingError):
+            encoding = request.headers.get("Content-Encoding", "")
+            raise RequestError(
+                "Content-Encoding", f"the body is not valid {encoding}", 400, "malformed"
+            ) from None
+        raise RequestError(None, f"the body is malformed ({exc})", 400, "malformed") from None
+    except ConnectionResetError:
+        raise RequestError(
+            None, "the client closed the connection mid-body", CLIENT_CLOSED, "client_closed"
+        ) from None
     return parse_json(body)
 
 
@@ -404,23 +433,19 @@ async def cancel_task(request: web.Request) -> web.Response:
 async def retry_task(request: web.Request) -> web.Response:
     _check_accepting(request)
     task_id = _task_id(request)
-    store = request.app[STORE]
-    # The store answers an unchanged record when it refuses a retry, and a retried task may be
-    # pending, just like one it refused: so the status before the call tells which happened.
-    before = await store.get(task_id)
-    if before is None:
-        raise _not_found(task_id)
-    if before.status not in (Status.DEAD, Status.CANCELLED):
-        return _conflict(
-            before, f"the task is {before.status.value}; only dead or cancelled tasks retry"
-        )
     try:
-        record = await store.retry(task_id, now_ms(), _limits(request).queued_tasks_max)
+        record, retried = await request.app[STORE].retry(
+            task_id, now_ms(), _limits(request).queued_tasks_max
+        )
     except QueueFull as exc:
         # As a submission of one task: 503 with Retry-After, the same request may pass later.
         raise _refusal(exc, [], batch=False) from None
     if record is None:
         raise _not_found(task_id)
+    if not retried:  # not dead or cancelled, or a concurrent retry got there first
+        return _conflict(
+            record, f"the task is {record.status.value}; only dead or cancelled tasks retry"
+        )
     request.app[METRICS].retried(record.type, Priority(record.priority).label)
     request.app[RUNTIME].notify_changed([record])
     return _json_response(task_json(record))
@@ -436,12 +461,10 @@ async def cluster(request: web.Request) -> web.Response:
 
 
 def _raft_addr(value: Any) -> str:
-    if not isinstance(value, str):
-        raise RequestError("raft", "must be a string host:port")
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise RequestError("raft", "must be host:port with a port from 1 to 65535")
-    return value
+    why = raft_address_error(value)
+    if why is not None:
+        raise RequestError("raft", why)
+    return str(value)
 
 
 async def add_member(request: web.Request) -> web.Response:

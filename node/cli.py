@@ -28,6 +28,7 @@ from node.config import (
     add_node_arguments,
     http_port,
     int_in,
+    raft_address,
 )
 
 PRIORITIES = ("high", "medium", "low")
@@ -94,13 +95,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="wait until a task is finished; exit 0 only if it succeeded",
     )
     p.add_argument("id")
-    p.add_argument("--timeout-s", type=float, default=WAIT_TIMEOUT_S_DEFAULT)
+    # --wait-timeout-s as on `dsched submit --wait`, where --timeout-s is an attempt's timeout.
+    p.add_argument(
+        "--wait-timeout-s",
+        "--timeout-s",
+        dest="timeout_s",
+        type=float,
+        default=WAIT_TIMEOUT_S_DEFAULT,
+    )
 
     p = sub.add_parser(
         "members", parents=[client_opts], help="add or remove a Raft member of a running cluster"
     )
     p.add_argument("action", choices=["add", "remove"])
-    p.add_argument("raft", help="the member's Raft address, host:port (its --raft-advertise)")
+    p.add_argument(
+        "raft",
+        type=raft_address,
+        help="the member's Raft address, host:port (its --raft-advertise)",
+    )
 
     # ---- hooks into node/main.py (their implementation is the node's, not the client's)
     p = sub.add_parser("node", help="run a node (HTTP API, workers, Raft member)")

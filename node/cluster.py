@@ -176,6 +176,13 @@ class RaftLeadership:
         """The Raft addresses in the cluster configuration, as this member knows it."""
         return sorted(self.member.status.cluster_raft_addrs) if self.member else []
 
+    def reachable(self) -> tuple[list[str], list[str]]:
+        """(the configuration, the members of it heard from lately, this one included)."""
+        member = self.member
+        if member is None:
+            return [], []
+        return self.configuration(), sorted({*member.heard_from(), self.self_addr})
+
     def epoch_refused(self, stored_epoch: int) -> None:
         """Our term is below the epoch in Redis (e.g. the whole cluster restarted): stand again
         in a higher term, or no election could ever pass the fence."""

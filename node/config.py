@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,6 +15,10 @@ from core.limits import DEFAULT_LIMITS, Limits
 DEFAULT_HTTP_PORT = 8080
 DEFAULT_RAFT_PORT = 8081
 DEFAULT_REDIS_PORT = 6379
+# A Raft member's address as pysyncobj splits it, at the last colon: an ASCII host (a name, an
+# IPv4 address or a bare IPv6 one) of at most 253 characters, and a port from 1 to 65535.
+RAFT_HOST_CHARS_MAX = 253
+_RAFT_ADDRESS = re.compile(r"([A-Za-z0-9_:][A-Za-z0-9_.:-]{0,252}):([0-9]{1,5})", re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,12 +97,47 @@ def _refuse(text: str, why: str) -> argparse.ArgumentTypeError:
     return argparse.ArgumentTypeError(f"{why}, not {where}")
 
 
+def raft_address_error(value: object) -> str | None:
+    """Why ``value`` is not a Raft address ``host:port``, or None if it is one."""
+    if not isinstance(value, str):
+        return "must be a string host:port"
+    match = _RAFT_ADDRESS.fullmatch(value)
+    if match is None:
+        return (
+            f"must be host:port: an ASCII host name or address of at most {RAFT_HOST_CHARS_MAX} "
+            "characters (letters, digits, '.', '-', '_', ':'), a colon and a port"
+        )
+    if not 0 < int(match.group(2)) <= PORT_MAX:
+        return f"must be host:port with a port from 1 to {PORT_MAX}"
+    return None
+
+
+def raft_address(text: str) -> str:
+    """An argparse type: a Raft address (raft_address_error), or "" for none."""
+    why = raft_address_error(text) if text else None
+    if why is not None:
+        raise _refuse(text, why)
+    return str(text)
+
+
+def raft_addresses(text: str) -> tuple[str, ...]:
+    """An argparse type: comma-separated Raft addresses; blanks between commas are skipped."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    for part in parts:
+        why = raft_address_error(part)
+        if why is not None:
+            raise _refuse(text, f"every peer {why}")
+    return tuple(parts)
+
+
 def int_in(low: int, high: int | None = None, meaning: str = "") -> Callable[[str], int]:
     """An argparse type: a decimal integer from ``low`` to ``high`` (None: no upper bound)."""
     bounds = f"an integer >= {low}" if high is None else f"an integer from {low} to {high}"
     why = f"must be {bounds}{meaning}"
 
     def parse(text: str) -> int:
+        if not text.isascii():  # int() takes any Unicode digits ("٣"); flags are ASCII
+            raise _refuse(text, why)
         try:
             value = int(text)
         except ValueError:
@@ -186,12 +226,14 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     a("--raft-port", type=raft_port, default=_env_checked("RAFT_PORT", str(d.raft_port)))
     a(
         "--raft-advertise",
-        default=_env("RAFT_ADVERTISE", d.raft_advertise),
+        type=raft_address,
+        default=_env_checked("RAFT_ADVERTISE", d.raft_advertise),
         help="host:port the other members reach this one at (default raft-host:raft-port)",
     )
     a(
         "--peers",
-        default=_env("PEERS", ""),
+        type=raft_addresses,
+        default=_env_checked("PEERS", ""),
         help="comma-separated host:port Raft addresses of the other members",
     )
     a(
@@ -232,7 +274,7 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(ns: argparse.Namespace) -> NodeConfig:
     """The parsed flags (add_node_arguments, whose types checked every value) as a config."""
-    peers = tuple(p.strip() for p in ns.peers.split(",") if p.strip())
+    peers = tuple(ns.peers)
     limits = Limits(payload_bytes_max=ns.payload_bytes_max, queued_tasks_max=ns.queued_tasks_max)
     return NodeConfig(
         node_id=ns.node_id,

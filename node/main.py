@@ -37,26 +37,38 @@ def event_loop() -> asyncio.AbstractEventLoop:
 
 def run_node(args: argparse.Namespace) -> int:
     from node.app import create_app
+    from node.redis_server import RedisStartError
+    from node.tasks import TaskModuleNotFound, load_modules
 
     config = config_from_args(args)
     setup_logging(config.log_level)
+    try:
+        # Before anything starts (the embedded Redis): a misspelt module is a usage error.
+        load_modules(config.task_modules)
+    except TaskModuleNotFound as exc:
+        print(f"dsched node: error: argument --tasks: {exc}", file=sys.stderr)
+        return 2
     app = create_app(config)
     node_id = config.resolved_node_id()
 
     def announce(msg: str) -> None:
         print(f"dsched node {node_id}: http://{config.http_host}:{config.http_port}", flush=True)
 
-    web.run_app(
-        app,
-        host=config.http_host,
-        port=config.http_port,
-        print=announce,
-        access_log=None,
-        # Running tasks get the configured grace; aiohttp must not cut the cleanup short.
-        shutdown_timeout=max(5.0, config.shutdown_grace_s + 5.0),
-        handle_signals=True,
-        loop=event_loop(),
-    )
+    try:
+        web.run_app(
+            app,
+            host=config.http_host,
+            port=config.http_port,
+            print=announce,
+            access_log=None,
+            # Running tasks get the configured grace; aiohttp must not cut the cleanup short.
+            shutdown_timeout=max(5.0, config.shutdown_grace_s + 5.0),
+            handle_signals=True,
+            loop=event_loop(),
+        )
+    except RedisStartError as exc:  # its message says why, and what to do
+        print(f"dsched node: error: {exc}", file=sys.stderr)
+        return 1
     from node.keys import RUNTIME
 
     runtime = app.get(RUNTIME)

@@ -45,6 +45,7 @@ def _errors(*statuses: int) -> dict[str, Schema]:
     why = {
         400: "malformed JSON or a bad query parameter",
         404: "no such task",
+        408: "the body did not arrive in time (the connection is closed)",
         409: "the task is not in a state that allows this",
         413: "the body, a payload or the batch is over its limit",
         415: "the body is not application/json",
@@ -66,7 +67,7 @@ _TASK_ID = {
 def build_openapi(limits: Limits, task_types: list[str]) -> Schema:
     types = sorted(task_types)
     submit_errors = {
-        **_errors(400, 413, 415, 422, 503),
+        **_errors(400, 408, 413, 415, 422, 503),
         "409": _json(
             ref("Error"),
             "the idempotency key already stands for another task (code idempotency_conflict)",
@@ -194,7 +195,9 @@ def build_openapi(limits: Limits, task_types: list[str]) -> Schema:
         "/v1/cluster/members": {
             "post": {
                 "operationId": "addMember",
-                "summary": "Add a Raft member (send to the leader; others answer 421)",
+                "summary": "Add a Raft member (send to the leader; others answer 421). Refused "
+                "(409 membership_unsafe) if fewer members than a majority of the new "
+                "configuration would be reachable: start the newcomer first",
                 "requestBody": {
                     "required": True,
                     "content": {
@@ -210,7 +213,7 @@ def build_openapi(limits: Limits, task_types: list[str]) -> Schema:
                 },
                 "responses": {
                     "200": _json({"type": "object"}, "the member is in the configuration"),
-                    **_errors(400, 409, 421, 503),
+                    **_errors(400, 408, 409, 421, 422, 503),
                 },
             }
         },
@@ -225,7 +228,7 @@ def build_openapi(limits: Limits, task_types: list[str]) -> Schema:
                 ],
                 "responses": {
                     "200": _json({"type": "object"}, "the member left the configuration"),
-                    **_errors(400, 409, 421, 503),
+                    **_errors(409, 421, 422, 503),
                 },
             }
         },
@@ -316,6 +319,12 @@ def build_openapi(limits: Limits, task_types: list[str]) -> Schema:
                     "type": "array",
                     "items": {"type": "string"},
                     "description": "Raft addresses in the cluster configuration",
+                },
+                "reachable": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "the members of it this node heard from lately, itself "
+                    "included (on the leader: what a membership change is checked against)",
                 },
             },
         },

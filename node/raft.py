@@ -515,6 +515,15 @@ class RaftMember:
         return True
 
     # ------------------------------------------------------------------ membership
+    def heard_from(self) -> tuple[str, ...]:
+        """The other members of the configuration this one heard from within the window of
+        ``has_quorum`` (leader_fallback_timeout_s), as of now. Any thread: the tick thread
+        writes the times, and a copy of a dict is one atomic step."""
+        now = _now()
+        window = self._config.leader_fallback_timeout_s
+        heard_at = dict(self._heard_at)
+        return tuple(p for p in self._others if now - heard_at.get(p, -math.inf) <= window)
+
     def request_add_member(self, raft_addr: str, on_done: DoneCallback | None = None) -> None:
         """Ask the leader to add a member (dynamic_membership only). Start the new member first,
         with every current member as its peers. One change at a time: wait for on_done."""

@@ -83,11 +83,26 @@ log = logging.getLogger("dsched.runtime")
 # After a leader round the store did not answer (or answered with an error), the next waits
 # this long.
 STORE_RETRY_S = 0.2
+# How long the leader waits for a member it is asked to add to take a TCP connection.
+MEMBER_PROBE_TIMEOUT_S = 1.0
 # A node loop that died of an unexpected error (a bug) starts again after this long; readiness
 # reports it failing while it has died this many times within LOOP_FAILURES_WINDOW_S.
 LOOP_RESTART_S = 1.0
 LOOP_FAILURES_UNREADY = 3
 LOOP_FAILURES_WINDOW_S = 60.0
+
+
+async def accepts_connections(raft_addr: str, timeout_s: float) -> bool:
+    """Whether a TCP connection to ``raft_addr`` (host:port) opens within ``timeout_s``."""
+    host, _, port = raft_addr.rpartition(":")
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout_s)
+    except (OSError, TimeoutError, ValueError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
 
 
 def now_ms() -> int:
@@ -348,27 +363,33 @@ class NodeRuntime:
                 info.update(self._own_info())
             raft = raft_members.get(node_id, {})
             seen_ms = int(info.get("last_seen_ms", 0))
+            healthy = now - seen_ms < self.scheduler.config.node_timeout_ms
             members.append(
                 {
                     "id": node_id,
                     "http": info.get("http") or raft.get("http", ""),
                     "raft": info.get("raft") or raft.get("raft", ""),
-                    "role": "leader" if node_id == leader else "follower",
-                    "healthy": now - seen_ms < self.scheduler.config.node_timeout_ms,
+                    # Down: its registry entry went stale (the counts below are its last ones).
+                    "role": "leader" if node_id == leader else "follower" if healthy else "down",
+                    "healthy": healthy,
                     "pid": info.get("pid"),
                     "workers_free": info.get("workers_free", 0),
                     "workers_busy": info.get("workers_busy", 0),
                     "leases": info.get("leases", 0),
                 }
             )
-        configuration = getattr(self.leadership, "configuration", None)
+        reachable = getattr(self.leadership, "reachable", None)
+        configuration, heard = reachable() if reachable else ([], [])
         return {
             "leader": leader,
             "term": term,
             "self": self.node_id,
             "members": members,
             # Raft's own member list (addresses), which joins and leaves change.
-            "configuration": configuration() if configuration else [],
+            "configuration": configuration,
+            # The members of it this node heard from lately (itself included): on the leader,
+            # what a membership change is checked against.
+            "reachable": heard,
         }
 
     async def change_membership(self, action: str, raft_addr: str) -> tuple[int, dict[str, Any]]:
@@ -408,6 +429,9 @@ class NodeRuntime:
                     "the new leader removes it",
                 }
             }
+        unsafe = await self._quorum_after(action, raft_addr)
+        if unsafe:
+            return 409, {"error": {"code": "membership_unsafe", "field": "raft", "message": unsafe}}
         reason = await change(action, raft_addr)
         if reason == "request_denied":
             configuration = getattr(self.leadership, "configuration", None)
@@ -429,6 +453,36 @@ class NodeRuntime:
         if reason:
             return 503, {"error": {"code": "membership", "field": "raft", "message": reason}}
         return 200, {"action": action, "raft": raft_addr, "cluster": self.cluster()}
+
+    async def _quorum_after(self, action: str, raft_addr: str) -> str:
+        """Why the change would leave fewer reachable members than a majority of the new
+        configuration (a cluster that can neither elect nor commit, and so cannot even undo
+        the change), or "". A member being added counts as reachable if its Raft port takes a
+        connection: the README has operators start a node before they add it."""
+        reachable = getattr(self.leadership, "reachable", None)
+        if reachable is None:
+            return ""
+        members, heard = reachable()
+        if (raft_addr in members) != (action == "remove"):
+            return ""  # Raft itself answers: already a member, or not one
+        if action == "add":
+            after = len(members) + 1
+            listening = await accepts_connections(raft_addr, MEMBER_PROBE_TIMEOUT_S)
+            up = len(heard) + listening
+        else:
+            after = len(members) - 1
+            up = len(heard) - (raft_addr in heard)
+        if 2 * up > after:
+            return ""
+        needed = after // 2 + 1
+        if action == "add" and not listening:
+            advice = f"nothing answers at {raft_addr}: start that node first, then add it"
+        else:
+            advice = "bring the unreachable members back first"
+        return (
+            f"{action} {raft_addr} would leave {up} of {after} members reachable, fewer than the "
+            f"{needed} Raft needs to elect a leader and commit (and so to undo it): {advice}"
+        )
 
     # ------------------------------------------------------------------ registry
     def _own_info(self) -> dict[str, Any]:

@@ -810,16 +810,21 @@ class RedisStore:
 
     async def retry(
         self, task_id: str, now_ms: int, queued_tasks_max: int | None = None
-    ) -> TaskRecord | None:
-        """dead or cancelled -> queued (pending while it waits on dependencies). None if
-        unknown, unchanged if not dead or cancelled. With ``queued_tasks_max``, QueueFull (and
-        nothing written) when the queued and pending tasks are already at it, as for a
-        submission of one task."""
+    ) -> tuple[TaskRecord | None, bool]:
+        """dead or cancelled -> queued (pending while it waits on dependencies). Answers the
+        record (None if unknown) and whether this call retried it: it is unchanged if it was not
+        dead or cancelled, which is also what the loser of two concurrent retries finds. With
+        ``queued_tasks_max``, QueueFull (and nothing written) when the queued and pending tasks
+        are already at it, as for a submission of one task."""
         limit = -1 if queued_tasks_max is None else queued_tasks_max
         flat = await self._eval("retry", task_id, now_ms, limit, idempotent=True)
-        if flat and flat[0] == "!":
+        if not flat:
+            return None, False
+        if flat[0] == "!":
             raise QueueFull(int(flat[1]), 1, limit)
-        return _record(flat) if flat else None
+        if flat[0] == "=":
+            return _record(flat[1:]), False
+        return _record(flat), True
 
     async def get(self, task_id: str) -> TaskRecord | None:
         key = self.key("t", task_id)

@@ -10,6 +10,8 @@ import asyncio
 import contextvars
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -71,10 +73,27 @@ def is_async(handler: Handler) -> bool:
     return inspect.iscoroutinefunction(handler)
 
 
+class TaskModuleNotFound(ImportError):
+    """A module named with --tasks is not importable (not the ones it imports: their errors
+    are the module's own, and keep their traceback)."""
+
+
 def load_modules(modules: tuple[str, ...] | list[str]) -> None:
-    """Import user modules so their @task decorators run."""
+    """Import user modules so their @task decorators run. The working directory is searched
+    first, as ``python -m node`` does (a console script such as ``dsched`` would not)."""
+    cwd = os.getcwd()
+    if modules and cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
     for module in modules:
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not (module == exc.name or module.startswith(exc.name + ".")):
+                raise
+            raise TaskModuleNotFound(
+                f"no module named {module!r} (searched the working directory {cwd} and "
+                "sys.path; PYTHONPATH adds directories)"
+            ) from None
 
 
 class TaskFailed(Exception):

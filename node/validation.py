@@ -215,7 +215,32 @@ def _parse_payload(value: Any, field: str, intake: Intake) -> str:
             413,
             "too_large",
         )
+    depth_max = intake.limits.payload_depth_max
+    if _may_nest_deeper(text, depth_max) and _nests_deeper(value, depth_max):
+        raise RequestError(field, f"nests arrays and objects over {depth_max} deep")
     return text
+
+
+def _may_nest_deeper(text: str, depth_max: int) -> bool:
+    """False if the JSON ``text`` cannot nest over ``depth_max`` deep: it opens no more arrays
+    and objects (two counts in C, where the walk of _nests_deeper is Python)."""
+    return text.count("[") + text.count("{") > depth_max
+
+
+def _nests_deeper(value: Any, depth_max: int) -> bool:
+    """Whether the parsed JSON ``value`` nests arrays and objects over ``depth_max`` deep."""
+    level = [value] if type(value) in (dict, list) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > depth_max:
+            return True
+        deeper = []
+        for container in level:
+            items = container.values() if type(container) is dict else container
+            deeper += [item for item in items if type(item) in (dict, list)]
+        level = deeper
+    return False
 
 
 _PRIORITY_BY_LABEL: dict[str, Priority] = {p.label: p for p in Priority}
@@ -355,7 +380,8 @@ TASK_FIELDS: tuple[FieldSpec, ...] = (
         "Any JSON value, handed to the handler as is.",
         _parse_payload,
         lambda lim, types: {
-            "description": f"at most {lim.payload_bytes_max} bytes as compact JSON",
+            "description": f"at most {lim.payload_bytes_max} bytes as compact JSON, arrays "
+            f"and objects nested at most {lim.payload_depth_max} deep",
             "default": None,
         },
         "payload_json",
@@ -560,6 +586,7 @@ class _Compiled:
 
     types: frozenset[str]
     payload_bytes_max: int
+    payload_depth_max: int
     max_retries_max: int
     timeout_s_max: int
     delay_s_max: int
@@ -574,6 +601,7 @@ def _compiled(limits: Limits, task_types: frozenset[str]) -> _Compiled:
             t for t in task_types if 0 < len(t) <= limits.task_type_chars_max and _utf8(t)
         ),
         payload_bytes_max=limits.payload_bytes_max,
+        payload_depth_max=limits.payload_depth_max,
         max_retries_max=limits.max_retries_max,
         timeout_s_max=limits.timeout_s_max,
         delay_s_max=limits.delay_s_max,
@@ -614,7 +642,7 @@ def _fast_row(obj: Any, c: _Compiled, now_ms: int, task_id: str) -> SubmitRow | 
                 size = len(payload_json.encode("utf-8"))
             except UnicodeEncodeError:
                 return None
-        if size > c.payload_bytes_max:
+        if size > c.payload_bytes_max or _may_nest_deeper(payload_json, c.payload_depth_max):
             return None
     value = obj.get("priority", _MISSING)
     if value is not _MISSING:

@@ -1,13 +1,19 @@
 -- retry: dead or cancelled -> queued, or pending while it still waits on dependencies
 -- (StoreModel.retry). ARGV: task_id, now_ms, queued_max (-1 or absent: no limit). Answers the
--- task's HGETALL (empty if unknown), or {"!", backlog} when queued + pending tasks are already
--- at queued_max: the retry would take the backlog past it, as a submission would (nothing
--- written).
+-- task's HGETALL once retried; "=" and then its HGETALL if it was not dead or cancelled (so a
+-- caller that lost a race to retry it knows); empty if unknown; or {"!", backlog} when queued +
+-- pending tasks are already at queued_max: the retry would take the backlog past it, as a
+-- submission would (nothing written).
 local id, now = ARGV[1], ARGV[2]
 local queued_max = tonumber(ARGV[3] or "-1")
 local rec = load(id)
-if rec == nil or (rec.status ~= "dead" and rec.status ~= "cancelled") then
-  return rec and redis.call("HGETALL", tkey(id)) or {}
+if rec == nil then
+  return {}
+end
+if rec.status ~= "dead" and rec.status ~= "cancelled" then
+  local flat = redis.call("HGETALL", tkey(id))
+  table.insert(flat, 1, "=")
+  return flat
 end
 if queued_max >= 0 then
   local backlog = redis.call("ZCARD", skey("queued")) + redis.call("ZCARD", skey("pending"))

@@ -99,6 +99,52 @@ def test_removing_the_leader_hands_over_and_refusals_are_409(cluster: Cluster) -
         )
 
 
+def test_a_change_that_would_leave_no_reachable_majority_is_refused(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Raft commits nothing, not even a change's undoing, without a reachable majority of the
+    new configuration. With one of three members down, adding an address where nothing runs
+    left two of four: no leader, for good (found walking through the README). The leader
+    refuses it; adding a node that is up still works."""
+    leader, term = cluster.wait_leader()
+    lead = cluster.by_id(leader)
+    i = cluster.nodes.index(lead)
+    down = cluster.nodes[(i + 1) % 3]
+    down.kill()
+    down_addr = cluster.advertised[(i + 1) % 3]
+    wait_for(lambda: down_addr not in cluster.view(lead)["reachable"], 15, "the leader misses it")
+    wait_for(
+        lambda: {m["id"]: m["role"] for m in cluster.view(lead)["members"]}[down.name] == "down",
+        15,
+        "the leader shows it down",
+    )
+    (free,) = free_ports(1)
+    ghost = f"127.0.0.1:{free}"
+    status, body = lead.post("/v1/cluster/members", {"raft": ghost})
+    assert status == 409, body
+    assert body["error"]["code"] == "membership_unsafe" and body["error"]["field"] == "raft"
+    assert "2 of 4" in body["error"]["message"] and "start that node" in body["error"]["message"]
+    # Removing a live follower would leave one of two: refused too.
+    other = cluster.nodes[(i + 2) % 3]
+    status, body = http(
+        "DELETE", f"{lead.url}/v1/cluster/members/{cluster.advertised[(i + 2) % 3]}"
+    )
+    assert status == 409 and body["error"]["code"] == "membership_unsafe", body
+    assert sorted(cluster.view(lead)["configuration"]) == sorted(cluster.advertised)
+    assert cluster.wait_leader([lead, other]) == (leader, term)
+    # A newcomer that is up makes three of four: added.
+    newcomer, addr = start_newcomer(cluster, tmp_path, cluster.advertised)
+    try:
+        wait_for(lambda: newcomer.get("/healthz")[0] == 200, 30, "newcomer up")
+        status, body = lead.post("/v1/cluster/members", {"raft": addr}, timeout_s=15)
+        assert status == 200, body
+        wait_for(
+            lambda: addr in cluster.view(lead)["reachable"], 15, "the leader hears the newcomer"
+        )
+    finally:
+        newcomer.kill()
+
+
 def test_a_member_restarted_with_peers_that_miss_the_leader_finds_it(cluster: Cluster) -> None:
     """Raft state is in memory: a restarted member knows only its --peers. After members joined
     and left, those may miss the current leader, whose connections pysyncobj refuses as from an

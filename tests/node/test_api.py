@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import gzip
 import json
 import logging
 import time
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -20,12 +22,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+import node.api
 from core.effects import Lease
 from core.limits import Limits
 from core.store_model import TaskRecord
 from core.task import AttemptEnd, Status
 from core.worker import Finish
-from node.api import ROUTES, setup_routes
+from node.api import JSON_TYPE, ROUTES, setup_routes
 from node.config import NodeConfig, add_node_arguments, config_from_args
 from node.keys import CONFIG, METRICS, RUNTIME, STORE
 from node.metrics import Metrics
@@ -52,6 +55,7 @@ class StubRuntime:
         self.changed: list[list[str]] = []
         self.accept = True
         self.ready = True
+        self.membership: list[tuple[str, str]] = []
 
     def notify_changed(self, records: list[TaskRecord]) -> None:
         self.changed.append([r.id for r in records])
@@ -64,6 +68,10 @@ class StubRuntime:
 
     def accepting(self) -> bool:
         return self.accept
+
+    async def change_membership(self, action: str, raft_addr: str) -> tuple[int, dict[str, Any]]:
+        self.membership.append((action, raft_addr))
+        return 200, {"action": action, "raft": raft_addr}
 
 
 def make_app(store: RedisStore, runtime: StubRuntime) -> web.Application:
@@ -352,6 +360,36 @@ async def test_bad_submission_is_refused_naming_the_field(
     assert runtime.changed == []
 
 
+def nested(depth: int) -> Any:
+    """A payload of ``depth`` arrays and objects, each in the one before."""
+    value: Any = 1
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+async def test_payload_nesting_is_limited_and_what_is_taken_reads_back(
+    client: Client, store: RedisStore
+) -> None:
+    # Deeper payloads were taken, then could not be serialised for GET or a listing (500).
+    depth_max = LIMITS.payload_depth_max
+    status, task = await post(client, "/v1/tasks", {"type": "echo", "payload": nested(depth_max)})
+    assert status == 201, task
+    resp = await client.get(f"/v1/tasks/{task['id']}")
+    assert resp.status == 200 and (await resp.json())["payload"] == nested(depth_max)
+    resp = await client.get("/v1/tasks")
+    assert resp.status == 200 and (await resp.json())["tasks"][0]["id"] == task["id"]
+    too_deep = {"type": "echo", "payload": nested(depth_max + 1)}
+    status, body = await post(client, "/v1/tasks", too_deep)
+    assert status == 422 and error_of(body)["field"] == "payload", body
+    status, body = await post(client, "/v1/tasks/batch", {"tasks": [{"type": "echo"}, too_deep]})
+    assert status == 422 and error_of(body)["field"] == "tasks[1].payload", body
+    # Brackets in strings nest nothing.
+    status, _ = await post(client, "/v1/tasks", {"type": "echo", "payload": {"s": "[{" * 300}})
+    assert status == 201
+    assert len(await all_ids(store)) == 2
+
+
 async def test_unknown_type_lists_the_known_ones(client: Client) -> None:
     _, body = await post(client, "/v1/tasks", {"type": "nope"})
     assert {"echo", "noop", "sleep", "fail"} <= set(error_of(body)["allowed"])
@@ -435,6 +473,57 @@ async def test_unknown_field_named_with_a_lone_surrogate_is_422(
     assert error["code"] == "invalid"
     assert error["field"] == field
     assert "unknown field" in error["message"] and field.rpartition(".")[2] in error["message"]
+    assert await all_ids(store) == []
+
+
+async def test_a_body_that_is_not_its_content_encoding_is_400(
+    client: Client, store: RedisStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = b'{"type": "echo"}'
+    resp = await client.post(
+        "/v1/tasks",
+        data=body,
+        headers={"Content-Type": JSON_TYPE, "Content-Encoding": "gzip"},
+    )
+    assert resp.status == 400, await resp.text()
+    assert error_of(await resp.json())["field"] == "Content-Encoding"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    resp = await client.post(
+        "/v1/tasks",
+        data=gzip.compress(body),
+        headers={"Content-Type": JSON_TYPE, "Content-Encoding": "gzip"},
+    )
+    assert resp.status == 201
+    assert len(await all_ids(store)) == 1
+
+
+async def _raw_request(client: Client, data: bytes, close: bool) -> bytes:
+    """Send ``data`` on a connection of its own; then close it, or read the answer (10 s)."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        if close:
+            return b""
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        return head + await asyncio.wait_for(reader.readexactly(length), 10)
+    finally:
+        writer.close()
+
+
+HEAD_OF_100 = b"POST /v1/tasks HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\n"
+HEAD_OF_100 += b"Content-Length: 100\r\n\r\n"
+
+
+async def test_a_body_that_stalls_is_408(
+    client: Client, store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(node.api, "BODY_READ_S_MAX", 0.3)
+    reply = await _raw_request(client, HEAD_OF_100 + b"{", close=False)
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == b"408", reply
+    assert error_of(json.loads(body))["code"] == "timeout"
     assert await all_ids(store) == []
 
 
@@ -707,7 +796,76 @@ async def test_bad_list_query_is_400(client: Client, query: str, field: str) -> 
     assert error_of(await resp.json())["field"] == field
 
 
+# ---------------------------------------------------------------------------- membership
+BAD_RAFT_ADDRESSES = [
+    "x:\u0663",  # an Arabic-Indic digit: str.isdigit() and int() take it
+    "x:\u00b2",  # a superscript two: isdigit() takes it, int() does not
+    "x:" + "9" * 5000,  # past int()'s digit limit
+    "x:0",
+    "x:65536",
+    "no-port",
+    ":8081",
+    "a b:8081",
+    "h\u00e9te:8081",
+    "-x:8081",
+    "x" * 254 + ":8081",
+]
+
+
+@pytest.mark.parametrize("addr", [*BAD_RAFT_ADDRESSES, "\ud800:1", 8081, None])
+async def test_a_bad_member_address_is_422_naming_raft(
+    client: Client, runtime: StubRuntime, addr: Any
+) -> None:
+    status, body = await post(client, "/v1/cluster/members", {"raft": addr})
+    assert status == 422, body
+    assert error_of(body)["field"] == "raft"
+    assert runtime.membership == []
+
+
+@pytest.mark.parametrize("addr", BAD_RAFT_ADDRESSES)
+async def test_a_bad_member_address_in_the_path_is_422_naming_raft(
+    client: Client, runtime: StubRuntime, addr: str
+) -> None:
+    resp = await client.delete(f"/v1/cluster/members/{urllib.parse.quote(addr, safe='')}")
+    assert resp.status == 422, await resp.text()
+    assert error_of(await resp.json())["field"] == "raft"
+    assert runtime.membership == []
+
+
+@pytest.mark.parametrize("addr", ["127.0.0.1:8081", "node-2.internal:65535", "::1:8083", "x:1"])
+async def test_a_good_member_address_reaches_the_runtime(
+    client: Client, runtime: StubRuntime, addr: str
+) -> None:
+    status, _ = await post(client, "/v1/cluster/members", {"raft": addr})
+    resp = await client.delete(f"/v1/cluster/members/{urllib.parse.quote(addr, safe='')}")
+    assert (status, resp.status) == (200, 200)
+    assert runtime.membership == [("add", addr), ("remove", addr)]
+
+
 # ---------------------------------------------------------------------------- cancel and retry
+
+
+async def test_concurrent_retries_retry_once_and_say_so(
+    client: Client, store: RedisStore, runtime: StubRuntime
+) -> None:
+    # All answered 200 when they found it cancelled before the first retried it (an API probe
+    # saw 2 to 10 of 50), and each counted a retry in the metrics.
+    _, task = await post(client, "/v1/tasks", {"type": "echo"})
+    path = f"/v1/tasks/{task['id']}"
+    assert (await client.delete(path)).status == 200
+    notified = len(runtime.changed)
+    answers = await asyncio.gather(*(client.post(f"{path}/retry") for _ in range(20)))
+    statuses = sorted(resp.status for resp in answers)
+    assert statuses == [200] + [409] * 19, statuses
+    assert runtime.changed[notified:] == [[task["id"]]]  # the one retry
+    text = await (await client.get("/metrics")).text()
+    assert "dsched_tasks_retried_total" in text
+    retried = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("dsched_tasks_retried_total{")
+    ]
+    assert sum(retried) == 1, retried
 
 
 async def test_cancel_then_retry(client: Client, store: RedisStore, runtime: StubRuntime) -> None:

@@ -297,9 +297,10 @@ async def test_cli_submit_wait(
 
 async def test_cli_wait_exit_codes(url: str, capsys: pytest.CaptureFixture[str]) -> None:
     task = await asyncio.to_thread(Client(url).submit, "echo")
-    code, _, err = await run_cli(capsys, "wait", task["id"], "--timeout-s", "0.1", "--url", url)
-    assert code == 1
-    assert err.startswith("dsched wait: timed out") and err.count("\n") == 1
+    for flag in ("--timeout-s", "--wait-timeout-s"):  # the latter as `submit --wait` spells it
+        code, _, err = await run_cli(capsys, "wait", task["id"], flag, "0.1", "--url", url)
+        assert code == 1
+        assert err.startswith("dsched wait: timed out") and err.count("\n") == 1
     await asyncio.to_thread(Client(url).cancel, task["id"])
     code, out, _ = await run_cli(capsys, "wait", task["id"], "--url", url)
     assert code == 1  # finished, but not succeeded

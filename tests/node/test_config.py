@@ -29,6 +29,11 @@ BAD_VALUES = [
     ("--http-port", "HTTP_PORT", "83535"),
     ("--http-port", "HTTP_PORT", "-1"),
     ("--http-port", "HTTP_PORT", "abc"),
+    ("--http-port", "HTTP_PORT", "\u0663"),  # int() takes this Arabic-Indic three
+    ("--peers", "PEERS", "127.0.0.1:8081,127.0.0.1"),
+    ("--peers", "PEERS", "127.0.0.1:\u0663"),
+    ("--peers", "PEERS", "127.0.0.1:0"),
+    ("--raft-advertise", "RAFT_ADVERTISE", "my host:8081"),
     ("--redis-port", "REDIS_PORT", "65536"),
     ("--raft-port", "RAFT_PORT", "70000"),
     ("--raft-port", "RAFT_PORT", "x"),
@@ -76,7 +81,12 @@ def test_a_bad_environment_variable_is_a_usage_error_naming_it(
     err = capsys.readouterr().err
     assert f"argument {flag}: " in err and f"DSCHED_{var}={value!r}" in err
     # The flag, given, wins over the variable (which is then never read).
-    good = {"--fsync": "always", "--log-level": "DEBUG"}.get(flag, "1")
+    good = {
+        "--fsync": "always",
+        "--log-level": "DEBUG",
+        "--peers": "127.0.0.1:8083",
+        "--raft-advertise": "127.0.0.1:8083",
+    }.get(flag, "1")
     assert parse(flag, good) is not None
 
 
@@ -98,6 +108,9 @@ def test_good_values_and_their_meanings(monkeypatch: pytest.MonkeyPatch) -> None
     assert (config.workers, config.lease_ms, config.shutdown_grace_s) == (0, 1, 0.0)
     assert (config.retention_s, config.limits.queued_tasks_max) == (0, 0)
     assert config.log_level == "DEBUG"
+    config = parse("--peers= 127.0.0.1:8081 ,, ::1:8083 ,", "--raft-advertise=node-1.lan:8081")
+    assert config.peers == ("127.0.0.1:8081", "::1:8083")
+    assert config.raft_advertise == "node-1.lan:8081"
     monkeypatch.setenv("DSCHED_HTTP_PORT", "8090")
     monkeypatch.setenv("DSCHED_SHUTDOWN_GRACE_S", "2.5")
     monkeypatch.setenv("DSCHED_FSYNC", "always")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -232,6 +235,77 @@ def test_sigterm_lets_running_tasks_finish(make_node: Any, redis_url: str, probe
     assert task_of(node2, long["id"])["lease_expiries"] == 0
 
 
+def test_clients_gone_mid_body_are_counted_as_499_not_as_server_errors(
+    make_node: Any, redis_url: str
+) -> None:
+    """They were 500s, each logged at ERROR with a traceback (a flood of them from one
+    misbehaving client, found by probing the API)."""
+    node = make_node(redis_url, workers=0)
+    head = (
+        b"POST /v1/tasks HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n{"
+    )
+    for _ in range(20):
+        with socket.create_connection(("127.0.0.1", node.http_port), timeout=5) as conn:
+            conn.sendall(head)
+    deadline = time.monotonic() + 10
+    count = 0.0
+    while count < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        _, text = node.get("/metrics")
+        count = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in str(text).splitlines()
+            if line.startswith("dsched_http_request_seconds_count")
+            and 'route="/v1/tasks"' in line
+            and 'status="499"' in line
+        )
+    assert count == 20, text
+    assert 'status="500"' not in str(text)
+    log = node.tail(10_000)
+    assert "Traceback" not in log and "unexpected error" not in log, log
+    assert submit(node, type="noop")["status"] == "queued"
+
+
+DSCHED = Path(sys.executable).parent / "dsched"  # the console script pip installs
+
+
+def test_dsched_node_finds_task_modules_in_the_working_directory(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """The README's `dsched node --tasks mytasks`, run beside mytasks.py: the console script
+    did not search the working directory as `python -m node` does (ModuleNotFoundError)."""
+    (tmp_path / "mytasks.py").write_text(
+        "from node.tasks import task\n\n\n"
+        "@task('greet')\nasync def greet(payload):\n    return {'hello': payload}\n"
+    )
+    node = NodeProc(tmp_path, "n1", free_port(), redis_url)
+    tasks_at = node.args.index("--tasks")
+    node.args = [str(DSCHED), *node.args[3:tasks_at], "--tasks", "mytasks"]
+    try:
+        node.start().wait_ready()
+        task = submit(node, type="greet", payload="you")
+        assert wait_terminal(node, task["id"])["result"] == {"hello": "you"}
+    finally:
+        node.kill()
+
+
+def test_a_task_module_not_found_is_a_usage_error_before_anything_starts(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    argv = ["node", "--tasks", "no_such_tasks", "--http-port", str(free_port())]
+    proc = subprocess.run(
+        [str(DSCHED), *argv, "--data-dir", str(data)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "argument --tasks: no module named 'no_such_tasks'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not data.exists()  # no embedded Redis was started
+
+
 def _embedded_node(tmp_path: Path, name: str, probe_log: str) -> NodeProc:
     # An empty --redis-url: the node starts its own embedded Redis in its data directory.
     return NodeProc(
@@ -254,8 +328,12 @@ def test_a_second_node_on_the_same_data_dir_is_refused_and_the_first_runs_on(
         second.start()
         assert second.proc is not None
         code = second.proc.wait(timeout=60)
-        assert code != 0
-        assert "in use by another node" in second.tail()
+        assert code == 1
+        # One line that says why, not a traceback.
+        assert (
+            "error: data directory" in second.tail() and "in use by another node" in second.tail()
+        )
+        assert "Traceback" not in second.tail()
         assert first.get("/readyz")[0] == 200
         task = submit(first, type="noop")
         assert wait_terminal(first, task["id"])["status"] == "succeeded"

@@ -484,19 +484,21 @@ async def test_the_cancel_channel_names_the_attempt_and_reads_an_id_alone(
 async def test_retry_dead_or_cancelled_only(store: RedisStore) -> None:
     await store.submit([new("a"), new("b", depends_on=("a",)), new("c")], NOW)
     await store.cancel("b", NOW + 1)
-    b = await store.retry("b", NOW + 2)
-    assert b is not None and b.status is Status.PENDING  # "a" has not succeeded
+    b, retried = await store.retry("b", NOW + 2)
+    assert retried and b is not None and b.status is Status.PENDING  # "a" has not succeeded
     assert b.error == {} and b.finished_ms == 0
     attempt = await leased(store, "a")
     assert await store.finish(
         finish("a", attempt, "n1", Status.DEAD, failures=4, error={"kind": "error"})
     )
-    a = await store.retry("a", NOW + 3)
-    assert a is not None and a.status is Status.QUEUED
+    a, retried = await store.retry("a", NOW + 3)
+    assert retried and a is not None and a.status is Status.QUEUED
     assert (a.failures, a.lease_expiries, a.run_at_ms, a.error) == (0, 0, 0, {})
-    c = await store.retry("c", NOW + 4)  # queued: unchanged
-    assert c is not None and c.status is Status.QUEUED and c.version == 1
-    assert await store.retry("nope", NOW) is None
+    c, retried = await store.retry("c", NOW + 4)  # queued: unchanged
+    assert not retried and c is not None and c.status is Status.QUEUED and c.version == 1
+    assert await store.retry("nope", NOW) == (None, False)
+    # Retried once: a second retry finds it queued, as the loser of a race would.
+    assert (await store.retry("a", NOW + 5))[1] is False
     check_indexes(await snapshot(store.redis, store.base), store.base)
 
 
