@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -245,6 +246,27 @@ def test_a_typed_id_swapped_for_one_not_in_the_heap_is_found() -> None:
     s.queued_types["ghost"] = "t"
     with pytest.raises(InvariantError, match="ghost typed as queued but not in the heap"):
         s.check_invariants()
+
+
+@pytest.mark.parametrize("corruption", ["waiter gone", "dep dropped", "edge added", "bad status"])
+def test_a_broken_dependants_index_since_the_last_check_is_found(corruption: str) -> None:
+    s, ids = _checked_cache()
+    waiter = ids["waiting"][0]
+    state = s.waiting[waiter]
+    (dep,) = state.depends_on
+    match = "listed as waiting on"
+    if corruption == "waiter gone":
+        del s.waiting[waiter]
+    elif corruption == "dep dropped":
+        s.waiting[waiter] = dataclasses.replace(state, depends_on=())
+    elif corruption == "edge added":
+        s.dependants.setdefault(ids["queued"][0], set()).add(waiter)
+    else:
+        s.waiting[waiter] = dataclasses.replace(state, status=Status.QUEUED)
+        match = "has status"
+    with pytest.raises(InvariantError, match=match):
+        s.check_invariants()
+    assert dep in s.dependants
 
 
 def test_checks_after_a_clean_change_still_pass() -> None:
