@@ -18,7 +18,9 @@ DEFAULT_REDIS_PORT = 6379
 # A Raft member's address as pysyncobj splits it, at the last colon: an ASCII host (a name, an
 # IPv4 address or a bare IPv6 one) of at most 253 characters, and a port from 1 to 65535.
 RAFT_HOST_CHARS_MAX = 253
-_RAFT_ADDRESS = re.compile(r"([A-Za-z0-9_:][A-Za-z0-9_.:-]{0,252}):([0-9]{1,5})", re.ASCII)
+# No leading zero in the port: "h:08081" would be another member than "h:8081" to Raft, yet
+# reach the same node. The host has a letter or digit (not only colons).
+_RAFT_ADDRESS = re.compile(r"([A-Za-z0-9_:][A-Za-z0-9_.:-]{0,252}):([1-9][0-9]{0,4})", re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +104,7 @@ def raft_address_error(value: object) -> str | None:
     if not isinstance(value, str):
         return "must be a string host:port"
     match = _RAFT_ADDRESS.fullmatch(value)
-    if match is None:
+    if match is None or not any(c.isalnum() for c in match.group(1)):
         return (
             f"must be host:port: an ASCII host name or address of at most {RAFT_HOST_CHARS_MAX} "
             "characters (letters, digits, '.', '-', '_', ':'), a colon and a port"

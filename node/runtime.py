@@ -414,6 +414,10 @@ class NodeRuntime:
                     "leader_http": info.get("http"),
                 }
             }
+        # Before a leader asked to remove itself hands over: else the new leader refuses it.
+        unsafe = await self._quorum_after(action, raft_addr)
+        if unsafe:
+            return 409, {"error": {"code": "membership_unsafe", "field": "raft", "message": unsafe}}
         own = getattr(self.leadership, "self_addr", None)
         if action == "remove" and raft_addr == own:
             # Raft refuses a leader's removal of itself: hand over, and let the client's retry
@@ -429,9 +433,6 @@ class NodeRuntime:
                     "the new leader removes it",
                 }
             }
-        unsafe = await self._quorum_after(action, raft_addr)
-        if unsafe:
-            return 409, {"error": {"code": "membership_unsafe", "field": "raft", "message": unsafe}}
         reason = await change(action, raft_addr)
         if reason == "request_denied":
             configuration = getattr(self.leadership, "configuration", None)

@@ -817,7 +817,8 @@ class RedisStore:
         ``queued_tasks_max``, QueueFull (and nothing written) when the queued and pending tasks
         are already at it, as for a submission of one task."""
         limit = -1 if queued_tasks_max is None else queued_tasks_max
-        flat = await self._eval("retry", task_id, now_ms, limit, idempotent=True)
+        # Not resent after a lost reply: a second run would find it retried and answer "=".
+        flat = await self._eval("retry", task_id, now_ms, limit)
         if not flat:
             return None, False
         if flat[0] == "!":

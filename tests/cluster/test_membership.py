@@ -130,6 +130,9 @@ def test_a_change_that_would_leave_no_reachable_majority_is_refused(
         "DELETE", f"{lead.url}/v1/cluster/members/{cluster.advertised[(i + 2) % 3]}"
     )
     assert status == 409 and body["error"]["code"] == "membership_unsafe", body
+    # Nor does the leader hand over when asked to remove itself (1 of 2 would be left).
+    status, body = http("DELETE", f"{lead.url}/v1/cluster/members/{cluster.advertised[i]}")
+    assert status == 409 and body["error"]["code"] == "membership_unsafe", body
     assert sorted(cluster.view(lead)["configuration"]) == sorted(cluster.advertised)
     assert cluster.wait_leader([lead, other]) == (leader, term)
     # A newcomer that is up makes three of four: added.

@@ -809,6 +809,8 @@ BAD_RAFT_ADDRESSES = [
     "h\u00e9te:8081",
     "-x:8081",
     "x" * 254 + ":8081",
+    "x:08081",  # another member than x:8081 to Raft, the same node on the wire
+    "::8081",  # a host of colons only
 ]
 
 

@@ -33,6 +33,7 @@ BAD_VALUES = [
     ("--peers", "PEERS", "127.0.0.1:8081,127.0.0.1"),
     ("--peers", "PEERS", "127.0.0.1:\u0663"),
     ("--peers", "PEERS", "127.0.0.1:0"),
+    ("--peers", "PEERS", "127.0.0.1:08081"),
     ("--raft-advertise", "RAFT_ADVERTISE", "my host:8081"),
     ("--redis-port", "REDIS_PORT", "65536"),
     ("--raft-port", "RAFT_PORT", "70000"),
