@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import http_exceptions, web, web_protocol
+from aiohttp.compression_utils import HAS_BROTLI, HAS_ZSTD
 
 from core.limits import Limits
 from core.priority import PRIORITY_LABELS, Priority
@@ -52,6 +53,13 @@ LIST_PARAMS = ("status", "type", "priority", "cursor", "limit")
 # A request's whole body must arrive within this (a full 16 MiB batch at about 2 Mbit/s): a
 # client that stalls mid-body does not hold its connection and buffer for ever.
 BODY_READ_S_MAX = 60.0
+# Content-Encodings of a request body that aiohttp decodes (brotli's and zstd's when their
+# libraries are installed); it passes any other through undecoded.
+BODY_ENCODINGS = frozenset(
+    {"identity", "gzip", "deflate"}
+    | ({"br"} if HAS_BROTLI else set())
+    | ({"zstd"} if HAS_ZSTD else set())
+)
 # The status a request whose client went away mid-body is counted under (nginx's): not the
 # node's error, so neither a 500 nor a traceback.
 CLIENT_CLOSED = 499
@@ -167,6 +175,15 @@ async def read_json(request: web.Request) -> Any:
     if charset is not None and charset.lower() not in ("utf-8", "utf8"):
         raise RequestError(
             None, f"JSON is UTF-8; charset {charset} is not", 415, "unsupported_media_type"
+        )
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in BODY_ENCODINGS:
+        # aiohttp passes a body of an encoding it does not know (or of several) through as is.
+        raise RequestError(
+            "Content-Encoding",
+            f"must be one of {', '.join(sorted(BODY_ENCODINGS))}, not {encoding!r}",
+            415,
+            "unsupported_media_type",
         )
     # The declared length is refused up front, before a byte is read; a body without one (or
     # lying about it) is still cut off at client_max_size by aiohttp as it reads.

@@ -48,7 +48,7 @@ def _errors(*statuses: int) -> dict[str, Schema]:
         408: "the body did not arrive in time (the connection is closed)",
         409: "the task is not in a state that allows this",
         413: "the body, a payload or the batch is over its limit",
-        415: "the body is not application/json",
+        415: "the body is not application/json, or not in a Content-Encoding the node decodes",
         421: "this node is not the leader: the body names the leader and its HTTP address",
         422: "a field is invalid (the error names it)",
         503: "the node is not accepting work or the store is unreachable (see Retry-After)",

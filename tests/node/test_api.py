@@ -488,6 +488,15 @@ async def test_a_body_that_is_not_its_content_encoding_is_400(
     assert resp.status == 400, await resp.text()
     assert error_of(await resp.json())["field"] == "Content-Encoding"
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    # One it does not decode (or several) would pass through as is: refused.
+    for encoding in ("x-unknown", "gzip, gzip", "x-gzip"):
+        resp = await client.post(
+            "/v1/tasks",
+            data=body,
+            headers={"Content-Type": JSON_TYPE, "Content-Encoding": encoding},
+        )
+        assert resp.status == 415, await resp.text()
+        assert error_of(await resp.json())["field"] == "Content-Encoding"
     resp = await client.post(
         "/v1/tasks",
         data=gzip.compress(body),
