@@ -43,7 +43,7 @@ QUEUED_TASKS_MAX = 2**29 - 1
 # never rebuilt over and over.
 _STALE_SLACK = 64
 # fingerprint() folds these bits of each id's hash: the bits the compiled twin keeps per slot.
-_HASH_MASK = 0xFFFF_FFFF
+FINGERPRINT_MASK = 0xFFFF_FFFF
 
 # A queued task: (seq, task_id, priority). Ordered by seq, then id, within its priority's heap.
 _Entry = tuple[int, str, int]
@@ -132,7 +132,7 @@ class ReadyQueue:
         heap = self._heaps[priority]
         heapq.heappop(heap)
         del self._live[entry[1]]
-        self._fingerprint ^= hash(entry[1]) & _HASH_MASK
+        self._fingerprint ^= hash(entry[1]) & FINGERPRINT_MASK
         count = self._counts[priority] - 1
         self._counts[priority] = count
         if len(heap) > 2 * count + _STALE_SLACK or not count:
@@ -167,7 +167,7 @@ class ReadyQueue:
             self._live[task_id] = entry
             heapq.heappush(self._heaps[priority], entry)
             self._counts[priority] += 1
-            self._fingerprint ^= hash(task_id) & _HASH_MASK
+            self._fingerprint ^= hash(task_id) & FINGERPRINT_MASK
 
     def pop(self) -> str:
         """Remove and return the first task id; IndexError when empty."""
@@ -209,7 +209,7 @@ class ReadyQueue:
             entry = self._live.pop(task_id, None)
             if entry is None:
                 return False
-            self._fingerprint ^= hash(task_id) & _HASH_MASK
+            self._fingerprint ^= hash(task_id) & FINGERPRINT_MASK
             priority = entry[2]
             self._counts[priority] -= 1
             self._drop_stale(priority)

@@ -26,11 +26,12 @@ import os
 import warnings
 from typing import TYPE_CHECKING, Final
 
-from core._heap_py import QUEUED_TASKS_MAX, SEQ_MAX, DuplicateTaskError
+from core._heap_py import FINGERPRINT_MASK, QUEUED_TASKS_MAX, SEQ_MAX, DuplicateTaskError
 from core._heap_py import ReadyQueue as PyReadyQueue
 from core.priority import PRIORITY_LEVELS, Priority
 
 __all__ = [
+    "FINGERPRINT_MASK",
     "IMPLEMENTATION",
     "PRIORITY_LEVELS",
     "QUEUED_TASKS_MAX",

@@ -34,7 +34,7 @@ from core.events import (
     TasksChanged,
     Tick,
 )
-from core.heap import ReadyQueue
+from core.heap import FINGERPRINT_MASK, ReadyQueue
 from core.limits import DEFAULT_LIMITS
 from core.task import Status, TaskState, lease_expiry_target
 
@@ -84,8 +84,6 @@ class _Node:
 
 
 _WAITING = frozenset({Status.PENDING, Status.FAILED})
-# ReadyQueue.fingerprint() folds these bits of each queued id's hash (core/heap.py).
-_HASH_MASK = 0xFFFF_FFFF
 
 
 class Scheduler:
@@ -423,9 +421,9 @@ class Scheduler:
             gone = typed.difference(queued)
             fingerprint = verified.queued_fingerprint
             for tid in queued_new:
-                fingerprint ^= hash(tid) & _HASH_MASK
+                fingerprint ^= hash(tid) & FINGERPRINT_MASK
             for tid in gone:
-                fingerprint ^= hash(tid) & _HASH_MASK
+                fingerprint ^= hash(tid) & FINGERPRINT_MASK
             typed -= gone
             typed |= queued_new
             verified.queued_fingerprint = fingerprint

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from node.config import NodeConfig
@@ -76,6 +76,34 @@ def adopt_published(
     term, members = published
     if term > member.status.term:
         member.adopt_members(members, term)
+
+
+def unsafe_membership_change(
+    action: str, raft_addr: str, members: Sequence[str], heard: Sequence[str], listening: bool
+) -> str:
+    """Why adding or removing ``raft_addr`` would leave fewer reachable members than a majority
+    of the new configuration (a cluster that can neither elect nor commit, and so cannot even
+    undo the change), or "". ``members``: the configuration; ``heard``: those of it heard from
+    lately, the asker included; ``listening``: a member being added takes connections (the
+    README has operators start a node before they add it)."""
+    if (raft_addr in members) != (action == "remove"):
+        return ""  # Raft itself answers: already a member, or not one
+    if action == "add":
+        after = len(members) + 1
+        up = len(heard) + listening
+    else:
+        after = len(members) - 1
+        up = len(heard) - (raft_addr in heard)
+    if 2 * up > after:
+        return ""
+    if action == "add" and not listening:
+        advice = f"nothing answers at {raft_addr}: start that node first, then add it"
+    else:
+        advice = "bring the unreachable members back first"
+    return (
+        f"{action} {raft_addr} would leave {up} of {after} members reachable, fewer than the "
+        f"{after // 2 + 1} Raft needs to elect a leader and commit (and so to undo it): {advice}"
+    )
 
 
 class RaftLeadership:

@@ -107,7 +107,8 @@ def raft_address_error(value: object) -> str | None:
     if match is None or not any(c.isalnum() for c in match.group(1)):
         return (
             f"must be host:port: an ASCII host name or address of at most {RAFT_HOST_CHARS_MAX} "
-            "characters (letters, digits, '.', '-', '_', ':'), a colon and a port"
+            "characters (letters, digits, '.', '-', '_', ':'), a colon and a port without a "
+            "leading zero"
         )
     if not 0 < int(match.group(2)) <= PORT_MAX:
         return f"must be host:port with a port from 1 to {PORT_MAX}"

@@ -73,6 +73,7 @@ from core.worker import (
     WorkerEffect,
     WorkerPool,
 )
+from node.cluster import unsafe_membership_change
 from node.config import NodeConfig
 from node.metrics import Metrics
 from node.store import RedisStore, StoreUnavailable
@@ -456,34 +457,18 @@ class NodeRuntime:
         return 200, {"action": action, "raft": raft_addr, "cluster": self.cluster()}
 
     async def _quorum_after(self, action: str, raft_addr: str) -> str:
-        """Why the change would leave fewer reachable members than a majority of the new
-        configuration (a cluster that can neither elect nor commit, and so cannot even undo
-        the change), or "". A member being added counts as reachable if its Raft port takes a
-        connection: the README has operators start a node before they add it."""
+        """node.cluster.unsafe_membership_change for this change, from what this member hears
+        and, for an addition, whether the newcomer's Raft port takes a connection."""
         reachable = getattr(self.leadership, "reachable", None)
         if reachable is None:
             return ""
         members, heard = reachable()
-        if (raft_addr in members) != (action == "remove"):
-            return ""  # Raft itself answers: already a member, or not one
-        if action == "add":
-            after = len(members) + 1
-            listening = await accepts_connections(raft_addr, MEMBER_PROBE_TIMEOUT_S)
-            up = len(heard) + listening
-        else:
-            after = len(members) - 1
-            up = len(heard) - (raft_addr in heard)
-        if 2 * up > after:
-            return ""
-        needed = after // 2 + 1
-        if action == "add" and not listening:
-            advice = f"nothing answers at {raft_addr}: start that node first, then add it"
-        else:
-            advice = "bring the unreachable members back first"
-        return (
-            f"{action} {raft_addr} would leave {up} of {after} members reachable, fewer than the "
-            f"{needed} Raft needs to elect a leader and commit (and so to undo it): {advice}"
+        listening = (
+            action == "add"
+            and raft_addr not in members
+            and await accepts_connections(raft_addr, MEMBER_PROBE_TIMEOUT_S)
         )
+        return unsafe_membership_change(action, raft_addr, members, heard, listening)
 
     # ------------------------------------------------------------------ registry
     def _own_info(self) -> dict[str, Any]:
