@@ -78,6 +78,13 @@ def adopt_published(
         member.adopt_members(members, term)
 
 
+def reachable_members(member: RaftMember, self_addr: str) -> tuple[list[str], list[str]]:
+    """(the configuration as ``member`` knows it, the members of it heard from lately, this
+    one included): what unsafe_membership_change counts. The runtime and the simulation both
+    read it here."""
+    return sorted(member.status.cluster_raft_addrs), sorted({*member.heard_from(), self_addr})
+
+
 def unsafe_membership_change(
     action: str, raft_addr: str, members: Sequence[str], heard: Sequence[str], listening: bool
 ) -> str:
@@ -209,7 +216,7 @@ class RaftLeadership:
         member = self.member
         if member is None:
             return [], []
-        return self.configuration(), sorted({*member.heard_from(), self.self_addr})
+        return reachable_members(member, self.self_addr)
 
     def epoch_refused(self, stored_epoch: int) -> None:
         """Our term is below the epoch in Redis (e.g. the whole cluster restarted): stand again

@@ -71,6 +71,11 @@ class Leadership(Protocol):
         """Ask member ``leader`` to add or remove (``action``) member ``index`` through the Raft
         log; ``done(ok, reason)`` when answered (perhaps never: the caller bounds its wait)."""
 
+    def membership_unsafe(self, leader: int, action: str, index: int) -> str:
+        """Why member ``leader`` refuses to add or remove member ``index`` as one that would
+        leave no reachable majority (node.cluster.unsafe_membership_change), or "": the check
+        NodeRuntime.change_membership makes before it hands over or asks Raft."""
+
     def configuration(self, index: int) -> set[int]:
         """The members in member ``index``'s configuration, as it knows it (empty: down)."""
 
@@ -280,6 +285,9 @@ class ModelLeadership:
     ) -> None:
         raise ValueError(MEMBERSHIP_NEEDS_PYSYNCOBJ)
 
+    def membership_unsafe(self, leader: int, action: str, index: int) -> str:
+        raise ValueError(MEMBERSHIP_NEEDS_PYSYNCOBJ)
+
     def configuration(self, index: int) -> set[int]:
         return set(range(self.n)) if self.alive[index] else set()
 
@@ -361,6 +369,17 @@ class RaftLeadership:
             member.request_add_member(addr, done)
         else:
             member.request_remove_member(addr, done)
+
+    def membership_unsafe(self, leader: int, action: str, index: int) -> str:
+        from node.cluster import reachable_members, unsafe_membership_change
+
+        member = self.cluster.member(leader)
+        if member is None:
+            return ""  # a leader that is down answers nothing; change_membership says so
+        addr = self.cluster.addr(index)
+        members, heard = reachable_members(member, self.cluster.addr(leader))
+        listening = action == "add" and addr not in members and self.cluster.accepts(leader, index)
+        return unsafe_membership_change(action, addr, members, heard, listening)
 
     def configuration(self, index: int) -> set[int]:
         status = self.cluster.status(index)

@@ -794,6 +794,15 @@ class SimRaftCluster:
     def addr(self, i: int) -> str:
         return self._hosts[i].addr
 
+    def accepts(self, a: int, b: int) -> bool:
+        """Whether member ``b``'s Raft port would take a connection from member ``a`` now (the
+        leader's probe of a newcomer, node.runtime.accepts_connections): b's process runs
+        (paused too: its kernel still accepts) and neither direction between them is cut."""
+        net, src, dst = self._net, self._hosts[a].addr, self._hosts[b].addr
+        if net is None or self._hosts[b].member is None:
+            return False
+        return not net.cuts[(src, dst)] and not net.cuts[(dst, src)]
+
     def status(self, i: int) -> RaftStatus | None:
         member = self._hosts[i].member
         return None if member is None else member.status

@@ -45,6 +45,9 @@ LIVENESS_POLL_S = 0.25
 # hands over and is asked again; retried this often, this many times.
 MEMBERSHIP_RETRY_S = 0.25
 MEMBERSHIP_ATTEMPTS_MAX = 60
+# Refusals as unsafe (node.cluster.unsafe_membership_change) do not count as attempts: the
+# operator asks again while members come back, this many times (two minutes) at most.
+MEMBERSHIP_UNSAFE_REFUSALS_MAX = 480
 # node/cluster.py's RaftLeadership.change_membership: how long the leader waits for Raft's
 # answer before it reads the answer off its configuration.
 MEMBERSHIP_ANSWER_S = 10.0
@@ -94,6 +97,9 @@ class RunResult:
     fault_windows: list[tuple[float, float, str]] = field(default_factory=list)
     series: dict[str, list[float]] = field(default_factory=dict)
     trace: list[str] = field(default_factory=list)
+    # Membership requests a leader refused as leaving no reachable majority (the operator
+    # asked again later): node.cluster.unsafe_membership_change at work.
+    membership_refused: int = 0
 
 
 class World:
@@ -135,6 +141,7 @@ class World:
         self._hosts = set(range(config.nodes))  # nodes whose Raft member has been started
         self._membership_busy = 0  # join and leave requests not yet answered
         self._membership_failed: list[str] = []
+        self._membership_refused = 0
         skew_rng = random.Random(f"{seed}:skew")
         self.nodes = [
             SimNode(self, i, skew_rng.randint(-config.skew_ms_max, config.skew_ms_max))
@@ -530,12 +537,32 @@ class World:
 
     def _membership(self, action: str, index: int) -> Any:
         """As `dsched members add|remove` against NodeRuntime.change_membership: ask the
-        leader; a leader asked to remove itself hands over, and the new one is asked. True once
-        the change is made (or found made: Raft refuses a change already in place)."""
+        leader; a leader refuses a change that would leave no reachable majority (409
+        membership_unsafe: the operator brings members back, or waits, and asks again); a
+        leader asked to remove itself hands over, and the new one is asked. True once the
+        change is made (or found made: Raft refuses a change already in place)."""
         env = self.env
         wanted = action == "add"
-        for _ in range(MEMBERSHIP_ATTEMPTS_MAX):
+        attempts = refusals = 0
+        refused_why = ""
+        while attempts < MEMBERSHIP_ATTEMPTS_MAX and refusals < MEMBERSHIP_UNSAFE_REFUSALS_MAX:
             leader = self.leader_index()
+            # A paused leader checks nothing until it resumes: the request waits, as below.
+            unsafe = (
+                self.leadership.membership_unsafe(leader, action, index)
+                if leader is not None and not self.nodes[leader].paused
+                else ""
+            )
+            if unsafe:
+                refusals += 1
+                self._membership_refused += 1
+                if unsafe != refused_why:
+                    self.trace.emit(env.now, "membership-unsafe", self.nodes[index].id, unsafe)
+                refused_why = unsafe
+                yield env.timeout(MEMBERSHIP_RETRY_S)
+                continue
+            refused_why = ""
+            attempts += 1
             if leader is not None and leader == index and not wanted:
                 self.trace.emit(env.now, "handover", self.nodes[leader].id, "leave")
                 self.leadership.transfer(leader, _nothing)
@@ -774,6 +801,7 @@ class World:
             fault_windows=sorted(self.fault_windows),
             series=self.series,
             trace=self.trace.lines() if self.config.keep_trace else [],
+            membership_refused=self._membership_refused,
         )
 
 

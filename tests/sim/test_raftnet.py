@@ -489,3 +489,21 @@ def test_a_deposed_leaders_late_heartbeats_do_not_let_a_follower_skip_the_pre_vo
         cluster.partition([new], [bystander], one_way=True)
         cluster.run_until(lambda: False, 2.0)
         assert cluster.leaders() == [(new, term)], cluster.leaders()
+
+
+def test_accepts_is_false_across_a_cut_either_way_and_to_a_stopped_member() -> None:
+    # The leader's probe of a newcomer (a TCP connect) needs both directions and a running
+    # process; a paused one still accepts (its kernel does).
+    env = simpy.Environment()
+    with SimRaftCluster(env, 3, seed=5) as cluster:
+        assert cluster.accepts(0, 1) and cluster.accepts(1, 0)
+        pid = cluster.partition([0], [1], one_way=True)
+        assert not cluster.accepts(0, 1) and not cluster.accepts(1, 0)
+        assert cluster.accepts(0, 2)
+        cluster.heal(pid)
+        assert cluster.accepts(0, 1)
+        cluster.pause(1)
+        assert cluster.accepts(0, 1)
+        cluster.resume(1)
+        cluster.crash(2)
+        assert not cluster.accepts(0, 2)

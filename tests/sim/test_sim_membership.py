@@ -3,6 +3,7 @@ every member's Raft configuration settles to the one asked for (invariant 6)."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from node.cluster import REGISTRY_CONFIG_FRESH_MS, peers_from_registry
 from sim.__main__ import main as sim_main
 from sim.config import SimConfig
 from sim.faults import format_plan, generate
+from sim.leadership import RaftLeadership
 from sim.report import format_violation
 from sim.scripted import script_config
 from sim.world import World, run_one
@@ -20,6 +22,10 @@ from sim.world import World, run_one
 # empty Raft journal with its first --peers, which do not name n4; then n1 leaves.
 SCRIPT = str(Path(__file__).parents[1] / "scenarios" / "newcomer-leads-restart.txt")
 CONFIG = script_config(SCRIPT).with_(keep_trace=True)
+# One of three members is down when the operator removes the leader.
+GUARD_SCRIPT = str(
+    Path(__file__).parents[1] / "scenarios" / "removal-refused-while-a-member-is-down.txt"
+)
 
 
 def test_generated_plans_join_and_remove_members() -> None:
@@ -100,3 +106,51 @@ def _passes_but_not_without_adopting(config: SimConfig, monkeypatch: pytest.Monk
     result = run_one(config)
     assert result.violation is not None and result.violation.invariant == 6
     return result.violation.message
+
+
+def _first_at(trace: list[str], event: str) -> float | None:
+    """When (s) the first trace line with ``event`` (its words after the time, in us) happened."""
+    for line in trace:
+        at, _, rest = line.strip().partition(" ")
+        if rest.startswith(event):
+            return int(at) / 1e6
+    return None
+
+
+def _longest_lease_gap(trace: list[str], start_s: float, end_s: float) -> float:
+    """The longest stretch between start_s and end_s in which no task was leased."""
+    times = [start_s, end_s]
+    for line in trace:
+        at, event = line.split()[:2]
+        if event == "lease" and start_s < int(at) / 1e6 < end_s:
+            times.append(int(at) / 1e6)
+    times.sort()
+    return max(b - a for a, b in itertools.pairwise(times))
+
+
+def test_a_removal_that_would_leave_no_majority_waits_for_the_member_that_is_down(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The leader's guard (node.cluster.unsafe_membership_change, as NodeRuntime applies it)
+    runs in the simulation too: removing the leader while another member is down would leave 1
+    of 2 members reachable, so the leader refuses it and keeps leasing, and the member leaves
+    once the crashed one is back. Without the guard, the leader hands over at once and the
+    removal leaves a configuration with no reachable majority: no lease until the restart."""
+    config = script_config(GUARD_SCRIPT).with_(keep_trace=True)
+    result = run_one(config)
+    assert result.violation is None, format_violation(result, config)
+    restarted = _first_at(result.trace, "fault at 6 restart")
+    left = _first_at(result.trace, "left ")
+    assert restarted is not None and left is not None, result.plan
+    assert result.membership_refused > 0
+    assert _first_at(result.trace, "membership-unsafe ") == 3.5
+    assert left > restarted
+    # Tasks are leased about every 10 ms at this load: a 0.5 s gap is an outage.
+    assert _longest_lease_gap(result.trace, 3.5, restarted) < 0.5
+
+    monkeypatch.setattr(RaftLeadership, "membership_unsafe", lambda self, *args: "")
+    result = run_one(config)
+    assert result.violation is None, format_violation(result, config)
+    assert result.membership_refused == 0
+    assert _first_at(result.trace, "handover ") == 3.5
+    assert _longest_lease_gap(result.trace, 3.5, restarted) > 1.0
