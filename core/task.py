@@ -54,6 +54,7 @@ class ErrorKind(StrEnum):
     LEASE_EXPIRED = "lease_expired"  # the worker or its node stopped heartbeating
     DEPENDENCY = "dependency"  # a dependency ended dead or cancelled
     UNKNOWN_TYPE = "unknown_type"  # no worker registered the task type
+    REJECTED = "rejected"  # the handler refused the task: running it again cannot help
 
 
 @value
@@ -125,6 +126,12 @@ class Outcome:
         return Outcome(False, None, ErrorKind.ERROR, error_type, message, traceback)
 
     @staticmethod
+    def rejected(error_type: str, message: str, traceback: str = "") -> Outcome:
+        """The handler said no retry can succeed (a payload it cannot use): the task ends dead
+        now, whatever retries its policy has left."""
+        return Outcome(False, None, ErrorKind.REJECTED, error_type, message, traceback)
+
+    @staticmethod
     def timeout(timeout_ms: int) -> Outcome:
         return Outcome(False, None, ErrorKind.TIMEOUT, "Timeout", f"ran past {timeout_ms} ms")
 
@@ -156,7 +163,7 @@ def end_attempt(
     if outcome.ok:
         return AttemptEnd(Status.SUCCEEDED, failures_before, 0, outcome.result)
     failures = failures_before + 1
-    if failures > policy.max_retries:
+    if failures > policy.max_retries or outcome.kind is ErrorKind.REJECTED:
         return AttemptEnd(Status.DEAD, failures, 0, None, outcome.error_dict())
     delay_ms = policy.backoff_ms(failures, rng)
     return AttemptEnd(Status.FAILED, failures, now_ms + delay_ms, None, outcome.error_dict())

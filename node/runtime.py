@@ -77,7 +77,7 @@ from node.cluster import unsafe_membership_change
 from node.config import NodeConfig
 from node.metrics import Metrics
 from node.store import RedisStore, StoreUnavailable
-from node.tasks import Handler, TaskContext, is_async, set_current
+from node.tasks import Handler, TaskContext, TaskRejected, is_async, set_current
 
 log = logging.getLogger("dsched.runtime")
 
@@ -980,6 +980,10 @@ class NodeRuntime:
             outcome = Outcome.success(result)
         except asyncio.CancelledError:
             outcome = Outcome.error("Interrupted", "interrupted by the worker")
+        except TaskRejected as exc:
+            outcome = Outcome.rejected(
+                type(exc).__name__, str(exc)[:2000], traceback.format_exc(limit=20)[-8000:]
+            )
         except Exception as exc:
             outcome = Outcome.error(
                 type(exc).__name__, str(exc)[:2000], traceback.format_exc(limit=20)[-8000:]

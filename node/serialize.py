@@ -205,7 +205,12 @@ TASK_SCHEMA: dict[str, Any] = {
         "error": {
             "type": ["object", "null"],
             "properties": {
-                "kind": {"type": "string"},
+                "kind": {
+                    "type": "string",
+                    "description": "error (the handler raised: retried by the policy), "
+                    "rejected (it raised TaskRejected: dead at once), timeout, "
+                    "lease_expired, dependency, cancelled",
+                },
                 "type": {"type": "string"},
                 "message": {"type": "string"},
                 "traceback": {"type": "string"},

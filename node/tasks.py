@@ -10,6 +10,7 @@ import asyncio
 import contextvars
 import importlib
 import inspect
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -100,6 +101,12 @@ class TaskFailed(Exception):
     """Raised by the built-in ``fail`` task."""
 
 
+class TaskRejected(Exception):
+    """Raise it from a handler when running the task again cannot help (a payload it cannot
+    use): the task ends dead at once, whatever retries its policy has left, with error kind
+    "rejected". Any other exception is a failure that the task's retry policy retries."""
+
+
 @task("noop")
 async def noop(payload: Any) -> None:
     return None
@@ -112,12 +119,20 @@ async def echo(payload: Any) -> Any:
 
 @task("sleep")
 async def sleep(payload: Any) -> dict[str, float]:
-    seconds = float(payload.get("seconds", 0.5)) if isinstance(payload, dict) else 0.5
-    await asyncio.sleep(max(0.0, seconds))
+    seconds = payload.get("seconds", 0.5) if isinstance(payload, dict) else 0.5
+    # bool is an int; NaN and infinity fail the bounds. The task's timeout bounds the rest.
+    if type(seconds) not in (int, float) or not 0 <= seconds < math.inf:
+        raise TaskRejected(f"payload.seconds must be a number >= 0, not {seconds!r}")
+    await asyncio.sleep(seconds)
     return {"slept_s": seconds}
 
 
 @task("fail")
 async def fail(payload: Any) -> None:
-    message = payload.get("message", "failed on purpose") if isinstance(payload, dict) else None
-    raise TaskFailed(message or "failed on purpose")
+    """Raises TaskFailed (retried by the task's policy), or TaskRejected (dead at once) when
+    the payload says ``"retry": false``."""
+    options = payload if isinstance(payload, dict) else {}
+    message = options.get("message") or "failed on purpose"
+    if options.get("retry", True) is False:
+        raise TaskRejected(message)
+    raise TaskFailed(message)

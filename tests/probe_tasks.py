@@ -13,7 +13,7 @@ import os
 import time
 from typing import Any
 
-from node.tasks import current, task
+from node.tasks import TaskRejected, current, task
 
 
 def _log(event: str, payload: Any) -> None:
@@ -59,8 +59,10 @@ async def probe(payload: Any) -> Any:
 
 @task("probe_sync")
 def probe_sync(payload: Any) -> Any:
-    """The same in a thread: a blocking handler."""
+    """The same in a thread: a blocking handler; payload["reject"] raises TaskRejected."""
     _log("start", payload)
+    if isinstance(payload, dict) and payload.get("reject"):
+        raise TaskRejected("probe_sync rejects this payload")
     seconds = float(payload.get("seconds", 0)) if isinstance(payload, dict) else 0.0
     time.sleep(seconds)
     _log("end", payload)

@@ -83,6 +83,18 @@ def test_retry_with_backoff_then_dead() -> None:
     assert h.store.tasks[tid].error["message"] == "boom again"
 
 
+def test_a_rejected_attempt_ends_dead_with_retries_left() -> None:
+    h = Harness(nodes=["n1"], slots=1)
+    tid = h.submit(max_retries=2)
+    h.elect()
+    h.cycle()
+    h.complete("n1", tid, Outcome.rejected("TaskRejected", "bad payload"))
+    h.cycle()
+    rec = h.store.tasks[tid]
+    assert rec.status is Status.DEAD and rec.failures == 1 and rec.attempt == 1
+    assert rec.error["kind"] == "rejected" and rec.error["message"] == "bad payload"
+
+
 def test_lease_expiry_requeues_with_next_attempt_elsewhere() -> None:
     h = Harness(nodes=["n1", "n2"], slots=1)
     tid = h.submit()
@@ -294,6 +306,12 @@ def test_backoff_is_capped_and_jittered() -> None:
 
 
 # ---------------------------------------------------------------------------- properties
+# How a handler may end: a success, a failure its policy retries, or a rejection (dead at once).
+OUTCOMES = st.sampled_from(
+    [Outcome.success(), Outcome.error("E", "x"), Outcome.rejected("TaskRejected", "no")]
+)
+
+
 class SchedulerMachine(RuleBasedStateMachine):
     """Random clients, workers, crashes and elections; invariants after every step; then, once
     faults stop, every task must reach a terminal state."""
@@ -319,12 +337,12 @@ class SchedulerMachine(RuleBasedStateMachine):
     def time_passes(self, ms: int) -> None:
         self.h.cycle(ms)
 
-    @rule(data=st.data(), ok=st.booleans())
-    def a_handler_ends(self, data: st.DataObject, ok: bool) -> None:
+    @rule(data=st.data(), outcome=OUTCOMES)
+    def a_handler_ends(self, data: st.DataObject, outcome: Outcome) -> None:
         running = [(n, t) for n, p in sorted(self.h.pools.items()) for t, _ in sorted(p.running)]
         if running:
             node, tid = data.draw(st.sampled_from(running))
-            self.h.complete(node, tid, Outcome.success() if ok else Outcome.error("E", "x"))
+            self.h.complete(node, tid, outcome)
 
     def _own_running(self) -> list[str]:
         leader = self.h.leader
@@ -333,12 +351,12 @@ class SchedulerMachine(RuleBasedStateMachine):
         return sorted(t for t, _ in self.h.pools[leader.node_id].running)
 
     @precondition(lambda self: bool(self._own_running()))
-    @rule(data=st.data(), ok=st.booleans())
-    def a_handler_of_the_leaders_own_node_ends(self, data: st.DataObject, ok: bool) -> None:
+    @rule(data=st.data(), outcome=OUTCOMES)
+    def a_handler_of_the_leaders_own_node_ends(self, data: st.DataObject, outcome: Outcome) -> None:
         # The drivers' one-round-trip path: OwnEnded frees the slot, its lease goes out with
         # the finish (finish, leases, drain).
         tid = data.draw(st.sampled_from(self._own_running()))
-        self.h.complete_own(tid, Outcome.success() if ok else Outcome.error("E", "x"))
+        self.h.complete_own(tid, outcome)
 
     @invariant()
     def no_node_holds_more_leases_than_slots(self) -> None:
@@ -405,6 +423,9 @@ class SchedulerMachine(RuleBasedStateMachine):
         for rec in self.h.store.tasks.values():
             assert rec.failures <= rec.max_retries + 1
             assert rec.lease_expiries <= 3 + 1
+            # A rejection the store applied is never retried by the policy.
+            if rec.error.get("kind") == "rejected":
+                assert rec.status is Status.DEAD, rec
 
     @invariant()
     def dependants_never_start_early(self) -> None:

@@ -116,6 +116,35 @@ def test_retries_then_success_and_dead_then_retry_by_hand(make_node: Any, redis_
     assert again["status"] == "dead" and again["attempt"] == 4
 
 
+def test_a_rejected_task_ends_dead_at_once_whatever_retries_it_has_left(
+    make_node: Any, redis_url: str
+) -> None:
+    node = make_node(redis_url)
+    rejected = [
+        submit(node, type="fail", payload={"retry": False, "message": "no"}, max_retries=3),
+        submit(node, type="probe_sync", payload={"reject": True}, max_retries=3),  # a thread
+        submit(node, type="sleep", payload={"seconds": -1}, max_retries=3),
+        submit(node, type="sleep", payload={"seconds": "soon"}, max_retries=3),
+    ]
+    # The same failure, retryable: it runs max_retries + 1 times.
+    retried = submit(
+        node, type="fail", payload={"message": "no"}, max_retries=1, backoff_base_s=0.05
+    )
+    for t in rejected:
+        dead = wait_terminal(node, t["id"])
+        assert dead["status"] == "dead" and dead["attempt"] == 1, dead
+        assert dead["failures"] == 1 and dead["error"]["kind"] == "rejected", dead
+        assert dead["error"]["type"] == "TaskRejected"
+    assert "payload.seconds" in task_of(node, rejected[2]["id"])["error"]["message"]
+    dead = wait_terminal(node, retried["id"])
+    assert dead["status"] == "dead" and dead["attempt"] == 2 and dead["error"]["kind"] == "error"
+    # Retried by hand, a rejected task runs again (its handler decides again).
+    status, body = node.post(f"/v1/tasks/{rejected[0]['id']}/retry", {})
+    assert status == 200, body
+    again = wait_terminal(node, rejected[0]["id"])
+    assert again["status"] == "dead" and again["attempt"] == 2
+
+
 def test_timeout_is_its_own_failure_kind(make_node: Any, redis_url: str) -> None:
     node = make_node(redis_url)
     t = submit(node, type="sleep", payload={"seconds": 30}, timeout_s=0.3, max_retries=0)
