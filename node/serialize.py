@@ -209,7 +209,7 @@ TASK_SCHEMA: dict[str, Any] = {
                     "type": "string",
                     "description": "error (the handler raised: retried by the policy), "
                     "rejected (it raised TaskRejected: dead at once), timeout, "
-                    "lease_expired, dependency, cancelled",
+                    "lease_expired, dependency, unknown_type, cancelled",
                 },
                 "type": {"type": "string"},
                 "message": {"type": "string"},

@@ -119,10 +119,18 @@ async def echo(payload: Any) -> Any:
 
 @task("sleep")
 async def sleep(payload: Any) -> dict[str, float]:
-    seconds = payload.get("seconds", 0.5) if isinstance(payload, dict) else 0.5
-    # bool is an int; NaN and infinity fail the bounds. The task's timeout bounds the rest.
-    if type(seconds) not in (int, float) or not 0 <= seconds < math.inf:
-        raise TaskRejected(f"payload.seconds must be a number >= 0, not {seconds!r}")
+    value = payload.get("seconds", 0.5) if isinstance(payload, dict) else 0.5
+    # bool is an int; NaN and infinity fail the bounds, and an int past float's range its
+    # conversion. The task's timeout bounds the rest.
+    try:
+        seconds = float(value) if type(value) in (int, float) else math.nan
+    except OverflowError:
+        seconds = math.nan
+    if not 0 <= seconds < math.inf:
+        # repr() of an int past 4,300 digits raises: such an int is named, not shown.
+        huge = type(value) is int and seconds != seconds
+        shown = "an integer past a float's range" if huge else f"{value!r:.50}"
+        raise TaskRejected(f"payload.seconds must be a number >= 0, not {shown}")
     await asyncio.sleep(seconds)
     return {"slept_s": seconds}
 

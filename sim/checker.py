@@ -24,7 +24,7 @@ from typing import Any
 
 from core.scheduler import Role, Scheduler
 from core.store_model import StoreModel
-from core.task import AttemptEnd, Status, TaskState
+from core.task import AttemptEnd, ErrorKind, Status, TaskState
 
 INVARIANTS = {
     0: "the core's own check_invariants() (or a driver crash)",
@@ -274,7 +274,9 @@ class Checker:
                         f"{task_id} retried after {failures} failures "
                         f"(max_retries {facts.max_retries})",
                     )
-                if end.status is Status.DEAD and failures <= facts.max_retries:
+                # A rejection (the handler raised TaskRejected) ends it with retries left.
+                rejected = end.error.get("kind") == ErrorKind.REJECTED.value
+                if end.status is Status.DEAD and failures <= facts.max_retries and not rejected:
                     self.fail(5, f"{task_id} dead after {failures} failures with retries left")
         else:
             self.succeeded.add(task_id)

@@ -45,8 +45,9 @@ LIVENESS_POLL_S = 0.25
 # hands over and is asked again; retried this often, this many times.
 MEMBERSHIP_RETRY_S = 0.25
 MEMBERSHIP_ATTEMPTS_MAX = 60
-# Refusals as unsafe (node.cluster.unsafe_membership_change) do not count as attempts: the
-# operator asks again while members come back, this many times (two minutes) at most.
+# Refusals as unsafe (node.cluster.unsafe_membership_change), and requests a paused leader
+# leaves unanswered, do not count as attempts: the operator asks again while members come back
+# or the leader resumes, this many times (two minutes) at most.
 MEMBERSHIP_UNSAFE_REFUSALS_MAX = 480
 # node/cluster.py's RaftLeadership.change_membership: how long the leader waits for Raft's
 # answer before it reads the answer off its configuration.
@@ -547,11 +548,15 @@ class World:
         refused_why = ""
         while attempts < MEMBERSHIP_ATTEMPTS_MAX and refusals < MEMBERSHIP_UNSAFE_REFUSALS_MAX:
             leader = self.leader_index()
-            # A paused leader checks nothing until it resumes: the request waits, as below.
+            if leader is not None and self.nodes[leader].paused:
+                # A paused process answers nothing: the operator's request times out and is
+                # sent again. Once it resumes, the guard below runs before anything else, as
+                # in NodeRuntime.change_membership (the wait counts against the refusals').
+                refusals += 1
+                yield env.timeout(MEMBERSHIP_RETRY_S)
+                continue
             unsafe = (
-                self.leadership.membership_unsafe(leader, action, index)
-                if leader is not None and not self.nodes[leader].paused
-                else ""
+                "" if leader is None else self.leadership.membership_unsafe(leader, action, index)
             )
             if unsafe:
                 refusals += 1

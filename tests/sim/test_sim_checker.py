@@ -102,6 +102,16 @@ def test_retries_beyond_policy_are_caught() -> None:
         checker.on_finish("t1", 2, "n1", AttemptEnd(Status.FAILED, 2, 200))
 
 
+def test_dead_with_retries_left_is_caught_unless_the_handler_rejected_it() -> None:
+    checker, _ = make({"t1": TaskFacts(1, max_retries=3, depends_on=())})
+    checker.on_lease("t1", 1, "n1", 3_000, 1)
+    with caught(5):
+        checker.on_finish("t1", 1, "n1", AttemptEnd(Status.DEAD, 1, 0, None, {"kind": "error"}))
+    checker, _ = make({"t1": TaskFacts(1, max_retries=3, depends_on=())})
+    checker.on_lease("t1", 1, "n1", 3_000, 1)
+    checker.on_finish("t1", 1, "n1", AttemptEnd(Status.DEAD, 1, 0, None, {"kind": "rejected"}))
+
+
 def test_extra_attempt_is_caught() -> None:
     checker, _ = make({"t1": TaskFacts(1, max_retries=3, depends_on=())})
     checker.on_lease("t1", 1, "n1", 3_000, 1)

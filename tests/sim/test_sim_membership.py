@@ -154,3 +154,30 @@ def test_a_removal_that_would_leave_no_majority_waits_for_the_member_that_is_dow
     assert result.membership_refused == 0
     assert _first_at(result.trace, "handover ") == 3.5
     assert _longest_lease_gap(result.trace, 3.5, restarted) > 1.0
+
+
+def test_a_paused_leader_checks_the_guard_once_it_resumes(tmp_path: Path) -> None:
+    """A request to a paused leader waits for it (the operator's is sent again), and the
+    resumed leader runs the guard before anything else, as the node does: the removal that
+    would leave one of two members reachable is refused, and leasing goes on."""
+    script = tmp_path / "paused.txt"
+    script.write_text(
+        "set duration=12 seed=7\n"
+        "at 2 crash leader\n"
+        "at 3.5 pause leader\n"
+        "at 3.6 leave 3\n"
+        "at 3.8 resume paused\n"
+        "at 8 restart crashed\n",
+        encoding="utf-8",
+    )
+    config = script_config(str(script)).with_(keep_trace=True)
+    result = run_one(config)
+    assert result.violation is None, format_violation(result, config)
+    assert result.membership_refused > 0
+    resumed = _first_at(result.trace, "fault at 3.8 resume")
+    unsafe = _first_at(result.trace, "membership-unsafe ")
+    left = _first_at(result.trace, "left ")
+    assert resumed is not None and unsafe is not None and unsafe >= resumed
+    assert left is not None and left > 8.0
+    # Leasing pauses with the leader, and goes on once it is back (no 4 s outage to the restart).
+    assert _longest_lease_gap(result.trace, 4.5, 8.0) < 0.5
