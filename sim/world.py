@@ -562,7 +562,10 @@ class World:
                 refusals += 1
                 self._membership_refused += 1
                 if unsafe != refused_why:
-                    self.trace.emit(env.now, "membership-unsafe", self.nodes[index].id, unsafe)
+                    # Raft addresses count from n0, node ids from n1: name both.
+                    raft = self.leadership.raft_addr(index)
+                    node_id = self.nodes[index].id
+                    self.trace.emit(env.now, "membership-unsafe", node_id, f"(raft {raft})", unsafe)
                 refused_why = unsafe
                 yield env.timeout(MEMBERSHIP_RETRY_S)
                 continue
