@@ -168,6 +168,31 @@ class LeaderWake:
         await self._event.wait()
 
 
+# How much of a handler's error message and traceback a task keeps.
+ERROR_MESSAGE_CHARS_MAX = 2000
+ERROR_TRACEBACK_CHARS_MAX = 8000
+
+
+def handler_outcome(exc: BaseException) -> Outcome:
+    """The outcome of an attempt whose handler raised ``exc``: a rejection if it is
+    TaskRejected, or a group (asyncio.TaskGroup's) of nothing else; else a failure that the
+    task's policy retries. Never raises, whatever the exception's __str__ does: an error here
+    skipped the attempt's end, and its worker slot stayed busy for good."""
+    rejected = isinstance(exc, TaskRejected) or (
+        isinstance(exc, BaseExceptionGroup) and exc.split(TaskRejected)[1] is None
+    )
+    try:
+        message = str(exc)[:ERROR_MESSAGE_CHARS_MAX]
+    except BaseException:  # a __str__ that raises, or returns no str
+        message = f"<{type(exc).__name__}: str() failed>"
+    try:
+        trace = "".join(traceback.format_exception(exc, limit=20))[-ERROR_TRACEBACK_CHARS_MAX:]
+    except BaseException:
+        trace = ""
+    make = Outcome.rejected if rejected else Outcome.error
+    return make(type(exc).__name__, message, trace)
+
+
 class NodeRuntime:
     def __init__(
         self,
@@ -980,14 +1005,11 @@ class NodeRuntime:
             outcome = Outcome.success(result)
         except asyncio.CancelledError:
             outcome = Outcome.error("Interrupted", "interrupted by the worker")
-        except TaskRejected as exc:
-            outcome = Outcome.rejected(
-                type(exc).__name__, str(exc)[:2000], traceback.format_exc(limit=20)[-8000:]
-            )
-        except Exception as exc:
-            outcome = Outcome.error(
-                type(exc).__name__, str(exc)[:2000], traceback.format_exc(limit=20)[-8000:]
-            )
+        except BaseException as exc:
+            # Whatever the handler raised is its attempt's outcome: SystemExit and
+            # KeyboardInterrupt too (sys.exit or an argparse error in a handler stopped the
+            # node, and again on every node the task was leased to after).
+            outcome = handler_outcome(exc)
         finally:
             self._handlers_running.pop((a.task_id, a.attempt), None)
         if outlived is not None and self.pool.handler_outlives(a.task_id, a.attempt):

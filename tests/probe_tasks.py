@@ -83,3 +83,34 @@ def read_log(path: str) -> list[dict[str, Any]]:
             return [json.loads(line) for line in f if line.strip()]
     except FileNotFoundError:
         return []
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        return 42  # type: ignore[return-value]  # what a careless __str__ does
+
+
+def _raise(kind: str) -> None:
+    if kind == "unprintable":
+        raise _Unprintable()
+    if kind == "system_exit":
+        raise SystemExit(3)  # sys.exit, or an argparse error, in a handler
+    if kind == "keyboard_interrupt":
+        raise KeyboardInterrupt
+    if kind == "rejected_group":  # what asyncio.TaskGroup raises around its tasks' errors
+        raise ExceptionGroup("both", [TaskRejected("one"), TaskRejected("two")])
+    if kind == "mixed_group":
+        raise ExceptionGroup("both", [TaskRejected("one"), ValueError("two")])
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+@task("raiser")
+async def raiser(payload: Any) -> None:
+    """Raises what payload["kind"] names (see _raise)."""
+    _raise(payload["kind"])
+
+
+@task("raiser_sync")
+def raiser_sync(payload: Any) -> None:
+    """The same in a thread."""
+    _raise(payload["kind"])

@@ -146,6 +146,34 @@ def test_a_rejected_task_ends_dead_at_once_whatever_retries_it_has_left(
     assert again["status"] == "dead" and again["attempt"] == 2
 
 
+def test_whatever_a_handler_raises_ends_its_attempt_and_frees_its_slot(
+    make_node: Any, redis_url: str
+) -> None:
+    """An exception whose __str__ fails left the attempt unended and its slot busy for good
+    (unrelated tasks then waited out leases and died unrun); SystemExit or KeyboardInterrupt
+    from a handler stopped the node (found by a probe)."""
+    node = make_node(redis_url, workers=2)
+    kinds = ["unprintable", "system_exit", "keyboard_interrupt", "rejected_group", "mixed_group"]
+    tasks = {
+        (kind, type_): submit(node, type=type_, payload={"kind": kind}, max_retries=0)
+        for kind in kinds
+        for type_ in ("raiser", "raiser_sync")
+    }
+    for (kind, type_), t in tasks.items():
+        dead = wait_terminal(node, t["id"])
+        assert dead["status"] == "dead" and dead["attempt"] == 1, (kind, type_, dead)
+        want = "rejected" if kind == "rejected_group" else "error"
+        assert dead["error"]["kind"] == want, (kind, type_, dead["error"])
+    assert (
+        "str() failed" in task_of(node, tasks[("unprintable", "raiser")]["id"])["error"]["message"]
+    )
+    # Still serving, with both slots free: more tasks than slots all run.
+    follow = [submit(node, type="noop") for _ in range(6)]
+    for t in follow:
+        assert wait_terminal(node, t["id"])["status"] == "succeeded"
+    assert node.proc is not None and node.proc.poll() is None
+
+
 def test_the_node_freezes_its_startup_objects_out_of_the_collector(
     make_node: Any, redis_url: str
 ) -> None:
