@@ -26,12 +26,17 @@ from node.config import (
     PORT_MAX,
     WORKERS_MAX,
     add_node_arguments,
+    float_in,
     http_port,
     int_in,
     raft_address,
 )
 
 PRIORITIES = ("high", "medium", "low")
+# Seconds a client flag may give (nan, inf and negatives are usage errors; the node checks its
+# own limits, and names the field, past this).
+SECONDS_FLAG_MAX = 1e9
+seconds = float_in(0, SECONDS_FLAG_MAX)
 STATUSES = ("pending", "queued", "running", "succeeded", "failed", "dead", "cancelled")
 WAIT_TIMEOUT_S_DEFAULT = 60.0
 TASKS_LIMIT_DEFAULT = 20
@@ -64,14 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--payload", default="null", help="the payload as JSON (default null)")
     p.add_argument("--priority", choices=PRIORITIES, default="medium")
     start = p.add_mutually_exclusive_group()
-    start.add_argument("--delay-s", type=float, help="start no earlier than this from now")
+    start.add_argument("--delay-s", type=seconds, help="start no earlier than this from now")
     start.add_argument("--run-at", help="start no earlier than this RFC 3339 time")
     p.add_argument("--max-retries", type=int)
-    p.add_argument("--timeout-s", type=float, help="timeout of one attempt")
+    p.add_argument("--timeout-s", type=seconds, help="timeout of one attempt")
     p.add_argument("--depends-on", action="append", metavar="ID", help="repeatable")
     p.add_argument("--idempotency-key")
     p.add_argument("--wait", action="store_true", help="wait for the task to finish")
-    p.add_argument("--wait-timeout-s", type=float, default=WAIT_TIMEOUT_S_DEFAULT)
+    p.add_argument("--wait-timeout-s", type=seconds, default=WAIT_TIMEOUT_S_DEFAULT)
 
     p = sub.add_parser("status", parents=[client_opts], help="show one task")
     p.add_argument("id")
@@ -100,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait-timeout-s",
         "--timeout-s",
         dest="timeout_s",
-        type=float,
+        type=seconds,
         default=WAIT_TIMEOUT_S_DEFAULT,
     )
 

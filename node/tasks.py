@@ -119,7 +119,9 @@ async def echo(payload: Any) -> Any:
 
 @task("sleep")
 async def sleep(payload: Any) -> dict[str, float]:
-    value = payload.get("seconds", 0.5) if isinstance(payload, dict) else 0.5
+    if payload is not None and not isinstance(payload, dict):
+        raise TaskRejected('payload must be an object like {"seconds": 0.5}, or none')
+    value = payload.get("seconds", 0.5) if payload else 0.5
     # bool is an int; NaN and infinity fail the bounds, and an int past float's range its
     # conversion. The task's timeout bounds the rest.
     try:

@@ -391,3 +391,24 @@ def test_cli_needs_a_command(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         cli.main([])
     assert info.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["wait", "x", "--wait-timeout-s", "nan"],  # waited for good
+        ["wait", "x", "--timeout-s", "-1"],  # "still running after -1 s"
+        ["submit", "echo", "--wait", "--wait-timeout-s", "inf"],
+        ["submit", "echo", "--delay-s", "nan"],  # blamed the JSON: "NaN is not JSON"
+        ["submit", "echo", "--timeout-s", "inf"],
+        ["submit", "echo", "--delay-s", "-5"],
+    ],
+)
+def test_cli_seconds_flags_refuse_nan_infinity_and_negatives(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Usage errors, before any request: the URL points nowhere.
+    with pytest.raises(SystemExit) as info:
+        cli.main([*argv, "--url", "http://127.0.0.1:9"])
+    assert info.value.code == 2
+    assert "must be a number from 0" in capsys.readouterr().err

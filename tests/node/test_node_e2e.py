@@ -126,6 +126,7 @@ def test_a_rejected_task_ends_dead_at_once_whatever_retries_it_has_left(
         submit(node, type="sleep", payload={"seconds": -1}, max_retries=3),
         submit(node, type="sleep", payload={"seconds": "soon"}, max_retries=3),
         submit(node, type="sleep", payload={"seconds": 10**400}, max_retries=3),
+        submit(node, type="sleep", payload=[5], max_retries=3),  # slept the default 0.5 s
     ]
     # The same failure, retryable: it runs max_retries + 1 times.
     retried = submit(
