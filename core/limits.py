@@ -16,6 +16,9 @@ class Limits:
     # Arrays and objects nested in a payload: deeper ones could not be serialised back out (the
     # JSON encoders of the read path recurse once per level).
     payload_depth_max: int = 100
+    # A handler's result is stored inline too, as JSON: a larger one is the attempt's error
+    # (a 20 MB result was stored, and a page of 1,000 such tasks answered 53 MB).
+    result_bytes_max: int = 1 * MIB
     # One batch request is validated and written as one Redis script call.
     batch_tasks_max: int = 1000
     # A request body bigger than a full batch of maximal payloads is refused before parsing.

@@ -1001,7 +1001,12 @@ class NodeRuntime:
                         outlived = running
                     raise
             if result is not None:  # a result we cannot store is the handler's error
-                json.dumps(result, allow_nan=False)
+                size = len(json.dumps(result, allow_nan=False))  # ASCII: chars are bytes
+                if size > self.config.limits.result_bytes_max:
+                    raise ValueError(
+                        f"the result is {size} bytes of JSON, over the "
+                        f"{self.config.limits.result_bytes_max} a task keeps (result_bytes_max)"
+                    )
             outcome = Outcome.success(result)
         except asyncio.CancelledError:
             outcome = Outcome.error("Interrupted", "interrupted by the worker")

@@ -114,3 +114,9 @@ async def raiser(payload: Any) -> None:
 def raiser_sync(payload: Any) -> None:
     """The same in a thread."""
     _raise(payload["kind"])
+
+
+@task("big_result")
+async def big_result(payload: Any) -> str:
+    """Returns a string of payload["chars"] characters (its JSON is 2 bytes more)."""
+    return "x" * int(payload["chars"])

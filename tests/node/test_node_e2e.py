@@ -175,6 +175,21 @@ def test_whatever_a_handler_raises_ends_its_attempt_and_frees_its_slot(
     assert node.proc is not None and node.proc.poll() is None
 
 
+def test_a_result_over_the_limit_is_the_attempts_error(make_node: Any, redis_url: str) -> None:
+    # It was stored whole (20 MB), and a page of such tasks answered 53 MB (found by a probe).
+    from core.limits import DEFAULT_LIMITS
+
+    node = make_node(redis_url, workers=2)
+    limit = DEFAULT_LIMITS.result_bytes_max
+    over = submit(node, type="big_result", payload={"chars": limit - 1}, max_retries=0)
+    at = submit(node, type="big_result", payload={"chars": limit - 2}, max_retries=0)
+    dead = wait_terminal(node, over["id"])
+    assert dead["status"] == "dead" and dead["result"] is None, dead["status"]
+    assert "result_bytes_max" in dead["error"]["message"], dead["error"]
+    done = wait_terminal(node, at["id"])
+    assert done["status"] == "succeeded" and len(done["result"]) == limit - 2
+
+
 def test_the_node_freezes_its_startup_objects_out_of_the_collector(
     make_node: Any, redis_url: str
 ) -> None:
